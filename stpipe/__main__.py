@@ -1,0 +1,5 @@
+import sys
+
+from stpipe.cli import main
+
+sys.exit(main())
