@@ -12,6 +12,7 @@ Errors name the file, the key and the problem::
 from __future__ import annotations
 
 import glob
+import os
 import re
 import tomllib
 from datetime import date, datetime
@@ -264,7 +265,7 @@ def _format_location(loc: tuple[Any, ...]) -> str:
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     def rel(p: str) -> str:
-        return p if "://" in p or Path(p).is_absolute() else str(base / p)
+        return p if "://" in p or Path(p).is_absolute() else os.path.normpath(base / p)
 
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     pipeline, source, forecast = (raw.get(k) for k in ("pipeline", "source", "forecast"))
