@@ -29,8 +29,11 @@ def dask_context(cfg: DaskSection | None) -> Iterator[object | None]:
         client = Client(cfg.address, timeout="10s", set_as_default=True)
     except (OSError, TimeoutError) as exc:
         raise StpipeError(f"[dask] address: cannot reach scheduler {cfg.address}: {exc}") from exc
-    log.info("using dask cluster at %s (%d workers)", cfg.address,
-             len(client.scheduler_info().get("workers", {})))
+    log.info(
+        "using dask cluster at %s (%d workers)",
+        cfg.address,
+        len(client.scheduler_info().get("workers", {})),
+    )
     try:
         yield client
     finally:

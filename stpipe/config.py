@@ -12,6 +12,7 @@ Errors name the file, the key and the problem::
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import re
 import tomllib
@@ -121,7 +122,7 @@ class PatchesSection(_Section):
     @field_validator("leads")
     @classmethod
     def _increasing(cls, v: list[int]) -> list[int]:
-        if any(b <= a for a, b in zip(v, v[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(v)):
             raise ValueError(f"leads must be strictly increasing, got {v}")
         return v
 
@@ -136,7 +137,7 @@ class SplitSection(_Section):
     def _ordered(self) -> SplitSection:
         points = [self.train_start, self.val_start, self.test_start, self.test_end]
         given = [p for p in points if p is not None]
-        if any(b <= a for a, b in zip(given, given[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(given)):
             raise ValueError(
                 "split dates must increase: train_start < val_start < test_start < test_end, "
                 f"got {[str(p) for p in given]}"
@@ -208,10 +209,9 @@ class Config(_Section):
                     f"[patches] {key} {chosen} names variables not in [source] variables "
                     f"{self.source.variables}"
                 )
-        if (
-            self.patches.target_variables is not None
-            and not set(self.patches.target_variables) <= set(self.input_variables)
-        ):
+        if self.patches.target_variables is not None and not set(
+            self.patches.target_variables
+        ) <= set(self.input_variables):
             raise ValueError(
                 f"[patches] target_variables {self.patches.target_variables} must be a subset "
                 f"of the input variables {self.input_variables}"
@@ -282,8 +282,13 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     return raw
 
 
-def config_from_dict(raw: dict[str, Any], *, origin: str = "<dict>", base: Path | None = None,
-                     check_paths: bool = False) -> Config:
+def config_from_dict(
+    raw: dict[str, Any],
+    *,
+    origin: str = "<dict>",
+    base: Path | None = None,
+    check_paths: bool = False,
+) -> Config:
     """Validate a config given as a dict (as parsed from TOML); relative paths join ``base``."""
     if base is not None:
         raw = _resolve_paths(raw, base)
@@ -298,14 +303,13 @@ def config_from_dict(raw: dict[str, Any], *, origin: str = "<dict>", base: Path 
             problems.append(f"{_format_location(err['loc'])}: {msg}")
         raise ConfigError(f"{origin}: " + "; ".join(problems)) from None
     if check_paths and config.source.kind in FILE_KINDS and not config.source_files():
-        raise ConfigError(
-            f"{origin}: [source] paths: no file matches {config.source.path_globs}"
-        )
+        raise ConfigError(f"{origin}: [source] paths: no file matches {config.source.path_globs}")
     return config
 
 
-def load_config(path: str | Path, *, check_paths: bool = False,
-                overrides: dict[str, Any] | None = None) -> Config:
+def load_config(
+    path: str | Path, *, check_paths: bool = False, overrides: dict[str, Any] | None = None
+) -> Config:
     """Read and validate a TOML config file.
 
     ``check_paths`` also requires the source globs to match at least one file (ingest does).

@@ -37,17 +37,24 @@ def make_dataset(
     k-th, so the time axis has one gap.
     """
     rng = np.random.default_rng(seed)
-    times = pd.date_range(start, periods=nt + (gap_steps if gap_after is not None else 0),
-                          freq=step)
+    times = pd.date_range(
+        start, periods=nt + (gap_steps if gap_after is not None else 0), freq=step
+    )
     if gap_after is not None:
         times = times.delete(slice(gap_after, gap_after + gap_steps))
     if latlon:
         dims = ("lat", "lon")
         coords = {
-            "lat": ("lat", np.linspace(40.0, 40.0 + 0.25 * (ny - 1), ny),
-                    {"units": "degrees_north", "standard_name": "latitude", "axis": "Y"}),
-            "lon": ("lon", np.linspace(-5.0, -5.0 + 0.25 * (nx - 1), nx),
-                    {"units": "degrees_east", "standard_name": "longitude", "axis": "X"}),
+            "lat": (
+                "lat",
+                np.linspace(40.0, 40.0 + 0.25 * (ny - 1), ny),
+                {"units": "degrees_north", "standard_name": "latitude", "axis": "Y"},
+            ),
+            "lon": (
+                "lon",
+                np.linspace(-5.0, -5.0 + 0.25 * (nx - 1), nx),
+                {"units": "degrees_east", "standard_name": "longitude", "axis": "X"},
+            ),
         }
     else:
         dims = ("y", "x")

@@ -65,14 +65,23 @@ def test_overrides_apply_before_validation(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (("leads = [1, 3]", "leads = [3, 1]"), r"\[patches\] leads: leads must be strictly increasing, got \[3, 1\]"),
-        (("input_steps = 6", "input_steps = 'six'"), r"\[patches\] input_steps: Input should be a valid integer"),
+        (
+            ("leads = [1, 3]", "leads = [3, 1]"),
+            r"\[patches\] leads: leads must be strictly increasing, got \[3, 1\]",
+        ),
+        (
+            ("input_steps = 6", "input_steps = 'six'"),
+            r"\[patches\] input_steps: Input should be a valid integer",
+        ),
         (("input_steps = 6\n", ""), r"\[patches\] input_steps: Field required"),
-        (("kind = \"netcdf\"", "kind = \"csv\""), r"\[source\] kind: Input should be 'netcdf', 'grib'"),
+        (('kind = "netcdf"', 'kind = "csv"'), r"\[source\] kind: Input should be 'netcdf', 'grib'"),
         (("[split]", "[split]\nvalidation = 1"), r"\[split\] validation: unknown key"),
         (("test_start = 2024-01-12", "test_start = 2024-01-09"), r"split dates must increase"),
-        (("paths = \"feed/*.nc\"\n", ""), r"source kind 'netcdf' needs 'paths'"),
-        (("size = [8, 8]", "size = [8, 8]\ntarget_variables = [\"msl\"]"), r"target_variables \['msl'\] names variables not in"),
+        (('paths = "feed/*.nc"\n', ""), r"source kind 'netcdf' needs 'paths'"),
+        (
+            ("size = [8, 8]", 'size = [8, 8]\ntarget_variables = ["msl"]'),
+            r"target_variables \['msl'\] names variables not in",
+        ),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
