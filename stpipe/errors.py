@@ -28,6 +28,10 @@ class SourceError(StpipeError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):
+        # Decoding runs in worker processes: the error must cross the pickle boundary whole.
+        return (type(self), (self.path, self.problem))
+
 
 class StoreError(StpipeError):
     """The Zarr store is missing, inconsistent with the input, or locked."""
