@@ -146,13 +146,39 @@ class SplitSection(_Section):
 
 
 class ModelSection(_Section):
-    name: Literal["scnn_lstm", "scnn_gru", "convlstm"] = "scnn_lstm"
+    name: Literal[
+        "scnn_lstm",
+        "scnn_gru",
+        "convlstm",
+        "persistence",
+        "climatology",
+        "persistence_clim_change",
+    ] = Field(default="scnn_lstm", description="Learned model, or a baseline (evaluation).")
     hidden: PositiveInt = Field(default=64, description="Width of the latent maps / RNN state.")
     encoder_layers: PositiveInt = Field(default=2, description="Down-sampling conv stages.")
     temporal_kernel: PositiveInt = Field(default=3, description="SCNN kernel along time.")
     rnn_layers: PositiveInt = 1
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     residual: bool = Field(default=True, description="Predict the change over a baseline.")
+    baseline: Literal["auto", "persistence", "climatology", "persistence_clim_change"] = Field(
+        default="auto",
+        description="What a residual model adds its output to (and predicts when untrained): "
+        "'auto' is the per-lead least-squares blend of persistence, climatology and "
+        "persistence + climatological change fitted on the train split with the climatology "
+        "held out (persistence when there is no climatology).",
+    )
+    climatology_period: Literal["auto", "day", "week"] = Field(
+        default="auto",
+        description="Climatology slots: hour of day ('day') or time of day × day of week "
+        "('week'); 'auto': 'day' on lat/lon grids, 'week' on cell grids (traffic).",
+    )
+    convlstm_hidden: tuple[PositiveInt, ...] = Field(
+        default=(128, 128, 128, 128), min_length=1, description="ConvLSTM hidden size per layer."
+    )
+    convlstm_filter: PositiveInt = Field(default=5, description="ConvLSTM kernel size (odd).")
+    convlstm_patch: PositiveInt = Field(
+        default=2, description="ConvLSTM space-to-depth factor (patch size must divide by it)."
+    )
 
 
 class TrainSection(_Section):
@@ -167,17 +193,56 @@ class TrainSection(_Section):
     compile: bool = False
     num_workers: int = Field(default=0, ge=0)
     max_batches_per_epoch: PositiveInt | None = None
+    max_val_batches: PositiveInt | None = Field(
+        default=None, description="Cap on validation batches per epoch; default: the whole split."
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description="Autocast dtype; 'auto': bf16 on GPUs that have it (else fp16), fp32 on CPU.",
+    )
+    schedule: Literal["cosine", "onecycle", "constant"] = Field(
+        default="cosine", description="Per-step learning-rate schedule after the warm-up."
+    )
+    warmup_frac: float = Field(
+        default=0.05, ge=0, lt=1, description="Share of all steps spent warming up the lr."
+    )
+    lead_weighting: Literal["baseline", "uniform"] = Field(
+        default="baseline",
+        description="Loss weight per lead: 1/MSE of the best baseline at that lead, or equal.",
+    )
 
 
 class MlflowSection(_Section):
     tracking_uri: str = Field(default="", description="Empty: sqlite in workdir.")
     experiment: str = ""
     model_name: str = ""
-    metric: str = Field(default="rmse_wmean", description="Promotion metric (lower is better).")
+    metric: str = Field(
+        default="rmse_wmean",
+        description="Promotion metric, lower is better: 'rmse_wmean' (latitude-weighted RMSE "
+        "on lat/lon grids, RMSE elsewhere) or '<rmse|mae|rmse_lat_weighted|mse_openstl|"
+        "mae_openstl>_mean', each the mean over leads on the validation split.",
+    )
+    retries: PositiveInt = Field(
+        default=4,
+        description="Attempts to reach a tracking server before a job starts (requests "
+        "during a job follow MLflow's own MLFLOW_HTTP_REQUEST_MAX_RETRIES).",
+    )
+    retry_backoff_s: float = Field(
+        default=1.0, ge=0, description="Wait before the 2nd attempt; doubles each time."
+    )
 
 
 class ForecastSection(_Section):
     store: str = Field(default="", description="Path or fsspec URL; empty: workdir/forecasts.zarr")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options of a URL store, e.g. {endpoint_url = 'http://...'} for S3.",
+    )
+    overlap: tuple[int, int] | None = Field(
+        default=None,
+        description="Cells shared by neighbouring tiles (rows, cols); default: a quarter of "
+        "[patches] size.",
+    )
 
 
 class DaskSection(_Section):
