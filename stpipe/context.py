@@ -1,0 +1,210 @@
+"""What training and evaluation derive from a store, built the same way for both.
+
+:func:`load_data_context` opens the store and gathers the patch spec, the time step, the
+train-split normalisation statistics (cached by :mod:`stpipe.stats`) and the train-split
+climatology; :func:`build_forecaster` turns ``[model]`` (or a baseline's name) into a
+forecaster for that data; :func:`make_split_loader` gives the loader of one split; and
+:func:`iterate_on_device` moves batches to the device while timing the wait for each.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor
+
+from stpipe.config import Config
+from stpipe.errors import ConfigError
+from stpipe.grid import is_latlon, spatial_dims
+from stpipe.models import Climatology, Forecaster, build_model, climatology_period
+from stpipe.models.baselines import BASELINES
+from stpipe.patches import PatchSpec, SplitName, Splits
+from stpipe.stats import NormStats, stats_for_config
+from stpipe.store import open_store, store_digest
+
+Batch = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        env = os.environ
+        return cls(
+            rank=int(env.get("RANK", 0)),
+            world_size=int(env.get("WORLD_SIZE", 1)),
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+        )
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(setting: str, dist: Distributed | None = None) -> torch.device:
+    """``[train] device``: 'auto' is CUDA when present (this rank's GPU), else the CPU."""
+    local_rank = dist.local_rank if dist is not None else 0
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("[train] device = 'cuda' but torch sees no CUDA device")
+    if setting == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+@dataclass(frozen=True, eq=False)
+class DataContext:
+    """The store as the models see it.
+
+    ``norm_mean``/``norm_std`` are per input variable (train split, physical units);
+    ``climatology`` is fitted on the train split's steps; ``ds`` is the lazy store.
+    """
+
+    store_path: Path
+    store_digest: str
+    ds: xr.Dataset
+    spec: PatchSpec
+    splits: Splits
+    step_s: int
+    norm: NormStats
+    norm_mean: tuple[float, ...]
+    norm_std: tuple[float, ...]
+    climatology: Climatology
+
+    @property
+    def n_static(self) -> int:
+        return len(self.spec.static_features)
+
+    @property
+    def latlon(self) -> bool:
+        return is_latlon(self.ds)
+
+    def train_part(self) -> xr.Dataset:
+        """The store's steps in the train split (lazy)."""
+        a, b = self.splits.index_range("train", self.ds["time"].values)
+        return self.ds.isel(time=slice(a, b))
+
+
+def load_data_context(config: Config) -> DataContext:
+    """Open the store of ``config`` and derive what the models need (see the module doc)."""
+    ds = open_store(config.store_path)
+    spec = PatchSpec.from_config(config)
+    splits = Splits.from_config(config.split)
+    step_s = int(ds.attrs["time_step_s"])
+    norm = stats_for_config(config)
+    mean, std = norm.arrays(spec.input_variables)
+    a, b = splits.index_range("train", ds["time"].values)
+    climatology = Climatology.fit(
+        ds.isel(time=slice(a, b)),
+        variables=spec.target_variables,
+        period=climatology_period(config.model.climatology_period, ds),
+        step_s=step_s,
+    )
+    return DataContext(
+        store_path=config.store_path,
+        store_digest=store_digest(config.store_path),
+        ds=ds,
+        spec=spec,
+        splits=splits,
+        step_s=step_s,
+        norm=norm,
+        norm_mean=tuple(float(v) for v in mean),
+        norm_std=tuple(float(v) for v in std),
+        climatology=climatology,
+    )
+
+
+def build_forecaster(config: Config, data: DataContext, *, name: str | None = None) -> Forecaster:
+    """``[model]`` (or the baseline ``name``) for ``data``, on the CPU, in train mode."""
+    model_cfg = config.model if name is None else config.model.model_copy(update={"name": name})
+    spec = data.spec
+    return build_model(
+        model_cfg,
+        input_variables=spec.input_variables,
+        target_variables=spec.target_variables,
+        input_steps=spec.input_steps,
+        leads=spec.leads,
+        patch_shape=spec.shape,
+        n_time_features=spec.n_time_features,
+        n_static=data.n_static,
+        norm_mean=data.norm_mean,
+        norm_std=data.norm_std,
+        climatology=data.climatology,
+        step_s=data.step_s,
+    )
+
+
+def build_baselines(config: Config, data: DataContext) -> dict[str, Forecaster]:
+    """Persistence, climatology and persistence + climatological change, in eval mode."""
+    return {name: build_forecaster(config, data, name=name).eval() for name in BASELINES}
+
+
+def make_split_loader(
+    config: Config,
+    data: DataContext,
+    *,
+    split: SplitName,
+    batch_size: int,
+    shuffle: bool,
+    drop_last: bool,
+    max_batches: int | None,
+    seed: int = 0,
+    num_workers: int = 0,
+    dist: Distributed | None = None,
+    device: torch.device | None = None,
+) -> Any:
+    """The loader of one split (``set_epoch(epoch)``, ``len()``), sharded over ranks."""
+    from stpipe.loader import make_loader
+
+    dist = dist or Distributed()
+    return make_loader(
+        config,
+        data.store_path,
+        split=split,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        num_workers=num_workers,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        pin_memory=device is not None and device.type == "cuda",
+        drop_last=drop_last,
+        max_batches=max_batches,
+    )
+
+
+def iterate_on_device(
+    loader: Iterable[Batch], device: torch.device
+) -> Iterator[tuple[Batch, float]]:
+    """(batch on ``device``, seconds blocked in the loader's ``next()`` for it)."""
+    iterator = iter(loader)
+    while True:
+        started = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        waited = time.perf_counter() - started
+        if device.type != "cpu":
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        yield batch, waited
+
+
+def grid_coordinates(data: DataContext) -> tuple[str, str, np.ndarray, np.ndarray]:
+    """(row dim, column dim, row coordinate values, column coordinate values)."""
+    rows, cols = spatial_dims(data.ds)
+    return rows, cols, data.ds[rows].values, data.ds[cols].values

@@ -1,0 +1,103 @@
+"""Reference forecasts behind the forecaster interface, and the terms residual models reuse.
+
+With p the persistence field (last finite input, :func:`stpipe.models.common.last_valid`),
+C(t) the train-split climatology at valid time t (:mod:`stpipe.models.climatology`),
+t0 the last input time and t the valid time of a lead:
+
+- ``persistence``:              p
+- ``climatology``:              C(t)
+- ``persistence_clim_change``:  p + C(t) − C(t0)
+
+Each is a linear combination w_p·p + w_c·C(t) + w_0·C(t0); :func:`baseline_weights` gives
+those weights per lead, which is how residual models start from a baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from stpipe.errors import ConfigError
+from stpipe.models.climatology import Climatology, ClimatologyLookup
+from stpipe.models.common import Batch, Forecaster, last_valid
+
+BaselineName = Literal["persistence", "climatology", "persistence_clim_change"]
+BASELINES: tuple[BaselineName, ...] = ("persistence", "climatology", "persistence_clim_change")
+
+
+def baseline_terms(
+    batch: Batch, *, target_index: Tensor, climatology: ClimatologyLookup | None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Physical-unit terms of the baselines for the target variables.
+
+    Returns persistence [B, 1, V, H, W] and, with a climatology, C at the input times
+    [B, T, V, H, W] and at the valid times [B, L, V, H, W] (else None, None).
+    """
+    x = batch["x"]
+    persistence = last_valid(x[:, :, target_index])[:, None]
+    if climatology is None:
+        return persistence, None, None
+    steps, height, width = x.shape[1], x.shape[-2], x.shape[-1]
+    times = torch.cat([batch["x_times"], batch["y_times"]], dim=1)
+    clim = climatology(times, batch["row0"], batch["col0"], height=height, width=width)
+    return persistence, clim[:, :steps], clim[:, steps:]
+
+
+def baseline_weights(
+    name: Literal["auto"] | BaselineName,
+    *,
+    leads: Sequence[int],
+    variables: Sequence[str],
+    climatology: Climatology | None,
+) -> np.ndarray:
+    """Weights (w_p, w_c, w_0) of p, C(t), C(t0) per lead and variable: float32 [L, V, 3].
+
+    ``"auto"`` is the least-squares blend of the three fitted on the train split with the
+    climatology held out (:class:`~stpipe.models.climatology.Climatology`): at least as
+    good there as the best of them, and it leans on the climatology only as far as that
+    generalises. Without a climatology it is persistence.
+    """
+    weights = np.zeros((len(leads), len(variables), 3), dtype=np.float32)
+    if name == "persistence" or (name == "auto" and climatology is None):
+        weights[..., 0] = 1.0
+        return weights
+    if climatology is None:
+        raise ConfigError(f"[model] baseline {name!r} needs a climatology, none was given")
+    if name == "climatology":
+        weights[..., 1] = 1.0
+    elif name == "persistence_clim_change":
+        weights[...] = (1.0, 1.0, -1.0)
+    else:
+        for i, lead in enumerate(leads):
+            for j, var in enumerate(variables):
+                weights[i, j] = climatology.blend(var, lead)
+    return weights
+
+
+class Baseline(Forecaster):
+    """Persistence, climatology or persistence plus climatological change (see module doc)."""
+
+    def __init__(self, kind: BaselineName, *, climatology: Climatology | None, **forecaster_args):
+        super().__init__(**forecaster_args)
+        if kind != "persistence" and climatology is None:
+            raise ConfigError(f"[model] name {kind!r} needs a climatology, none was given")
+        self.kind = kind
+        self.climatology = (
+            None
+            if kind == "persistence"
+            else ClimatologyLookup(climatology, variables=self.target_variables, step_s=self.step_s)
+        )
+
+    def forward(self, batch: Batch) -> Tensor:
+        persistence, clim_inputs, clim_valid = baseline_terms(
+            batch, target_index=self.target_index, climatology=self.climatology
+        )
+        if self.kind == "persistence":
+            return persistence.expand(-1, len(self.leads), -1, -1, -1).clone()
+        if self.kind == "climatology":
+            return clim_valid
+        return persistence + clim_valid - clim_inputs[:, -1:]

@@ -1,0 +1,192 @@
+"""SCNN + RNN forecaster (``scnn_lstm``, ``scnn_gru``): direct multi-horizon, residual on a baseline.
+
+Stages (dims: B batch, T input steps, L leads, C channels, H × W patch, h × w latent):
+
+1. Encoder, shared across time: per frame [normalised inputs, their finite-mask, time
+   features, static fields, climatology at that time] → 3×3 conv → ``encoder_layers`` ×
+   (stride-2 conv, conv), batch norm and GELU each: [B·T, C, h, w], h = H / 2^layers.
+2. SCNN: a residual temporal convolution (kernel ``temporal_kernel`` along time, 1×1 in space)
+   over the encoded sequence [B, C, T, h, w].
+3. RNN: an LSTM or GRU over time at every latent location (B·h·w sequences of length T);
+   the last state plus the last SCNN frame is the latent [B, C, h, w].
+4. Decoder per lead (leads folded into the batch): latent + lead embedding + projected
+   valid-time features, up-sampled stage by stage with skips from the last input frame's
+   encoder maps; at full resolution it also sees the baseline fields of that lead and
+   the last one-step changes of the targets and of their climatology (the tendency that
+   short leads extrapolate).
+   A zero-initialised 1×1 head gives the residual r [B, L, V_out, H, W].
+
+Output (normalised units, then physical): with ``residual``,
+ŷ = w_p·p + w_c·C(t) + w_0·C(t0) + r, where p is persistence, C the climatology, and the
+per-lead, per-variable weights start at the chosen baseline
+(:func:`stpipe.models.baselines.baseline_weights`) and are learned as offsets from it, so
+weight decay pulls the model back towards the baseline. Untrained, the model *is* that
+baseline; with little data it degrades to it rather than below it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stpipe.models.baselines import baseline_terms
+from stpipe.models.climatology import Climatology, ClimatologyLookup
+from stpipe.models.common import Batch, Forecaster, conv_block
+
+
+class ScnnRnn(Forecaster):
+    """Per-frame CNN encoder → temporal conv → per-location RNN → per-lead decoder (see module)."""
+
+    def __init__(
+        self,
+        *,
+        cell: Literal["lstm", "gru"],
+        hidden: int,
+        encoder_layers: int,
+        temporal_kernel: int,
+        rnn_layers: int,
+        dropout: float,
+        residual: bool,
+        blend: np.ndarray,
+        climatology: Climatology | None,
+        n_time_features: int,
+        n_static: int,
+        **forecaster_args,
+    ) -> None:
+        super().__init__(**forecaster_args)
+        n_in, n_out, n_leads = (
+            len(self.input_variables),
+            len(self.target_variables),
+            len(self.leads),
+        )
+        self.climatology = (
+            None
+            if climatology is None
+            else ClimatologyLookup(climatology, variables=self.target_variables, step_s=self.step_s)
+        )
+        self.residual = residual
+        self.n_time_features = n_time_features
+        n_clim = n_out if self.climatology is not None else 0
+        widths = [max(8, hidden >> (encoder_layers - k)) for k in range(encoder_layers)] + [hidden]
+
+        self.static_norm = nn.BatchNorm2d(n_static, affine=False) if n_static else None
+        self.stem = conv_block(2 * n_in + n_time_features + n_static + n_clim, widths[0])
+        self.down = nn.ModuleList(
+            nn.Sequential(conv_block(c_in, c_out, stride=2), conv_block(c_out, c_out))
+            for c_in, c_out in itertools.pairwise(widths)
+        )
+        self.temporal = nn.Sequential(
+            nn.Conv3d(hidden, hidden, (temporal_kernel, 1, 1), padding="same", bias=False),
+            nn.BatchNorm3d(hidden),
+            nn.GELU(),
+        )
+        rnn = nn.LSTM if cell == "lstm" else nn.GRU
+        self.rnn = rnn(
+            hidden,
+            hidden,
+            num_layers=rnn_layers,
+            batch_first=True,
+            dropout=dropout if rnn_layers > 1 else 0.0,
+        )
+        self.lead_embedding = nn.Parameter(torch.randn(n_leads, hidden))
+        self.time_projection = nn.Linear(n_time_features, hidden) if n_time_features else None
+        self.tendency = self.input_steps > 1
+        # blend, persistence, C(t), C(t0), and the last one-step changes of input and C
+        n_baseline_maps = 2 * n_out + 2 * n_clim + (n_out + n_clim if self.tendency else 0)
+        self.up = nn.ModuleList(
+            _UpStage(widths[k + 1], widths[k], n_extra=n_baseline_maps if k == 0 else 0)
+            for k in reversed(range(encoder_layers))
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Conv2d(widths[0], n_out, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("blend_init", torch.as_tensor(blend, dtype=torch.float32))
+        self.blend_delta = nn.Parameter(torch.zeros(n_leads, n_out, 3))
+
+    def forward(self, batch: Batch) -> Tensor:
+        x = batch["x"]
+        b, t, _, height, width = x.shape
+        n_leads = len(self.leads)
+        persistence, clim_inputs, clim_valid = baseline_terms(
+            batch, target_index=self.target_index, climatology=self.climatology
+        )
+        z_last = torch.nan_to_num(self.normalise_targets(persistence), nan=0.0)  # [B, 1, V, H, W]
+        z = self.normalise_inputs(x)
+        frames = [z, torch.isfinite(x).to(x.dtype)]
+        if self.n_time_features:
+            frames.append(batch["x_time"][..., None, None].expand(-1, -1, -1, height, width))
+        if self.static_norm is not None:
+            static = self.static_norm(torch.nan_to_num(batch["static"], nan=0.0))
+            frames.append(static[:, None].expand(-1, t, -1, -1, -1))
+        w = self.blend_init + self.blend_delta  # [L, V, 3]
+        blend = w[None, :, :, 0, None, None] * z_last
+        maps = [z_last.expand(-1, n_leads, -1, -1, -1)]
+        if clim_inputs is not None and clim_valid is not None:
+            z_clim_inputs = torch.nan_to_num(self.normalise_targets(clim_inputs), nan=0.0)
+            z_clim_valid = torch.nan_to_num(self.normalise_targets(clim_valid), nan=0.0)
+            z_clim_init = z_clim_inputs[:, -1:]
+            frames.append(z_clim_inputs)
+            blend = (
+                blend
+                + w[None, :, :, 1, None, None] * z_clim_valid
+                + w[None, :, :, 2, None, None] * z_clim_init
+            )
+            maps += [z_clim_valid, z_clim_init.expand(-1, n_leads, -1, -1, -1)]
+            if self.tendency:
+                maps.append((z_clim_init - z_clim_inputs[:, -2:-1]).expand(-1, n_leads, -1, -1, -1))
+        if self.tendency:
+            step = z[:, -1:, self.target_index] - z[:, -2:-1, self.target_index]
+            maps.append(step.expand(-1, n_leads, -1, -1, -1))
+        maps.insert(0, blend)
+
+        h = self.stem(torch.cat(frames, dim=2).flatten(0, 1))  # [B·T, C0, H, W]
+        skips = [h]
+        for stage in self.down:
+            h = stage(h)
+            skips.append(h)
+        seq = h.unflatten(0, (b, t)).transpose(1, 2)  # [B, C, T, h, w]
+        seq = seq + self.temporal(seq)
+        c, lh, lw = seq.shape[1], seq.shape[3], seq.shape[4]
+        states, _ = self.rnn(seq.permute(0, 3, 4, 2, 1).reshape(b * lh * lw, t, c))
+        latent = states[:, -1].reshape(b, lh, lw, c).permute(0, 3, 1, 2) + seq[:, :, -1]
+
+        cond = self.lead_embedding[None]  # [1, L, C]
+        if self.time_projection is not None:
+            cond = cond + self.time_projection(batch["y_time"])
+        d = self.dropout(latent[:, None] + cond[..., None, None]).flatten(0, 1)  # [B·L, C, h, w]
+        extra = torch.cat(maps, dim=2).flatten(0, 1)  # [B·L, n_maps, H, W]
+        for stage, skip in zip(self.up, reversed(skips[:-1]), strict=True):
+            d = stage(d, skip.unflatten(0, (b, t))[:, -1], extra, n_leads=n_leads)
+        r = self.head(self.dropout(d)).unflatten(0, (b, n_leads)).float()
+        return self.denormalise_targets(blend + r if self.residual else r)
+
+
+class _UpStage(nn.Module):
+    """1×1 conv at low resolution, bilinear up-sampling, + 3×3 conv of the skip (and of the
+    per-lead baseline maps at full resolution), norm, GELU, then a 3×3 conv block.
+
+    Skips are shared by all leads, so their conv runs once per sample, not once per lead.
+    """
+
+    def __init__(self, c_low: int, c_out: int, *, n_extra: int) -> None:
+        super().__init__()
+        self.from_low = nn.Conv2d(c_low, c_out, 1, bias=False)
+        self.from_skip = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.from_extra = nn.Conv2d(n_extra, c_out, 3, padding=1, bias=False) if n_extra else None
+        self.post = nn.Sequential(nn.BatchNorm2d(c_out), nn.GELU())
+        self.refine = conv_block(c_out, c_out)
+
+    def forward(self, low: Tensor, skip: Tensor, extra: Tensor, *, n_leads: int) -> Tensor:
+        up = F.interpolate(
+            self.from_low(low), size=skip.shape[-2:], mode="bilinear", align_corners=False
+        )
+        s = (up.unflatten(0, (-1, n_leads)) + self.from_skip(skip)[:, None]).flatten(0, 1)
+        if self.from_extra is not None:
+            s = s + self.from_extra(extra)
+        return self.refine(self.post(s))

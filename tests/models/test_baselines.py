@@ -1,0 +1,116 @@
+"""Baselines are exact on constructed data: persistence, climatology, persistence plus the
+climatological change, cropped patches; the blend weights residual models start from."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stpipe.config import ModelSection
+from stpipe.errors import ConfigError
+from stpipe.models import build_model
+from stpipe.models.baselines import baseline_weights
+from stpipe.models.climatology import Climatology
+
+from . import make_batch
+
+HOUR_NS = 3600 * 10**9
+
+
+def climatology(
+    *, variables: tuple[str, ...] = ("a", "b"), grid: tuple[int, int] = (10, 12)
+) -> Climatology:
+    rng = np.random.default_rng(1)
+    table = rng.standard_normal((24, len(variables), *grid)).astype(np.float32) + 10.0
+    r = np.linspace(1.0, 0.0, 13, dtype=np.float32)  # damped anomaly persistence, r = 1 − k/12
+    blend = np.stack([r, np.ones_like(r), -r], axis=-1)[None].repeat(len(variables), axis=0)
+    return Climatology(
+        variables=variables, period="day", step_s=3600, table=table, blend_weights=blend
+    )
+
+
+def baseline(name: str, *, leads: tuple[int, ...] = (1, 3), clim: Climatology | None = None):
+    return build_model(
+        ModelSection(name=name),
+        input_variables=["a", "b"],
+        target_variables=["b"],
+        input_steps=4,
+        leads=leads,
+        patch_shape=(8, 8),
+        n_time_features=4,
+        n_static=0,
+        norm_mean=[0.0, 0.0],
+        norm_std=[1.0, 1.0],
+        climatology=clim,
+        step_s=3600,
+    )
+
+
+def expected_clim(clim: Climatology, times: torch.Tensor, row0: int, col0: int) -> np.ndarray:
+    """C of variable b at ``times`` [N] (ns) for an 8×8 patch at (row0, col0), by hand."""
+    out = np.full((len(times), 8, 8), np.nan, dtype=np.float32)
+    for n, t in enumerate(times.tolist()):
+        slot = (t // HOUR_NS) % 24
+        for i in range(8):
+            for j in range(8):
+                r, c = row0 + i, col0 + j
+                if 0 <= r < clim.table.shape[2] and 0 <= c < clim.table.shape[3]:
+                    out[n, i, j] = clim.table[slot, 1, r, c]
+    return out
+
+
+def test_persistence_is_the_last_input_frame_at_every_lead() -> None:
+    batch = make_batch(leads=(1, 2, 5))
+    out = baseline("persistence", leads=(1, 2, 5))(batch)
+    assert out.shape == (2, 3, 1, 8, 8)
+    for lead in range(3):
+        assert torch.equal(out[:, lead, 0], batch["x"][:, -1, 1])
+
+
+def test_persistence_falls_back_to_the_last_finite_value() -> None:
+    batch = make_batch()
+    batch["x"][0, -1, 1, 2, 3] = float("nan")
+    batch["x"][0, -2, 1, 2, 3] = float("nan")
+    out = baseline("persistence")(batch)
+    assert out[0, 0, 0, 2, 3] == batch["x"][0, -3, 1, 2, 3]
+
+
+def test_climatology_baseline_equals_table_at_valid_slots_and_patch() -> None:
+    clim = climatology()
+    batch = make_batch(start="2024-01-01T20:00", row0=[1, -3], col0=[2, 7])
+    out = baseline("climatology", clim=clim)(batch)
+    for i, (r0, c0) in enumerate([(1, 2), (-3, 7)]):
+        expected = expected_clim(clim, batch["y_times"][i], r0, c0)
+        np.testing.assert_array_equal(out[i, :, 0].numpy(), expected)
+    assert torch.isnan(out[1, :, 0, :3]).all(), "rows above the grid are NaN"
+    assert torch.isnan(out[1, :, 0, :, 5:]).all(), "columns past the grid are NaN"
+    assert torch.isfinite(out[1, :, 0, 3:, :5]).all()
+
+
+def test_persistence_plus_climatological_change_is_exact() -> None:
+    clim = climatology()
+    batch = make_batch(start="2024-01-01T22:00", row0=[0, 2], col0=[0, 4])
+    out = baseline("persistence_clim_change", clim=clim)(batch)
+    for i, (r0, c0) in enumerate([(0, 0), (2, 4)]):
+        valid = expected_clim(clim, batch["y_times"][i], r0, c0)
+        init = expected_clim(clim, batch["x_times"][i, -1:], r0, c0)
+        expected = batch["x"][i, -1, 1].numpy() + valid - init
+        np.testing.assert_allclose(out[i, :, 0].numpy(), expected, rtol=0, atol=1e-5)
+
+
+def test_climatology_baselines_need_a_climatology() -> None:
+    with pytest.raises(ConfigError, match="'climatology' needs a climatology"):
+        baseline("climatology")
+
+
+def test_baseline_weights_per_name_and_auto_uses_the_fitted_blend() -> None:
+    clim = climatology()
+    kwargs = dict(leads=[1, 6], variables=["b"], climatology=clim)
+    assert baseline_weights("persistence", **kwargs)[:, 0].tolist() == [[1, 0, 0]] * 2
+    assert baseline_weights("climatology", **kwargs)[:, 0].tolist() == [[0, 1, 0]] * 2
+    assert baseline_weights("persistence_clim_change", **kwargs)[:, 0].tolist() == [[1, 1, -1]] * 2
+    auto = baseline_weights("auto", **kwargs)[:, 0]
+    np.testing.assert_allclose(auto, [[11 / 12, 1, -11 / 12], [0.5, 1, -0.5]], rtol=1e-6)
+    no_clim = baseline_weights("auto", leads=[1], variables=["b"], climatology=None)
+    assert no_clim.tolist() == [[[1, 0, 0]]], "without climatology auto is persistence"

@@ -1,0 +1,219 @@
+"""Training: the masked loss, seeded determinism, early stopping, exact resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stpipe.checkpoint import LAST, load_checkpoint, run_key
+from stpipe.config import Config
+from stpipe.context import build_forecaster, load_data_context
+from stpipe.errors import ConfigError
+from stpipe.store import ingest
+from stpipe.testing import make_dataset
+from stpipe.train import EpochLog, masked_errors, train_model, weighted_loss
+
+TINY = {
+    "source": {"kind": "netcdf", "variables": ["t2m", "u10"]},
+    # 12×12 grid, 8×8 patches: the second row and column of patches are half padding.
+    "patches": {"input_steps": 4, "leads": [1, 3], "size": [8, 8], "target_variables": ["t2m"]},
+    "split": {"val_start": "2024-01-03", "test_start": "2024-01-04"},
+    "model": {"hidden": 8, "encoder_layers": 1, "dropout": 0.1},
+    "train": {
+        "epochs": 3,
+        "batch_size": 8,
+        "max_batches_per_epoch": 3,
+        "max_val_batches": 2,
+        "lr": 3e-3,
+        "patience": 5,
+    },
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one intra-op thread, above all on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def pipeline(write_feed, make_config) -> Callable[..., Config]:
+    """``pipeline(**sections)``: a config over an ingested 4-day 12×12 store of noise."""
+    write_feed(make_dataset(nt=96, ny=12, nx=12, variables=("t2m", "u10"), seed=3))
+    ingested = False
+
+    def make(**sections: dict) -> Config:
+        nonlocal ingested
+        merged = {k: TINY.get(k, {}) | sections.get(k, {}) for k in {*TINY, *sections}}
+        merged["source"] = {"paths": "feed/*.nc"} | merged["source"]
+        config = make_config(**merged)
+        if not ingested:
+            ingest(config, progress=False)
+            ingested = True
+        return config
+
+    return make
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ: {different}"
+
+
+def scores(history: tuple[EpochLog, ...] | list[EpochLog]) -> list[tuple]:
+    """What an epoch computed (not how long it took)."""
+    return [(h.epoch, h.train_loss, h.val_loss, h.val_rmse, h.lr, h.improved) for h in history]
+
+
+def test_masked_loss_ignores_cells_outside_the_mask(pipeline) -> None:
+    config = pipeline()
+    model = build_forecaster(config, load_data_context(config), name="persistence")
+    b, n_leads, h, w = 2, 2, 8, 8
+    y = torch.randn(b, n_leads, 1, h, w)
+    pred = torch.randn(b, n_leads, 1, h, w, requires_grad=True)
+    mask = torch.ones_like(y)
+    mask[:, :, :, 5:, :] = 0  # padded rows
+    mask[1, 0, 0, 0, 0] = 0  # one missing value
+    y = torch.where(mask > 0, y, torch.nan)  # NaN (or anything) where masked
+    y[0, 1, 0, 6, 0] = 1e30
+    batch = {"y": y, "mask": mask}
+
+    sse, count = masked_errors(model, pred, batch)
+    loss = weighted_loss(sse, count, torch.tensor([0.25, 0.75]))
+    loss.backward()
+
+    std = model.target_std
+    keep = mask > 0
+    expected_sse = [
+        (((pred.detach() - y) / std)[:, lead][keep[:, lead]] ** 2).sum() for lead in range(n_leads)
+    ]
+    assert count[:, 0].tolist() == [keep[:, 0].sum().item(), keep[:, 1].sum().item()]
+    torch.testing.assert_close(sse[:, 0], torch.stack(expected_sse))
+    assert torch.isfinite(loss)
+    assert (pred.grad[~keep] == 0).all(), "masked cells must get no gradient"
+    assert (pred.grad[keep] != 0).all()
+
+
+def test_same_seed_same_weights_other_seed_other_weights(pipeline) -> None:
+    config = pipeline(train={"epochs": 1})
+    first = train_model(config, resume=False, progress=False)
+    second = train_model(config, resume=False, progress=False)
+    assert_same_state(first.state, second.state)
+    assert scores(first.history) == scores(second.history)
+
+    other = train_model(pipeline(train={"epochs": 1, "seed": 1}), resume=False, progress=False)
+    assert not all(torch.equal(first.state[k], other.state[k]) for k in first.state)
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch(pipeline) -> None:
+    # Noise has nothing to learn: a model fitting it gets worse on validation, so training
+    # stops `patience` epochs after the best one (epoch 0: the untrained model).
+    config = pipeline(
+        train={"epochs": 12, "patience": 2, "lr": 2e-2, "schedule": "constant", "weight_decay": 0.0}
+    )
+    per_epoch: dict[int, dict[str, torch.Tensor]] = {}
+
+    def keep_weights(entry: EpochLog) -> None:
+        saved = load_checkpoint(checkpoint_dir / LAST)
+        assert saved is not None and saved["epoch"] == entry.epoch
+        per_epoch[entry.epoch] = saved["model"]
+
+    data = load_data_context(config)
+    torch.manual_seed(config.train.seed)  # as train_model seeds before building the model
+    per_epoch[0] = build_forecaster(config, data).state_dict()
+    checkpoint_dir = (
+        config.workdir
+        / "checkpoints"
+        / run_key(config, store_digest=data.store_digest, device="cpu")
+    )
+    result = train_model(config, resume=False, progress=False, on_epoch_end=keep_weights)
+
+    losses = [h.val_loss for h in result.history]
+    assert result.stopped_early
+    best = int(np.argmin(losses)) + 1 if min(losses) < result.initial_score else 0
+    assert result.best_epoch == best
+    assert len(result.history) == result.best_epoch + 2 < 12
+    assert_same_state(result.state, per_epoch[result.best_epoch])
+    assert not all(torch.equal(result.state[k], per_epoch[len(losses)][k]) for k in result.state)
+    assert result.checkpoint_dir == checkpoint_dir
+
+
+KILL_AFTER = 2
+CHILD = """
+import os, signal, sys
+import torch
+from stpipe.config import load_config
+from stpipe.train import train_model
+
+torch.set_num_threads(1)  # as the parent test runs
+
+def kill(entry):
+    if entry.epoch == {kill_after}:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train_model(load_config(sys.argv[1]), progress=False, on_epoch_end=kill)
+"""
+
+
+def test_resume_after_sigkill_continues_bit_identically(pipeline, tmp_path: Path) -> None:
+    config = pipeline(train={"epochs": 4})
+    straight = train_model(config, resume=False, progress=False)
+    checkpoint = straight.checkpoint_dir / LAST
+    checkpoint.unlink()
+
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(CHILD.format(kill_after=KILL_AFTER)))
+    child = subprocess.run(
+        [sys.executable, str(script), str(config.path)], capture_output=True, text=True, timeout=300
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    killed = load_checkpoint(checkpoint)
+    assert killed is not None and killed["epoch"] == KILL_AFTER
+    assert not list(checkpoint.parent.glob("*.tmp")), "no torn temporary file is left"
+
+    resumed = train_model(config, resume=True, progress=False)
+    assert [json.dumps(h) for h in killed["history"]] == [
+        json.dumps(h.__dict__) for h in resumed.history[:KILL_AFTER]
+    ], "the first epochs come from the checkpoint, not from training again"
+    assert scores(resumed.history) == scores(straight.history)
+    assert_same_state(resumed.state, straight.state)
+    assert resumed.best_epoch == straight.best_epoch
+
+
+def test_a_finished_run_is_not_trained_again_and_a_changed_config_starts_fresh(pipeline) -> None:
+    config = pipeline(train={"epochs": 1})
+    first = train_model(config, progress=False)
+    again = train_model(config, progress=False)
+    assert again.history == first.history  # loaded, including the wall times
+    changed = train_model(pipeline(train={"epochs": 1, "lr": 1e-3}), progress=False)
+    assert changed.run_key != first.run_key
+    assert changed.history[0].train_loss != first.history[0].train_loss
+
+
+def test_fine_tuning_starts_from_the_given_weights(pipeline) -> None:
+    base = train_model(pipeline(train={"epochs": 1}), progress=False)
+    tuned = train_model(
+        pipeline(train={"epochs": 1, "lr": 1e-9}), progress=False, init_from=base.state
+    )
+    fresh = train_model(pipeline(train={"epochs": 1, "lr": 1e-9}), progress=False)
+    assert tuned.run_key not in (base.run_key, fresh.run_key)
+    for name, p in base.model.named_parameters():
+        torch.testing.assert_close(
+            dict(tuned.model.named_parameters())[name], p, rtol=0, atol=1e-6, msg=name
+        )
+    assert not torch.allclose(fresh.state["lead_embedding"], base.state["lead_embedding"])
+    with pytest.raises(ConfigError, match="init_from: the weights do not fit"):
+        train_model(pipeline(), progress=False, init_from={"nonsense": torch.zeros(1)})
