@@ -1,0 +1,164 @@
+"""Reaching MLflow: a pipeline's tracking URI, retries, errors, and no leaked global state.
+
+Default backend: SQLite in the workdir (``sqlite:///<workdir>/mlflow.db``, artifacts under
+``<workdir>/mlartifacts``; MLflow 3 deprecates its file store); ``[mlflow] tracking_uri``
+points at a server instead, which also holds the registry.
+
+Everything goes through one ``MlflowClient(tracking_uri=..., registry_uri=...)`` per
+pipeline. The few MLflow calls that exist only as process-wide ("fluent") functions, such as
+``mlflow.pytorch.log_model``, run inside :func:`fluent_scope`, which sets the URIs under a
+lock and restores them afterwards, so two pipelines in one process (Prefect runs flows in
+threads) never see each other's server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import mlflow
+import mlflow.tracking._model_registry.utils as registry_utils
+import mlflow.tracking._tracking_service.utils as tracking_utils
+import requests
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from stpipe.config import Config
+from stpipe.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PROBE_TIMEOUT_S = 5.0
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+_fluent_lock = threading.RLock()
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """A pipeline's connection: the URI, a client bound to it, its experiment and model."""
+
+    uri: str
+    client: MlflowClient
+    experiment_id: str
+    model_name: str
+
+
+def tracking_uri(config: Config) -> str:
+    """``[mlflow] tracking_uri``, or ``sqlite:///<workdir>/mlflow.db``."""
+    return config.mlflow.tracking_uri or f"sqlite:///{config.workdir.resolve() / 'mlflow.db'}"
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def connect(config: Config) -> Tracking:
+    """Reach the tracking backend of ``config`` and get (or create) its experiment.
+
+    A server is probed (``GET /health``) up to ``[mlflow] retries`` times, waiting
+    ``retry_backoff_s`` · 2^k between attempts; then :class:`TrackingError`. Nothing is
+    written before the server has answered.
+    """
+    uri = tracking_uri(config)
+    if _is_remote(uri):
+        with_retries(
+            lambda: _probe(uri),
+            what=f"reach the MLflow server {uri}",
+            attempts=config.mlflow.retries,
+            backoff_s=config.mlflow.retry_backoff_s,
+        )
+    else:
+        config.workdir.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = config.experiment_name
+    with tracking_errors(uri, f"open experiment {name!r}"):
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            experiment_id = client.create_experiment(name, artifact_location=_artifacts(config))
+        elif experiment.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"{uri}: experiment {name!r} is deleted; restore it (`mlflow experiments "
+                "restore`) or set [mlflow] experiment to another name"
+            )
+        else:
+            experiment_id = experiment.experiment_id
+    return Tracking(
+        uri=uri, client=client, experiment_id=experiment_id, model_name=config.model_name
+    )
+
+
+def _artifacts(config: Config) -> str | None:
+    """Artifact root of a new experiment: ``<workdir>/mlartifacts/<experiment>`` locally;
+    the server's own (``--artifacts-destination``) when tracking remotely."""
+    if config.mlflow.tracking_uri:
+        return None
+    return (config.workdir.resolve() / "mlartifacts" / config.experiment_name).as_uri()
+
+
+def _probe(uri: str) -> None:
+    response = requests.get(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S)
+    response.raise_for_status()
+
+
+def with_retries(call: Callable[[], T], *, what: str, attempts: int, backoff_s: float) -> T:
+    """``call()``, retried on connection errors with exponential backoff; then TrackingError."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except (requests.RequestException, OSError, MlflowException) as exc:
+            if attempt == attempts - 1:
+                raise TrackingError(
+                    f"cannot {what} after {attempts} attempts: {_short(exc)}; is the server "
+                    "running and [mlflow] tracking_uri right?"
+                ) from exc
+            wait = backoff_s * 2**attempt
+            log.warning("cannot %s (%s); retrying in %.1f s", what, _short(exc), wait)
+            time.sleep(wait)
+    raise TrackingError(f"cannot {what}: [mlflow] retries is {attempts}, must be at least 1")
+
+
+@contextlib.contextmanager
+def tracking_errors(uri: str, what: str) -> Iterator[None]:
+    """Turn MLflow and connection failures into a TrackingError naming ``what`` and ``uri``."""
+    try:
+        yield
+    except (MlflowException, requests.RequestException) as exc:
+        raise TrackingError(f"{uri}: cannot {what}: {_short(exc)}") from exc
+
+
+@contextlib.contextmanager
+def fluent_scope(uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking and registry URIs at ``uri`` for the block.
+
+    Serialised by a lock; on exit the previous URIs and environment variables are back
+    exactly as they were (``mlflow.set_tracking_uri`` also writes the environment).
+    """
+    with _fluent_lock:
+        saved_env = {name: os.environ.get(name) for name in _URI_ENV}
+        saved_tracking = tracking_utils._tracking_uri
+        saved_registry = registry_utils._registry_uri
+        try:
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+            yield
+        finally:
+            tracking_utils._tracking_uri = saved_tracking
+            registry_utils._registry_uri = saved_registry
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

@@ -1,0 +1,212 @@
+"""Logged models: ``torch.export`` programs that load without unpickling and forecast
+without stpipe's config.
+
+``mlflow.pytorch.log_model(..., serialization_format="pt2")`` (MLflow 3's default outside
+Databricks) traces ``forward`` with ``torch.export`` and saves a PT2 archive: the graph as
+JSON, every weight and buffer (normalisation statistics, climatology) as raw tensor bytes
+(``use_pickle: false``), and the sample inputs as a ``torch.save`` record. Loading runs no
+unrestricted unpickler: unless ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` is set, MLflow checks
+every record first and accepts only JSON, raw tensors, and records that torch's restricted
+``weights_only`` unpickler (tensors and primitive containers) can read. A pickled
+``torch.save`` model, in contrast, runs arbitrary code when loaded.
+
+``torch.export`` takes positional tensors, not the batch dict of
+:mod:`stpipe.models.common`, so the logged program is the forecaster behind
+:class:`_TensorInputs` (the batch keys of :data:`BATCH_INPUTS` in that order, batch
+dimension dynamic), and :class:`RegisteredForecaster` turns it back into a forecaster with
+``forward(batch)``. What the program was trained for (variables, leads, step, patch shape,
+grid) travels as the :class:`~stpipe.tracking.card.ModelCard` in the MLmodel ``metadata``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import torch
+from mlflow.models import Model, ModelSignature
+from mlflow.types.schema import Schema, TensorSpec
+from torch import Tensor, nn
+
+from stpipe.errors import TrackingError
+from stpipe.tracking.card import ModelCard
+from stpipe.tracking.client import Tracking, fluent_scope, tracking_errors
+
+BATCH_INPUTS = ("x", "x_time", "y_time", "x_times", "y_times", "static", "row0", "col0")
+MODEL_ARTIFACT = "model"
+EXAMPLE_FILE = "input_example.npz"
+CARD_KEY = "stpipe"
+
+Batch = dict[str, Tensor]
+
+
+class _TensorInputs(nn.Module):
+    """The forecaster with positional tensor inputs (:data:`BATCH_INPUTS`), for export."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        x: Tensor,
+        x_time: Tensor,
+        y_time: Tensor,
+        x_times: Tensor,
+        y_times: Tensor,
+        static: Tensor,
+        row0: Tensor,
+        col0: Tensor,
+    ) -> Tensor:
+        return self.model(
+            {
+                "x": x,
+                "x_time": x_time,
+                "y_time": y_time,
+                "x_times": x_times,
+                "y_times": y_times,
+                "static": static,
+                "row0": row0,
+                "col0": col0,
+            }
+        )
+
+
+class RegisteredForecaster(nn.Module):
+    """A loaded program as a forecaster: ``forward(batch)`` → [B, L, V_out, H, W] physical.
+
+    Carries the card's variables, leads, step and input steps as attributes, like the
+    trained model. The exported graph is fixed in eval mode, so ``train()`` changes only
+    the flag.
+    """
+
+    def __init__(self, program: nn.Module, card: ModelCard) -> None:
+        super().__init__()
+        self.program = program
+        self.card = card
+        self.input_variables = card.input_variables
+        self.target_variables = card.target_variables
+        self.input_steps = card.input_steps
+        self.leads = card.leads
+        self.step_s = card.step_s
+        self.training = False
+
+    def forward(self, batch: Batch) -> Tensor:
+        device = batch["x"].device
+        return self.program(*(batch[k].cpu() for k in BATCH_INPUTS)).to(device)
+
+    def train(self, mode: bool = True) -> RegisteredForecaster:
+        self.training = mode
+        return self
+
+    def _apply(self, fn: Any, recurse: bool = True) -> RegisteredForecaster:
+        # The exported graph holds CPU constants (e.g. index ranges); moving only its
+        # weights would break it, so ``.to(device)`` keeps it on the CPU and ``forward``
+        # moves the batch there and the forecast back.
+        return self
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    """A model logged to a run: its MLflow model id and URI."""
+
+    model_id: str
+    uri: str
+
+
+def export_inputs(batch: Mapping[str, Tensor]) -> tuple[Tensor, ...]:
+    """The :data:`BATCH_INPUTS` of ``batch`` (CPU) with at least two samples.
+
+    ``torch.export`` fixes size-1 dimensions, so a single sample is repeated to keep the
+    batch dimension dynamic.
+    """
+    missing = [k for k in BATCH_INPUTS if k not in batch]
+    if missing:
+        raise TrackingError(f"example batch lacks {missing}; it has {sorted(batch)}")
+    tensors = tuple(batch[k].detach().cpu() for k in BATCH_INPUTS)
+    if tensors[0].shape[0] < 2:
+        tensors = tuple(torch.cat([t, t]) for t in tensors)
+    return tuple(t[:2] for t in tensors)
+
+
+def log_model(
+    tracking: Tracking,
+    run_id: str,
+    model: nn.Module,
+    *,
+    example: Mapping[str, Tensor],
+    card: ModelCard,
+) -> LoggedModel:
+    """Export ``model`` (put in eval mode on the CPU) and log it to run ``run_id`` as
+    :data:`MODEL_ARTIFACT`; ``example`` is a batch of the training loader's.
+
+    The signature names every input tensor (batch dimension -1); the input example is
+    stored next to the model as ``extra_files/input_example.npz`` (MLflow's own example
+    format takes no tuple of tensors).
+    """
+    model = model.cpu().eval()
+    inputs = export_inputs(example)
+    with torch.no_grad():
+        output = model(dict(zip(BATCH_INPUTS, inputs, strict=True)))
+    signature = ModelSignature(
+        inputs=Schema([_spec(name, t) for name, t in zip(BATCH_INPUTS, inputs, strict=True)]),
+        outputs=Schema([_spec("forecast", output)]),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        example_path = Path(tmp) / EXAMPLE_FILE
+        np.savez(example_path, **{k: t.numpy() for k, t in zip(BATCH_INPUTS, inputs, strict=True)})
+        with (
+            tracking_errors(tracking.uri, f"log the model of run {run_id}"),
+            fluent_scope(tracking.uri),
+            mlflow.start_run(run_id=run_id),
+        ):
+            info = mlflow.pytorch.log_model(
+                _TensorInputs(model).eval(),
+                name=MODEL_ARTIFACT,
+                signature=signature,
+                input_example=inputs,
+                serialization_format="pt2",
+                extra_files=[str(example_path)],
+                metadata={CARD_KEY: card.to_json()},
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    f"mlflow=={mlflow.__version__}",
+                ],
+            )
+    # Leaving the fluent run marked it FINISHED; the job ends the run itself.
+    with tracking_errors(tracking.uri, f"reopen run {run_id}"):
+        tracking.client.update_run(run_id, status="RUNNING")
+    return LoggedModel(model_id=info.model_id, uri=info.model_uri)
+
+
+def _spec(name: str, tensor: Tensor) -> TensorSpec:
+    dtype = np.dtype(str(tensor.dtype).removeprefix("torch."))
+    return TensorSpec(dtype, (-1, *tensor.shape[1:]), name)
+
+
+def load_model(tracking: Tracking, uri: str) -> RegisteredForecaster:
+    """Load a logged or registered model (``models:/...`` URI) as a forecaster, pickle-free."""
+    with tempfile.TemporaryDirectory() as tmp, tracking_errors(tracking.uri, f"load {uri}"):
+        with fluent_scope(tracking.uri):
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+        program = mlflow.pytorch.load_model(local)
+        card = read_card(local)
+    return RegisteredForecaster(program, card)
+
+
+def read_card(model_dir: str | Path) -> ModelCard:
+    """The :class:`ModelCard` in the MLmodel file of a downloaded model directory."""
+    metadata = Model.load(str(model_dir)).metadata or {}
+    if CARD_KEY not in metadata:
+        raise TrackingError(
+            f"{model_dir}: the model has no {CARD_KEY!r} metadata; it was not logged by stpipe"
+        )
+    raw = metadata[CARD_KEY]
+    return ModelCard.from_json(json.loads(raw) if isinstance(raw, str) else raw)

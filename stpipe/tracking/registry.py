@@ -1,0 +1,230 @@
+"""The model registry: versions of ``[mlflow] model_name``, the champion, promotion.
+
+Every training registers a new version. The alias ``champion`` names the version that
+forecasts; it moves to a candidate only when the candidate scores better (lower) on
+``[mlflow] metric`` than the champion on the same validation window; otherwise the
+candidate gets the alias ``challenger``. Ties keep the champion; the first version becomes
+champion. The decision and both scores are tags of the version (and of its run).
+
+Registration is one request (the version with its tags) plus one to set the alias; if the
+alias cannot be set, the version is deleted again, so no version is left without its
+alias.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import requests
+from mlflow.entities.model_registry import ModelVersion, RegisteredModel
+from mlflow.exceptions import MlflowException
+
+from stpipe.errors import ConfigError, TrackingError
+from stpipe.tracking.client import Tracking, fluent_scope, tracking_errors
+
+if TYPE_CHECKING:
+    from stpipe.evaluate import Evaluation
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+Alias = Literal["champion", "challenger"]
+TAG_PREFIX = "stpipe."
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """The outcome of comparing a candidate with the champion on one validation window.
+
+    Scores are ``[mlflow] metric`` (lower is better); ``champion_score`` is None when there
+    was no champion to compare with (``reason`` says why).
+    """
+
+    alias: Alias
+    metric: str
+    candidate_score: float
+    champion_version: str | None
+    champion_score: float | None
+    reason: str
+
+    @property
+    def promoted(self) -> bool:
+        return self.alias == CHAMPION
+
+    def tags(self) -> dict[str, str]:
+        """The decision as version/run tags (keys prefixed ``stpipe.``)."""
+        values = {
+            "decision": self.alias,
+            "metric": self.metric,
+            "candidate_score": repr(self.candidate_score),
+            "champion_version": self.champion_version or "",
+            "champion_score": "" if self.champion_score is None else repr(self.champion_score),
+            "reason": self.reason,
+        }
+        return {TAG_PREFIX + k: str(v) for k, v in values.items()}
+
+
+def decide(
+    *,
+    metric: str,
+    candidate_score: float,
+    champion_version: str | None = None,
+    champion_score: float | None = None,
+    unscored: str = "no champion yet",
+) -> Promotion:
+    """The promotion rule of the module docstring.
+
+    ``champion_score`` None means the champion could not be scored (``unscored`` says why:
+    there is none, or it was trained for other inputs): the candidate wins. A candidate
+    whose score is not finite never wins.
+    """
+    alias: Alias
+    if not math.isfinite(candidate_score):
+        alias, reason = CHALLENGER, f"candidate score {candidate_score} is not finite"
+    elif champion_score is None:
+        alias, reason = CHAMPION, unscored
+    elif not math.isfinite(champion_score) or candidate_score < champion_score:
+        alias, reason = CHAMPION, f"better than v{champion_version}"
+    elif candidate_score == champion_score:
+        alias, reason = CHALLENGER, f"tie with v{champion_version}, which stays champion"
+    else:
+        alias, reason = CHALLENGER, f"not better than v{champion_version}"
+    return Promotion(
+        alias=alias,
+        metric=metric,
+        candidate_score=candidate_score,
+        champion_version=champion_version,
+        champion_score=champion_score,
+        reason=reason,
+    )
+
+
+ERROR_METRICS = ("rmse", "mae", "rmse_lat_weighted", "mse_openstl", "mae_openstl")
+
+
+def check_metric(metric: str) -> None:
+    """ConfigError unless ``[mlflow] metric`` is an error (lower is better) averaged over
+    leads: ``rmse_wmean`` or ``<error>_mean``."""
+    allowed = ["rmse_wmean", *(f"{name}_mean" for name in ERROR_METRICS)]
+    if metric not in allowed:
+        raise ConfigError(
+            f"[mlflow] metric must be an error averaged over leads (lower is better), one of "
+            f"{allowed}; got {metric!r}"
+        )
+
+
+def promotion_score(evaluation: Evaluation, metric: str) -> float:
+    """``metric`` (a key of :meth:`Evaluation.summary`, e.g. ``rmse_wmean``) of the model."""
+    summary = evaluation.summary()
+    if metric not in summary:
+        raise ConfigError(
+            f"[mlflow] metric {metric!r} is not in this evaluation; it has {sorted(summary)}"
+        )
+    return float(summary[metric]["model"])
+
+
+def per_lead_metric(metric: str, available: Iterable[str]) -> str:
+    """The per-lead metric that ``metric`` averages: ``rmse_wmean`` is the
+    latitude-weighted RMSE where ``available`` has it, else the RMSE; ``<name>_mean`` is
+    ``<name>``."""
+    if metric == "rmse_wmean":
+        return "rmse_lat_weighted" if "rmse_lat_weighted" in available else "rmse"
+    return metric.removesuffix("_mean")
+
+
+def _registered(tracking: Tracking) -> RegisteredModel | None:
+    with tracking_errors(tracking.uri, f"read the registered model {tracking.model_name!r}"):
+        try:
+            return tracking.client.get_registered_model(tracking.model_name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
+
+def aliases(tracking: Tracking) -> dict[str, str]:
+    """Alias → version of the registered model (empty if it is not registered yet)."""
+    model = _registered(tracking)
+    return {} if model is None else {alias: str(v) for alias, v in model.aliases.items()}
+
+
+def champion(tracking: Tracking) -> ModelVersion | None:
+    """The version holding ``champion``, or None."""
+    version = aliases(tracking).get(CHAMPION)
+    if version is None:
+        return None
+    with tracking_errors(tracking.uri, f"read {tracking.model_name} v{version}"):
+        return tracking.client.get_model_version(tracking.model_name, version)
+
+
+def require_champion(tracking: Tracking) -> ModelVersion:
+    """The champion version; TrackingError saying what to run when there is none."""
+    found = champion(tracking)
+    if found is None:
+        raise TrackingError(
+            f"{tracking.uri}: registered model {tracking.model_name!r} has no champion yet; "
+            "run `stpipe train CONFIG` first"
+        )
+    return found
+
+
+def register(
+    tracking: Tracking,
+    *,
+    model_id: str,
+    run_id: str,
+    promotion: Promotion,
+    tags: dict[str, str],
+) -> ModelVersion:
+    """Register the logged model ``model_id`` as a new version and give it its alias.
+
+    The version is created with the promotion and ``tags`` in one request; if setting the
+    alias fails, the version is deleted (best effort) and TrackingError raised.
+    """
+    client, name = tracking.client, tracking.model_name
+    # MLflow's SQL registry resolves ``models:/<model id>`` through the process-wide
+    # tracking URI, not the client's (a TODO in mlflow/store/model_registry/sqlalchemy_store).
+    with (
+        tracking_errors(tracking.uri, f"register a version of {name!r}"),
+        fluent_scope(tracking.uri),
+    ):
+        try:
+            client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        version = client.create_model_version(
+            name,
+            source=f"models:/{model_id}",
+            run_id=run_id,
+            model_id=model_id,
+            tags=promotion.tags() | tags,
+        )
+    try:
+        with tracking_errors(
+            tracking.uri, f"set alias {promotion.alias!r} on {name} v{version.version}"
+        ):
+            client.set_registered_model_alias(name, promotion.alias, version.version)
+    except TrackingError:
+        # If the server is gone for good, the version stays without an alias: forecasts,
+        # which follow aliases only, never use it.
+        with contextlib.suppress(MlflowException, requests.RequestException):
+            client.delete_model_version(name, version.version)
+        raise
+    return version
+
+
+def versions(tracking: Tracking) -> list[ModelVersion]:
+    """All versions of the registered model, newest first (empty if not registered)."""
+    if _registered(tracking) is None:
+        return []
+    with tracking_errors(tracking.uri, f"list the versions of {tracking.model_name!r}"):
+        found = tracking.client.search_model_versions(f"name = '{_quote(tracking.model_name)}'")
+    return sorted(found, key=lambda v: int(v.version), reverse=True)
+
+
+def _quote(name: str) -> str:
+    return name.replace("'", "\\'")
