@@ -1,5 +1,8 @@
 """The ``stpipe`` command line: each verb loads the config and calls one library function.
 
+Verbs: ``demo``, ``generate``, ``ingest``, ``train``, ``evaluate``, ``forecast``, ``verify``,
+``compare``, ``nightly``, ``serve`` (``stpipe --help``; the README explains each).
+
 ``main(argv) -> int`` is the entry point (and what tests call). Errors a user can cause
 (:class:`stpipe.errors.StpipeError`) print one clear line and return a non-zero code.
 """
@@ -57,6 +60,107 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0 if not report.refused else 1
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from stpipe.jobs import run_training
+
+    outcome = run_training(_config(args), resume=not args.restart, progress=not args.quiet)
+    if outcome is not None:  # None on the ranks other than 0 under torchrun
+        print(outcome.summary())
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from stpipe.jobs import run_evaluation
+
+    evaluation = run_evaluation(_config(args), json_path=args.json)
+    _print(_evaluation_table(evaluation))
+    if args.json is not None:
+        log.info("wrote %s", args.json)
+    return 0
+
+
+def _evaluation_table(evaluation: Any) -> Any:
+    """RMSE (latitude-weighted where there is one) per lead: the model and each baseline."""
+    from rich.table import Table
+
+    metric = "rmse_lat_weighted" if "rmse_lat_weighted" in evaluation.metrics else "rmse"
+    by_forecast = evaluation.metrics[metric]
+    table = Table(
+        title=f"{metric} per lead on the {evaluation.split} split ({evaluation.n_samples} samples)",
+        title_justify="left",
+    )
+    table.add_column("lead (h)", justify="right")
+    for name in by_forecast:
+        table.add_column(name, justify="right")
+    for i, hours in enumerate(evaluation.lead_hours):
+        table.add_row(f"{hours:g}", *(f"{values[i]:.4g}" for values in by_forecast.values()))
+    return table
+
+
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    from stpipe.jobs import run_forecast
+
+    print(run_forecast(_config(args), init_time=args.init_time).summary())
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from stpipe.jobs import verify_forecasts
+
+    results = verify_forecasts(_config(args))
+    for result in results:
+        print(f"scored the forecast of {result.init_time} by v{result.model_version}")
+    print(f"verified {len(results)} forecast(s) whose truth has arrived since")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from stpipe.jobs import compare_versions
+
+    table = compare_versions(_config(args))
+    _print(table.to_rich())
+    if args.csv is not None:
+        log.info("wrote %s", table.to_csv(args.csv))
+    if args.json is not None:
+        log.info("wrote %s", table.to_json(args.json))
+    return 0
+
+
+def _cmd_nightly(args: argparse.Namespace) -> int:
+    from flows.nightly import nightly_flow
+
+    config = _config(args)
+    report = nightly_flow(
+        str(config.path),
+        overrides=dict(_parse_override(s) for s in args.set or []),
+        wait_for_lock=args.wait,
+    )
+    print(report.markdown())
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from stpipe.serve import DEFAULT_PREFECT_FILE, serve_deployments
+
+    prefect_file = args.prefect_file or DEFAULT_PREFECT_FILE
+    serve_deployments(args.configs, prefect_file=prefect_file, limit=args.limit)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from stpipe.demo import run_demo
+
+    overrides = dict(_parse_override(s) for s in args.set or [])
+    run_demo(args.workdir, traffic=args.traffic, nights=args.nights, overrides=overrides)
+    return 0
+
+
+def _print(renderable: Any) -> None:
+    from rich.console import Console
+
+    Console(soft_wrap=True).print(renderable)
+
+
 def _add_config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="pipeline config (TOML)")
     p.add_argument(
@@ -76,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
+    p = sub.add_parser(
+        "demo", help="the whole job on a synthetic feed: several nights, champion, forecasts"
+    )
+    p.add_argument("--workdir", type=Path, default=None, help="default runs/demo-weather")
+    p.add_argument("--traffic", action="store_true", help="the TaxiBJ-like traffic feed")
+    p.add_argument("--nights", type=int, default=None, help="nights after the first (default 3)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="config override")
+    p.set_defaults(func=_cmd_demo)
+
     p = sub.add_parser("generate", help="write synthetic daily files that look like a real feed")
     p.add_argument("kind", choices=["weather", "traffic"])
     p.add_argument("outdir", help="directory for the daily files")
@@ -87,6 +200,50 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="new source files → Zarr store (idempotent, crash-safe)")
     _add_config_arg(p)
     p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("train", help="train, log to MLflow, register, promote if better")
+    _add_config_arg(p)
+    p.add_argument(
+        "--restart", action="store_true", help="ignore a checkpoint of the same run; start over"
+    )
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="the champion and the baselines on the test split")
+    _add_config_arg(p)
+    p.add_argument("--json", type=Path, default=None, help="write the scores as JSON here")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("forecast", help="the champion's full-grid forecast → forecast store")
+    _add_config_arg(p)
+    p.add_argument(
+        "--init-time", default=None, help="the last input step (ISO time); default the newest"
+    )
+    p.set_defaults(func=_cmd_forecast)
+
+    p = sub.add_parser("verify", help="score stored forecasts whose truth has been ingested")
+    _add_config_arg(p)
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("compare", help="table of registered versions, metrics and aliases")
+    _add_config_arg(p)
+    p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
+    p.add_argument("--json", type=Path, default=None, help="also write the table as JSON")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("nightly", help="the Prefect nightly flow: ingest → train → forecast")
+    _add_config_arg(p)
+    p.add_argument(
+        "--wait", action="store_true", help="queue behind a running flow of this pipeline"
+    )
+    p.set_defaults(func=_cmd_nightly)
+
+    p = sub.add_parser("serve", help="serve deployments/prefect.yaml's schedules from here")
+    p.add_argument("configs", nargs="*", help="only the deployments of these configs")
+    p.add_argument(
+        "--prefect-file", type=Path, default=None, help="default deployments/prefect.yaml"
+    )
+    p.add_argument("--limit", type=int, default=None, help="most runs executing at once")
+    p.set_defaults(func=_cmd_serve)
 
     return parser
 
