@@ -238,6 +238,7 @@ def run_config(
         resolve_device,
         resolve_precision,
         train_epoch,
+        use_channels_last,
         validate,
     )
 
@@ -251,7 +252,7 @@ def run_config(
     with determinism(device, seed=cfg.seed):
         model = build_forecaster(config, data).to(device)
         if device.type == "cuda":
-            model.to(memory_format=torch.channels_last)
+            use_channels_last(model)
         baselines = [b.to(device) for b in build_baselines(config, data).values()]
 
         def loader(split: str, n: int | None):

@@ -184,7 +184,7 @@ def train_model(
         n_parameters = count_parameters(model)
         model.to(device)
         if device.type == "cuda":
-            model.to(memory_format=torch.channels_last)
+            use_channels_last(model)
         loader_args = dict(
             batch_size=cfg.batch_size,
             dist=dist,
@@ -462,6 +462,14 @@ def _lead_var_shape(model: Forecaster) -> tuple[int, int]:
 
 
 # --- optimisation -----------------------------------------------------------------------------
+
+
+def use_channels_last(model: nn.Module) -> None:
+    """Store the 4-D (Conv2d) weights channels-last, the layout cuDNN's fastest 2-D kernels
+    use; ``Module.to(memory_format=...)`` refuses the 5-D weights of the temporal convs."""
+    for param in model.parameters():
+        if param.dim() == 4:
+            param.data = param.data.contiguous(memory_format=torch.channels_last)
 
 
 def resolve_precision(setting: str, device: torch.device) -> torch.dtype:

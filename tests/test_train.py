@@ -16,11 +16,17 @@ import torch
 
 from stpipe.checkpoint import LAST, load_checkpoint, run_key
 from stpipe.config import Config
-from stpipe.context import build_forecaster, load_data_context
+from stpipe.context import build_forecaster, load_data_context, make_split_loader
 from stpipe.errors import ConfigError
 from stpipe.store import ingest
 from stpipe.testing import make_dataset
-from stpipe.train import EpochLog, masked_errors, train_model, weighted_loss
+from stpipe.train import (
+    EpochLog,
+    masked_errors,
+    train_model,
+    use_channels_last,
+    weighted_loss,
+)
 
 TINY = {
     "source": {"kind": "netcdf", "variables": ["t2m", "u10"]},
@@ -105,6 +111,35 @@ def test_masked_loss_ignores_cells_outside_the_mask(pipeline) -> None:
     assert torch.isfinite(loss)
     assert (pred.grad[~keep] == 0).all(), "masked cells must get no gradient"
     assert (pred.grad[keep] != 0).all()
+
+
+@pytest.mark.parametrize("name", ["scnn_lstm", "convlstm"])
+def test_channels_last_keeps_the_5d_weights_and_the_outputs(pipeline, name: str) -> None:
+    config = pipeline(model={"name": name, "convlstm_hidden": [4]})
+    data = load_data_context(config)
+    model = build_forecaster(config, data).eval()
+    batch = next(
+        iter(
+            make_split_loader(
+                config,
+                data,
+                split="train",
+                batch_size=2,
+                shuffle=False,
+                drop_last=False,
+                max_batches=1,
+            )
+        )
+    )
+    with torch.no_grad():
+        before = model(batch)
+    ranks = {p.dim() for p in model.parameters()}
+    use_channels_last(model)  # Module.to(memory_format=channels_last) raises on 5-D weights
+    conv2d = [p for p in model.parameters() if p.dim() == 4]
+    assert conv2d and all(p.is_contiguous(memory_format=torch.channels_last) for p in conv2d)
+    assert {p.dim() for p in model.parameters()} == ranks
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), before, rtol=1e-5, atol=1e-5)
 
 
 def test_same_seed_same_weights_other_seed_other_weights(pipeline) -> None:
