@@ -101,6 +101,10 @@ class ReaderOptions:
     Memory held ≈ (2·active + prefetch) blocks + (batch_prefetch + cut_threads) batches —
     set by these options, not by the store (measured: 1.0 GB peak RSS for a 2 GB store,
     0.6 GB for a 0.1 GB one whose blocks are smaller, 0.34 GB of it the imports).
+    ``cache_mb``: when all the blocks of the index decode to at most this much, they are
+    kept after their first read, so later epochs read nothing (on a GPU that finishes an
+    epoch of a small store in a fraction of a second, re-reading it at every epoch start
+    would leave it waiting); a bigger index is streamed, within the bound above.
     """
 
     block_mb: float = 64.0
@@ -109,6 +113,7 @@ class ReaderOptions:
     batch_prefetch: int = 4
     cut_threads: int = 2
     read_threads: int = 1
+    cache_mb: float = 256.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -406,16 +411,44 @@ class _Cutter:
         # Slices copy in one strided pass; index arrays would copy twice.
         self.targets = _as_slice(spec.target_index)
         self.offsets = _as_slice(spec.target_offsets)
+        counts = ds.layout.counts
+        whole = [self._extent(k, 0, int(n)) for k, n in enumerate(counts)]
+        cached_bytes = sum(
+            len(self.arrays) * (t1 - t0) * (r1 - r0) * len(ds.source.cols) * FLOAT32_BYTES
+            for t0, t1, r0, r1 in whole
+        )
+        # Blocks kept whole after their first read, by block number; None: streamed.
+        self.cache: dict[int, _Block] | None = (
+            {} if cached_bytes <= ds.options.cache_mb * 2**20 else None
+        )
+
+    def _extent(self, block: int, lo: int, hi: int) -> tuple[int, int, int, int]:
+        """(t_start, t_stop, r_start, r_stop) of the store that patches lo … hi-1 of
+        ``block`` read."""
+        layout, index = self.ds.layout, self.ds.index
+        per_window = int(layout.per_window[block])
+        first = int(layout.t_lo[block]) + lo // per_window
+        last = int(layout.t_lo[block]) + (hi - 1) // per_window
+        rows = self.row_map[layout.r_lo[block] : layout.r_hi[block]]
+        return (
+            int(index.starts[first]),
+            int(index.starts[last]) + index.spec.span,
+            int(rows[rows >= 0].min()),
+            int(rows.max()) + 1,
+        )
 
     def read(self, piece: Piece) -> _Block:
+        if self.cache is None:
+            return self._read(piece.block, piece.lo, piece.hi)
+        block = self.cache.get(piece.block)
+        if block is None:
+            block = self._read(piece.block, 0, int(self.ds.layout.counts[piece.block]))
+            self.cache[piece.block] = block
+        return block
+
+    def _read(self, block: int, lo: int, hi: int) -> _Block:
         started = time.perf_counter()
-        layout, index = self.ds.layout, self.ds.index
-        per_window = int(layout.per_window[piece.block])
-        first = int(layout.t_lo[piece.block]) + piece.lo // per_window
-        last = int(layout.t_lo[piece.block]) + (piece.hi - 1) // per_window
-        t_start, t_stop = int(index.starts[first]), int(index.starts[last]) + index.spec.span
-        rows = self.row_map[layout.r_lo[piece.block] : layout.r_hi[piece.block]]
-        r_start, r_stop = int(rows[rows >= 0].min()), int(rows.max()) + 1
+        t_start, t_stop, r_start, r_stop = self._extent(block, lo, hi)
         nx = len(self.ds.source.cols)
         data = np.empty((len(self.arrays), t_stop - t_start, r_stop - r_start, nx), np.float32)
         for array, out in zip(self.arrays, data, strict=True):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 from stpipe.config import Config, config_from_dict
@@ -153,16 +154,16 @@ def all_windows(loader) -> list[tuple[int, int, int]]:
 
 
 @pytest.mark.parametrize(
-    ("edge", "block_mb", "leads"),
+    ("edge", "block_mb", "leads", "cache_mb"),
     [
-        ("pad", 64.0, (1, 4)),
-        ("reflect", 0.004, (1, 2, 3)),
-        ("drop", 0.004, (2,)),
-        ("wrap", 64.0, (1, 4)),
+        ("pad", 64.0, (1, 4), 256.0),
+        ("reflect", 0.004, (1, 2, 3), 0.0),
+        ("drop", 0.004, (2,), 256.0),
+        ("wrap", 64.0, (1, 4), 0.0),
     ],
 )
 def test_patches_equal_numpy_slicing_of_the_source(
-    weather, global_grid, edge, block_mb, leads
+    weather, global_grid, edge, block_mb, leads, cache_mb
 ) -> None:
     config, ds = global_grid if edge == "wrap" else weather
     spec = patch_spec(edge=edge, leads=leads)
@@ -173,7 +174,7 @@ def test_patches_equal_numpy_slicing_of_the_source(
         batch_size=7,
         shuffle=True,
         seed=5,
-        options=ReaderOptions(block_mb=block_mb),
+        options=ReaderOptions(block_mb=block_mb, cache_mb=cache_mb),
     )
     batches = list(loader)
     assert len(batches) == len(loader) > 0
@@ -358,7 +359,14 @@ def test_each_chunk_is_read_once_but_the_window_overlap(tmp_path) -> None:
         input_variables=("t2m", "u10"),
         nan_policy="mask",
     )
-    loader = make_loader(spec, config.store_path, split="all", batch_size=16, shuffle=True)
+    loader = make_loader(
+        spec,
+        config.store_path,
+        split="all",
+        batch_size=16,
+        shuffle=True,
+        options=ReaderOptions(cache_mb=0),
+    )
     delivered = sum(len(b["t0"]) for b in loader)
     # Blocks of 4 time chunks (4 × the 1-chunk overlap of a 6-step window): t0 in [0, 32)
     # reads steps [0, 40), t0 in [32, 59) reads [32, 64): 72 steps of 2 × 16 × 16 float32.
@@ -366,6 +374,36 @@ def test_each_chunk_is_read_once_but_the_window_overlap(tmp_path) -> None:
     assert loader.counters.blocks_read == 2
     assert delivered == loader.counters.patches == 59 * 4
     assert loader.counters.read_amplification == pytest.approx(72 * 512 / (59 * 4 * 6 * 2 * 64))
+
+
+@pytest.mark.parametrize(("cache_mb", "reads"), [(256.0, 1), (0.0, 2)])
+def test_a_small_index_is_read_once_and_later_epochs_come_from_memory(
+    weather, cache_mb: float, reads: int
+) -> None:
+    config, _ = weather
+    loader = make_loader(
+        patch_spec(),
+        config.store_path,
+        split="all",
+        batch_size=8,
+        shuffle=True,
+        seed=3,
+        options=ReaderOptions(block_mb=0.004, cache_mb=cache_mb),
+    )
+    epochs = []
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        epochs.append(list(loader))
+    first_epoch_blocks = len(loader.dataset.layout.counts)
+    assert loader.counters.blocks_read == reads * first_epoch_blocks > reads
+    assert sorted(windows(epochs[0])) == sorted(windows(epochs[1])) == all_windows(loader)
+    assert windows(epochs[0]) != windows(epochs[1]), "each epoch its own order"
+    first = {
+        w: x for b in epochs[0] for w, x in zip(windows([b], weight=None), b["x"], strict=True)
+    }
+    for b in epochs[1]:
+        for w, x in zip(windows([b], weight=None), b["x"], strict=True):
+            torch.testing.assert_close(x, first[w], equal_nan=True, rtol=0, atol=0)
 
 
 def test_leaving_an_epoch_early_stops_the_threads(weather) -> None:
