@@ -114,8 +114,7 @@ def report(name: str, evaluation: Any) -> float:
         cells = " ".join(f"{table[n][i]:>24.4f}" for n in names)
         print(f"{hours:>6g} {cells} {margins[i]:>+8.1%}")
     print(
-        f"case={name} margin_min={min(margins):.4f} "
-        f"margin_mean={sum(margins) / len(margins):.4f}",
+        f"case={name} margin_min={min(margins):.4f} margin_mean={sum(margins) / len(margins):.4f}",
         flush=True,
     )
     return min(margins)

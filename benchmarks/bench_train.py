@@ -17,12 +17,14 @@ path (``stpipe.ingestion.ingest`` of the synthetic feeds) in ``benchmarks/_data/
 ``--quick`` (CPU smoke run, ~1–2 min): grids halved, 6 → 6 / 4 → 4 steps, batch 8,
 ConvLSTM 2×32 and ``scnn_lstm`` hidden 16, a few steps.
 
-Per model, per configuration (GPU: fp32, bf16, bf16 + ``torch.compile``; ``--all-configs``
-adds fp32 + compile; CPU: fp32), from a fresh model: ``warmup`` steps (compilation, cuDNN
-autotuning, the loader's first blocks), then ``steps`` timed steps (whole epochs of the
+Per model, per configuration (GPU: fp32 and bf16, each eager and as a CUDA graph
+(``[train] cuda_graph``, :class:`stpipe.train.TrainStep`), and bf16 + ``torch.compile``;
+``--all-configs`` adds fp32 + compile; CPU: fp32), from a fresh model: ``warmup`` steps
+(compilation, cuDNN autotuning, the graph capture, the loader's first blocks), then ``steps`` timed steps (whole epochs of the
 loader, restarted as training restarts it). samples/s = samples / wall time of the timed
 steps, GPU synchronised at the end; data_wait_frac = time blocked in the loader's
-``next()`` / that wall time. After the same budget (``warmup + steps`` steps of the same
+``next()`` while the GPU had finished the work queued before it (the device idle for
+want of data; :func:`stpipe.context.iterate_on_device`) / that wall time. After the same budget (``warmup + steps`` steps of the same
 batch size) each model is scored on the validation split: ``val_rmse`` (mean over leads,
 physical units) beside the best baseline's.
 
@@ -48,6 +50,7 @@ from typing import Any
 
 DATA = Path(__file__).resolve().parent / "_data"
 OPENSTL_H100 = {"weatherbench": "139 fp32 / 131 bf16", "taxibj": "542"}
+OPENSTL_H100_FP32 = {"weatherbench": 139.0, "taxibj": 542.0}
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,15 @@ class Case:
     convlstm_hidden: tuple[int, ...]
     scnn_hidden: int | None = None  # None: the [model] default
 
-    def config(self, *, model: str, precision: str, compile_model: bool, num_workers: int):
+    def config(
+        self,
+        *,
+        model: str,
+        precision: str,
+        compile_model: bool,
+        num_workers: int,
+        cuda_graph: bool = False,
+    ):
         from stpipe.config import config_from_dict
 
         last_day = _shift(self.start, self.days - 1)
@@ -98,6 +109,7 @@ class Case:
                     "batch_size": self.batch_size,
                     "precision": precision,
                     "compile": compile_model,
+                    "cuda_graph": cuda_graph,
                     "num_workers": num_workers,
                     "epochs": 1,
                     "device": "auto",
@@ -170,6 +182,7 @@ class Row:
     model: str
     precision: str
     compiled: bool
+    graphed: bool
     params: int
     gflops_per_sample: float
     samples_per_s: float
@@ -182,7 +195,8 @@ class Row:
     def line(self) -> str:
         return (
             f"case={self.case} model={self.model} precision={self.precision} "
-            f"compile={'on' if self.compiled else 'off'} params={self.params} "
+            f"compile={'on' if self.compiled else 'off'} "
+            f"cuda_graph={'on' if self.graphed else 'off'} params={self.params} "
             f"gflops_per_sample={self.gflops_per_sample:.3f} "
             f"samples_per_s={self.samples_per_s:.1f} step_ms={self.step_ms:.2f} "
             f"data_wait_frac={self.data_wait_frac:.3f} peak_gpu_mem_gb={self.peak_gpu_mem_gb:.2f} "
@@ -217,6 +231,7 @@ def run_config(
     model_name: str,
     precision: str,
     compile_model: bool,
+    cuda_graph: bool,
     warmup: int,
     steps: int,
     num_workers: int,
@@ -231,6 +246,7 @@ def run_config(
     )
     from stpipe.models import count_parameters, flops_per_sample
     from stpipe.train import (
+        TrainStep,
         determinism,
         loss_lead_weights,
         make_optimizer,
@@ -243,7 +259,11 @@ def run_config(
     )
 
     config = case.config(
-        model=model_name, precision=precision, compile_model=compile_model, num_workers=num_workers
+        model=model_name,
+        precision=precision,
+        compile_model=compile_model,
+        num_workers=num_workers,
+        cuda_graph=cuda_graph,
     )
     cfg = config.train
     device = resolve_device(cfg.device)
@@ -279,7 +299,9 @@ def run_config(
         example = next(iter(loader("val", 1)))
         flops = flops_per_sample(model, {k: v.to(device) for k, v in example.items()})
         step_model = torch.compile(model, dynamic=False) if compile_model else model
-        common = dict(
+        step = TrainStep(
+            step_model,
+            model,
             optimizer=optimizer,
             scheduler=scheduler,
             scaler=scaler,
@@ -287,8 +309,9 @@ def run_config(
             grad_clip=cfg.grad_clip,
             precision=dtype,
             device=device,
+            cuda_graph=cfg.cuda_graph,
         )
-        train_epoch(step_model, model, loader("train", warmup), **common)
+        train_epoch(step, loader("train", warmup))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -299,7 +322,7 @@ def run_config(
             epoch += 1
             part = loader("train", min(per_epoch, steps - samples // cfg.batch_size))
             part.set_epoch(epoch)
-            stats = train_epoch(step_model, model, part, **common)
+            stats = train_epoch(step, part)
             samples += stats.samples
             seconds += stats.seconds
             wait += stats.wait_seconds
@@ -312,6 +335,7 @@ def run_config(
         model=model_name,
         precision=precision,
         compiled=compile_model,
+        graphed=step.graphed,
         params=count_parameters(model),
         gflops_per_sample=flops / 1e9,
         samples_per_s=samples / seconds,
@@ -365,11 +389,13 @@ def main() -> None:
     gpu = torch.cuda.is_available()
     steps = args.steps or (6 if args.quick else 300)
     warmup = args.warmup or (2 if args.quick else 20)
-    configs = [("fp32", False)]
+    # (precision, torch.compile, CUDA graph)
+    configs = [("fp32", False, False)]
     if gpu:
-        configs += [("bf16", False), ("bf16", True)]
+        configs += [("fp32", False, True), ("bf16", False, False), ("bf16", False, True)]
+        configs += [("bf16", True, False)]
         if args.all_configs:
-            configs.insert(1, ("fp32", True))
+            configs.insert(2, ("fp32", True, False))
     device, description = environment()
     print(f"torch={torch.__version__} device={device} {description}", flush=True)
     print(
@@ -386,13 +412,14 @@ def main() -> None:
             flush=True,
         )
         for model in ("scnn_lstm", "convlstm"):
-            for precision, compiled in configs:
+            for precision, compiled, graphed in configs:
                 started = time.perf_counter()
                 row = run_config(
                     case,
                     model_name=model,
                     precision=precision,
                     compile_model=compiled,
+                    cuda_graph=graphed,
                     warmup=warmup,
                     steps=steps,
                     num_workers=args.num_workers,
@@ -419,6 +446,8 @@ def main() -> None:
         print(
             f"summary case={name} speedup_vs_convlstm="
             f"{per['scnn_lstm'].samples_per_s / per['convlstm'].samples_per_s:.1f}x "
+            f"speedup_vs_openstl_convlstm_h100="
+            f"{per['scnn_lstm'].samples_per_s / OPENSTL_H100_FP32[name]:.1f}x "
             f"scnn_val_rmse={per['scnn_lstm'].val_rmse:.4f} "
             f"convlstm_val_rmse={per['convlstm'].val_rmse:.4f} "
             f"best_baseline_val_rmse={per['scnn_lstm'].best_baseline_rmse:.4f}",

@@ -191,6 +191,10 @@ class TrainSection(_Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
+    cuda_graph: bool = Field(
+        default=True,
+        description="On one GPU without compile or fp16: replay each step as a CUDA graph.",
+    )
     num_workers: int = Field(default=0, ge=0)
     max_batches_per_epoch: PositiveInt | None = None
     max_val_batches: PositiveInt | None = Field(
@@ -205,6 +209,11 @@ class TrainSection(_Section):
     )
     warmup_frac: float = Field(
         default=0.05, ge=0, lt=1, description="Share of all steps spent warming up the lr."
+    )
+    calibrate: bool = Field(
+        default=True,
+        description="After training, blend each lead with its best baseline by least squares "
+        "on the validation split (scnn models).",
     )
     lead_weighting: Literal["baseline", "uniform"] = Field(
         default="baseline",

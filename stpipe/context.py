@@ -190,15 +190,28 @@ def make_split_loader(
 def iterate_on_device(
     loader: Iterable[Batch], device: torch.device
 ) -> Iterator[tuple[Batch, float]]:
-    """(batch on ``device``, seconds blocked in the loader's ``next()`` for it)."""
+    """(batch on ``device``, seconds the loader kept the device waiting for it).
+
+    On a GPU the host runs ahead of the kernels it queued: time blocked in the loader's
+    ``next()`` while the GPU still works on earlier steps costs nothing, and a host that
+    is throttled by the GPU (the caching allocators wait on it) would show it there too.
+    So a wait counts only if the work queued before it had finished by the time the batch
+    came (an upper bound of the device's idle time); on the CPU every wait counts.
+    """
     iterator = iter(loader)
+    cuda = device.type == "cuda"
     while True:
+        queued = torch.cuda.Event() if cuda else None
+        if queued is not None:
+            queued.record(torch.cuda.current_stream(device))
         started = time.perf_counter()
         try:
             batch = next(iterator)
         except StopIteration:
             return
         waited = time.perf_counter() - started
+        if queued is not None and not queued.query():
+            waited = 0.0
         if device.type != "cpu":
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         yield batch, waited

@@ -71,6 +71,7 @@ from stpipe.context import (
 )
 from stpipe.errors import ConfigError, StoreError
 from stpipe.models import Climatology, Forecaster, count_parameters
+from stpipe.models.scnn import ScnnRnn
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ class EpochLog:
     ``train_loss`` and ``val_loss`` are lead-weighted MSEs in normalised units (module
     docstring; ``val_loss`` is the early-stopping score). ``val_rmse`` and ``val_ref_rmse``
     (the best baseline) are per lead in the targets' physical units, pooled over target
-    variables. ``data_wait_frac`` is the share of the epoch spent blocked on the loader.
+    variables. ``data_wait_frac`` is the share of the epoch the device waited for the loader
+    (:func:`stpipe.context.iterate_on_device`).
     """
 
     epoch: int
@@ -181,6 +183,8 @@ def train_model(
         model = build_forecaster(config, data)
         if init_from is not None:
             _load_weights(model, init_from, origin="init_from")
+        if isinstance(model, ScnnRnn):
+            model.reset_calibration()  # trained uncalibrated, calibrated on this validation
         n_parameters = count_parameters(model)
         model.to(device)
         if device.type == "cuda":
@@ -243,23 +247,26 @@ def train_model(
             state = _RunState.from_payload(saved)
             restore_rng(saved["rng"])
             log.info("run %s: resuming after epoch %d", key, state.epoch)
-        step_model = _wrap(model, compile_model=cfg.compile, dist=dist, device=device)
+        step = TrainStep(
+            _wrap(model, compile_model=cfg.compile, dist=dist, device=device),
+            model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            lead_weights=state.lead_weights,
+            grad_clip=cfg.grad_clip,
+            precision=precision,
+            device=device,
+            cuda_graph=cfg.cuda_graph,
+        )
 
         with _Progress(enabled=progress and dist.is_main) as bar:
             while not state.finished(cfg):
                 epoch = state.epoch + 1
                 train_loader.set_epoch(epoch)
                 stats = train_epoch(
-                    step_model,
-                    model,
+                    step,
                     train_loader,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    scaler=scaler,
-                    lead_weights=state.lead_weights.to(device),
-                    grad_clip=cfg.grad_clip,
-                    precision=precision,
-                    device=device,
                     dist=dist,
                     on_step=bar.epoch(epoch, cfg.epochs, len(train_loader)),
                 )
@@ -294,6 +301,14 @@ def train_model(
     final = build_forecaster(config, data)
     _load_weights(final, state.best_state or _cpu_state(model), origin="best epoch")
     final.eval()
+    if cfg.calibrate and isinstance(final, ScnnRnn):
+        with determinism(device, seed=cfg.seed):
+            calibration = calibrate(
+                final.to(device), val_loader, precision=precision, device=device, dist=dist
+            )
+        final.cpu()
+        if dist.is_main:
+            log.info("calibration on the validation split: %s", calibration)
     return TrainResult(
         model=final,
         state=_cpu_state(final),
@@ -336,47 +351,144 @@ def weighted_loss(sse: Tensor, count: Tensor, lead_weights: Tensor) -> Tensor:
     return (lead_weights * mse).sum()
 
 
+class TrainStep:
+    """One optimisation step: forward, masked loss, backward, clip, AdamW, schedule.
+
+    ``step_model`` runs the forward pass (``model`` itself, compiled, or DDP-wrapped);
+    ``model`` is the plain module, for its normalisation constants and parameters.
+
+    ``cuda_graph``: on a single GPU without ``torch.compile`` or fp16 loss scaling, the
+    forward, loss, backward and clipping of a step are captured once as a CUDA graph (after
+    ``WARMUP`` eager steps on a side stream, which let cuDNN pick its kernels and allocate
+    the optimizer state) and replayed for every batch of the same shapes. A step of these
+    small models is hundreds of kernel launches that the CPU issues slower than the GPU runs
+    them; a replay is one launch. The batch is copied into the graph's static inputs, the
+    gradients stay the graph's own tensors (never set to None after the capture), and the
+    fused AdamW step and the scheduler run eagerly after the replay, so the learning rate
+    stays a plain float. A batch of other shapes runs eagerly.
+    """
+
+    WARMUP = 3
+
+    def __init__(
+        self,
+        step_model: nn.Module,
+        model: Forecaster,
+        *,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler,
+        lead_weights: Tensor,
+        grad_clip: float,
+        precision: torch.dtype,
+        device: torch.device,
+        cuda_graph: bool = False,
+    ) -> None:
+        self.step_model = step_model
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scaler = scaler
+        self.lead_weights = lead_weights.to(device)
+        self.grad_clip = grad_clip
+        self.precision = precision
+        self.device = device
+        self.graphed = (
+            cuda_graph and device.type == "cuda" and step_model is model and not scaler.is_enabled()
+        )
+        self._eager_steps = 0
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._static: Batch = {}
+        self._static_loss = torch.zeros((), device=device)
+
+    @property
+    def captured(self) -> bool:
+        """Whether the step is a CUDA graph by now (after the warm-up steps)."""
+        return self._graph is not None
+
+    def __call__(self, batch: Batch) -> Tensor:
+        """Train on ``batch`` (on the device); returns its loss, detached, on the device."""
+        if self._graph is not None and self._fits(batch):
+            for key, value in batch.items():
+                self._static[key].copy_(value, non_blocking=True)
+            self._graph.replay()
+            loss = self._static_loss.clone()
+        elif self.graphed and self._graph is None and self._eager_steps >= self.WARMUP:
+            loss = self._capture(batch)
+        elif self.graphed and self._graph is None:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                loss = self._gradients(batch, caching=True)
+                self._update()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._eager_steps += 1
+            return loss
+        else:
+            loss = self._gradients(batch, caching=True)
+        self._update()
+        return loss
+
+    def _gradients(self, batch: Batch, *, caching: bool) -> Tensor:
+        # After a capture the gradients are the graph's tensors: zero them in place.
+        self.optimizer.zero_grad(set_to_none=self._graph is None)
+        with torch.autocast(
+            self.device.type,
+            dtype=self.precision,
+            enabled=self.precision != torch.float32,
+            cache_enabled=caching,
+        ):
+            pred = self.step_model(batch)
+        loss = weighted_loss(*masked_errors(self.model, pred, batch), self.lead_weights)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        return loss.detach()
+
+    def _update(self) -> None:
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    def _capture(self, batch: Batch) -> Tensor:
+        self._static = {key: value.clone() for key, value in batch.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        # Autocast's cast cache would hold casts made during the capture: off inside it.
+        with torch.cuda.graph(graph):
+            self._static_loss = self._gradients(self._static, caching=False)
+        self._graph = graph
+        graph.replay()  # capturing records the work without running it
+        return self._static_loss.clone()
+
+    def _fits(self, batch: Batch) -> bool:
+        return batch.keys() == self._static.keys() and all(
+            value.shape == self._static[key].shape and value.dtype == self._static[key].dtype
+            for key, value in batch.items()
+        )
+
+
 def train_epoch(
-    step_model: nn.Module,
-    model: Forecaster,
+    step: TrainStep,
     loader: Any,
     *,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    lead_weights: Tensor,
-    grad_clip: float,
-    precision: torch.dtype,
-    device: torch.device,
     dist: Distributed | None = None,
     on_step: Callable[[int, Callable[[], float], float], None] | None = None,
 ) -> EpochStats:
-    """One pass over ``loader``: forward, masked loss, backward, clip, step, schedule.
-
-    ``step_model`` runs the forward pass (``model`` itself, compiled, or DDP-wrapped);
-    ``model`` is the plain module, for its normalisation constants and parameters. The loss
-    stays on the device: ``on_step(i, mean_loss, samples_per_s)`` gets a callable, and only
-    calling it synchronises.
-    """
-    step_model.train()
+    """One pass of ``step`` over ``loader``. The loss stays on the device:
+    ``on_step(i, mean_loss, samples_per_s)`` gets a callable, and only calling it
+    synchronises."""
+    device = step.device
+    step.step_model.train()
     total = torch.zeros((), device=device)
     samples = 0
     wait = 0.0
     started = time.perf_counter()
     for i, (batch, waited) in enumerate(iterate_on_device(loader, device)):
         wait += waited
-        with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
-            pred = step_model(batch)
-        loss = weighted_loss(*masked_errors(model, pred, batch), lead_weights)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        loss = step(batch)
         n = batch["x"].shape[0]
-        total += loss.detach() * n
+        total += loss * n
         samples += n
         if on_step is not None:
             count = samples
@@ -385,7 +497,7 @@ def train_epoch(
                 lambda t=total, c=count: float(t) / c,
                 samples / (time.perf_counter() - started),
             )
-    _average_batch_norm_statistics(model, dist)
+    _average_batch_norm_statistics(step.model, dist)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
@@ -435,6 +547,64 @@ def validate(
         ref_mse=_floats(ref),
         rmse=_floats(phys[0]),
         ref_rmse=_floats(phys[1:].min(0).values),
+    )
+
+
+# References a calibration may lean on, as weights of p, C(t), C(t0): the baselines and the
+# means of two (averaging two forecasts of similar skill is the robust combination).
+REFERENCES = {
+    "persistence": (1.0, 0.0, 0.0),
+    "climatology": (0.0, 1.0, 0.0),
+    "persistence_clim_change": (1.0, 1.0, -1.0),
+    "mean(persistence, climatology)": (0.5, 0.5, 0.0),
+    "mean(climatology, persistence_clim_change)": (0.5, 1.0, -0.5),
+}
+
+
+@torch.no_grad()
+def calibrate(
+    model: ScnnRnn,
+    loader: Any,
+    *,
+    precision: torch.dtype,
+    device: torch.device,
+    dist: Distributed | None = None,
+) -> str:
+    """Fit ``model``'s calibration (:mod:`stpipe.models.scnn`) on the split of ``loader``.
+
+    Per lead and variable and for each reference a (:data:`REFERENCES`; persistence alone
+    without a climatology): s = Σ(ŷ−a)(y−a) / Σ(ŷ−a)² clipped to [0, 1] over the real target
+    cells (normalised units); the reference whose blend has the least squared error is
+    kept. s = 1 is the model and s = 0 the reference, so on this split the result is never
+    worse than the model or any baseline. Returns the choice per lead, for the log.
+    """
+    model.eval()
+    model.reset_calibration()
+    names = list(REFERENCES) if model.climatology is not None else ["persistence"]
+    candidates = torch.tensor([REFERENCES[n] for n in names], device=device)  # [K, 3]
+    sums = torch.zeros(3, len(candidates), *_lead_var_shape(model), device=device)
+    for batch, _ in iterate_on_device(loader, device):
+        with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
+            z, terms = model.normalised_forecast(batch)
+        mask = batch["mask"] > 0
+        y = model.normalise_targets(batch["y"])
+        for k, weights in enumerate(candidates):
+            anchor = (terms * weights).sum(-1)
+            dy = torch.where(mask, y - anchor, 0.0)
+            dz = torch.where(mask, z.float() - anchor, 0.0)
+            sums[0, k] += dy.square().sum((0, 3, 4))
+            sums[1, k] += (dz * dy).sum((0, 3, 4))
+            sums[2, k] += dz.square().sum((0, 3, 4))
+    yy, zy, zz = _all_reduce(sums, dist)
+    shrink = (zy / zz.clamp_min(1e-12)).clamp(0.0, 1.0)
+    best = (yy - 2 * shrink * zy + shrink.square() * zz).argmin(0)  # [L, V]
+    model.anchor.copy_(candidates[best])
+    model.shrink.copy_(shrink.gather(0, best[None])[0])
+    return "; ".join(
+        f"lead {lead} {var}: {float(model.shrink[i, j]):.2f}·model + "
+        f"{1 - float(model.shrink[i, j]):.2f}·{names[int(best[i, j])]}"
+        for i, lead in enumerate(model.leads)
+        for j, var in enumerate(model.target_variables)
     )
 
 

@@ -16,15 +16,24 @@ import torch
 
 from stpipe.checkpoint import LAST, load_checkpoint, run_key
 from stpipe.config import Config
-from stpipe.context import build_forecaster, load_data_context, make_split_loader
+from stpipe.context import (
+    build_baselines,
+    build_forecaster,
+    load_data_context,
+    make_split_loader,
+)
 from stpipe.errors import ConfigError
 from stpipe.store import ingest
 from stpipe.testing import make_dataset
 from stpipe.train import (
+    REFERENCES,
     EpochLog,
+    TrainStep,
+    Validation,
     masked_errors,
     train_model,
     use_channels_last,
+    validate,
     weighted_loss,
 )
 
@@ -142,6 +151,51 @@ def test_channels_last_keeps_the_5d_weights_and_the_outputs(pipeline, name: str)
         torch.testing.assert_close(model(batch), before, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_steps_give_the_eager_losses_and_gradients(pipeline, monkeypatch) -> None:
+    config = pipeline(model={"dropout": 0.0})
+    data = load_data_context(config)
+    device = torch.device("cuda")
+    loader = make_split_loader(
+        config, data, split="train", batch_size=4, shuffle=True, drop_last=False, max_batches=None
+    )
+    batches = [{k: v.to(device) for k, v in b.items()} for b in loader][:10]
+    # A smaller batch among full ones: it must run eagerly, and the graph go on after it.
+    batches.insert(7, {k: v[:3] for k, v in batches[0].items()})
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    torch.manual_seed(0)
+    model = build_forecaster(config, data).to(device).train()
+    use_channels_last(model)
+    # Learning rate 0: the weights stay put, so every step of both runs sees the same model
+    # and the graph's replays (new data in its static inputs) must give eager's numbers.
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    runs = {}
+    for graphed in (False, True):
+        step = TrainStep(
+            model,
+            model,
+            optimizer=optimizer,
+            scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+            scaler=torch.amp.GradScaler("cuda", enabled=False),
+            lead_weights=torch.tensor([0.5, 0.5]),
+            grad_clip=config.train.grad_clip,
+            precision=torch.float32,
+            device=device,
+            cuda_graph=graphed,
+        )
+        runs[graphed] = [
+            (float(step(b)), [p.grad.detach().clone() for p in model.parameters()]) for b in batches
+        ]
+        assert step.captured == graphed
+    for i, ((loss, grads), (eager_loss, eager_grads)) in enumerate(
+        zip(runs[True], runs[False], strict=True)
+    ):
+        assert loss == pytest.approx(eager_loss, rel=1e-5), f"step {i}"
+        for g, e in zip(grads, eager_grads, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6, msg=f"step {i}")
+    assert len({loss for loss, _ in runs[True]}) == len(batches), "each batch its own loss"
+
+
 def test_same_seed_same_weights_other_seed_other_weights(pipeline) -> None:
     config = pipeline(train={"epochs": 1})
     first = train_model(config, resume=False, progress=False)
@@ -157,7 +211,14 @@ def test_early_stopping_stops_and_restores_the_best_epoch(pipeline) -> None:
     # Noise has nothing to learn: a model fitting it gets worse on validation, so training
     # stops `patience` epochs after the best one (epoch 0: the untrained model).
     config = pipeline(
-        train={"epochs": 12, "patience": 2, "lr": 2e-2, "schedule": "constant", "weight_decay": 0.0}
+        train={
+            "epochs": 12,
+            "patience": 2,
+            "lr": 2e-2,
+            "schedule": "constant",
+            "weight_decay": 0.0,
+            "calibrate": False,  # the weights as the epoch left them
+        }
     )
     per_epoch: dict[int, dict[str, torch.Tensor]] = {}
 
@@ -184,6 +245,41 @@ def test_early_stopping_stops_and_restores_the_best_epoch(pipeline) -> None:
     assert_same_state(result.state, per_epoch[result.best_epoch])
     assert not all(torch.equal(result.state[k], per_epoch[len(losses)][k]) for k in result.state)
     assert result.checkpoint_dir == checkpoint_dir
+
+
+def test_calibration_is_no_worse_on_validation_than_the_model_or_any_baseline(pipeline) -> None:
+    config = pipeline(train={"epochs": 2})
+    result = train_model(config, resume=False, progress=False)
+    data = load_data_context(config)
+    val = make_split_loader(  # the batches train_model scores and calibrates on
+        config,
+        data,
+        split="val",
+        batch_size=config.train.batch_size,
+        shuffle=False,
+        drop_last=False,
+        max_batches=config.train.max_val_batches,
+    )
+    baselines = list(build_baselines(config, data).values())
+    cpu = torch.device("cpu")
+
+    def scores_of(model) -> Validation:
+        return validate(model, val, baselines=baselines, precision=torch.float32, device=cpu)
+
+    calibrated = scores_of(result.model)
+    uncalibrated_model = build_forecaster(config, data)
+    uncalibrated_model.load_state_dict(result.state)
+    uncalibrated_model.reset_calibration()
+    uncalibrated = scores_of(uncalibrated_model.eval())
+    model = result.model
+    assert ((model.shrink >= 0) & (model.shrink <= 1)).all()
+    references = {tuple(w) for w in REFERENCES.values()}
+    assert {tuple(w.tolist()) for w in model.anchor.flatten(0, 1)} <= references
+    assert not torch.equal(model.shrink, uncalibrated_model.shrink)
+    for lead, (cal, unc, ref) in enumerate(
+        zip(calibrated.mse, uncalibrated.mse, calibrated.ref_mse, strict=True)
+    ):
+        assert cal <= min(unc, ref) * (1 + 1e-5), f"lead {lead}: {cal} vs model {unc}, best {ref}"
 
 
 KILL_AFTER = 2

@@ -22,6 +22,14 @@ per-lead, per-variable weights start at the chosen baseline
 (:func:`stpipe.models.baselines.baseline_weights`) and are learned as offsets from it, so
 weight decay pulls the model back towards the baseline. Untrained, the model *is* that
 baseline; with little data it degrades to it rather than below it.
+
+Calibration (:func:`stpipe.train.calibrate`, after training): per lead and variable,
+ŷ' = a + s·(ŷ − a), with a the reference (a baseline, or the mean of two) that does best on
+the validation split once blended, and s ∈ [0, 1] the least-squares weight there. At a
+lead where the network has learned little beyond the baselines (long leads on a few weeks
+of data) this combination beats both; where it has learned a lot, s ≈ 1. Until calibrated
+s = 1. (A free least-squares fit of ŷ, p, C(t), C(t0) was tried: C(t) and C(t0) are
+nearly collinear, and its large opposite weights failed badly out of sample.)
 """
 
 from __future__ import annotations
@@ -108,8 +116,23 @@ class ScnnRnn(Forecaster):
         nn.init.zeros_(self.head.bias)
         self.register_buffer("blend_init", torch.as_tensor(blend, dtype=torch.float32))
         self.blend_delta = nn.Parameter(torch.zeros(n_leads, n_out, 3))
+        # The reference a as weights of p, C(t), C(t0) [L, V, 3], and s [L, V].
+        self.register_buffer("anchor", torch.zeros(n_leads, n_out, 3))
+        self.register_buffer("shrink", torch.ones(n_leads, n_out))
+
+    def reset_calibration(self) -> None:
+        """Back to the uncalibrated forecast (before training or fine-tuning on new data)."""
+        self.anchor.zero_()
+        self.shrink.fill_(1.0)
 
     def forward(self, batch: Batch) -> Tensor:
+        z, terms = self.normalised_forecast(batch)
+        anchor = (terms * self.anchor[None, :, :, None, None, :]).sum(-1)
+        return self.denormalise_targets(anchor + self.shrink[..., None, None] * (z - anchor))
+
+    def normalised_forecast(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The uncalibrated forecast [B, L, V, H, W] and the baseline terms p, C(t), C(t0)
+        [B, L, V, H, W, 3] (zeros for C without a climatology), in normalised units."""
         x = batch["x"]
         b, t, _, height, width = x.shape
         n_leads = len(self.leads)
@@ -164,7 +187,12 @@ class ScnnRnn(Forecaster):
         for stage, skip in zip(self.up, reversed(skips[:-1]), strict=True):
             d = stage(d, skip.unflatten(0, (b, t))[:, -1], extra, n_leads=n_leads)
         r = self.head(self.dropout(d)).unflatten(0, (b, n_leads)).float()
-        return self.denormalise_targets(blend + r if self.residual else r)
+        terms = [z_last.expand(-1, n_leads, -1, -1, -1)]
+        if clim_inputs is not None and clim_valid is not None:
+            terms += [z_clim_valid, z_clim_init.expand(-1, n_leads, -1, -1, -1)]
+        else:
+            terms += [torch.zeros_like(terms[0])] * 2
+        return (blend + r if self.residual else r), torch.stack(terms, dim=-1).float()
 
 
 class _UpStage(nn.Module):
