@@ -151,14 +151,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from stpipe.demo import run_demo
 
     overrides = dict(_parse_override(s) for s in args.set or [])
-    run_demo(args.workdir, traffic=args.traffic, nights=args.nights, overrides=overrides)
+    run_demo(
+        args.workdir,
+        traffic=args.traffic,
+        nights=args.nights,
+        overrides=overrides,
+        console=_console(),
+    )
     return 0
 
 
-def _print(renderable: Any) -> None:
+def _console() -> Any:
+    """Rich console for the tables; a pipe or log file has no width, so it gets them uncut.
+
+    (Rich would otherwise fit them to 80 columns and elide run ids and values.)
+    """
     from rich.console import Console
 
-    Console(soft_wrap=True).print(renderable)
+    console = Console(soft_wrap=True)
+    return console if console.is_terminal else Console(soft_wrap=True, width=240)
+
+
+def _print(renderable: Any) -> None:
+    _console().print(renderable)
 
 
 def _add_config_arg(p: argparse.ArgumentParser) -> None:

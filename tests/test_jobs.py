@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from stpipe import jobs
+from stpipe.cli import main
 from stpipe.config import Config, load_config
 from stpipe.context import build_forecaster, load_data_context, make_split_loader
 from stpipe.errors import ConfigError, TrackingError
@@ -284,6 +285,15 @@ def test_compare_lists_every_version_with_metrics_per_lead(trained, tmp_path: Pa
     payload = json.loads(table.to_json(tmp_path / "versions.json").read_text())
     assert payload["metric"] == "rmse_wmean" and len(payload["rows"]) == len(table.rows)
     assert table.to_rich().row_count == len(table.rows)
+
+
+@pytest.mark.slow
+def test_compare_printed_to_a_pipe_keeps_whole_run_ids_and_values(trained, capsys) -> None:
+    config, first = trained
+    assert main(["-q", "compare", str(config.path)]) == 0
+    printed = capsys.readouterr().out
+    assert first.run_id in printed
+    assert f"{first.test.metrics['rmse_lat_weighted']['model'][0]:.4g}" in printed
 
 
 @pytest.mark.slow
