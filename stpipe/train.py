@@ -455,7 +455,9 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         # Autocast's cast cache would hold casts made during the capture: off inside it.
-        with torch.cuda.graph(graph):
+        # thread_local: the loader's threads keep pinning host memory meanwhile, and under the
+        # default (global) mode such a CUDA call from another thread invalidates the capture.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._static_loss = self._gradients(self._static, caching=False)
         self._graph = graph
         graph.replay()  # capturing records the work without running it
