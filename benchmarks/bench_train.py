@@ -20,8 +20,8 @@ ConvLSTM 2×32 and ``scnn_lstm`` hidden 16, a few steps.
 Per model, per configuration (GPU: fp32 and bf16, each eager and as a CUDA graph
 (``[train] cuda_graph``, :class:`stpipe.train.TrainStep`), and bf16 + ``torch.compile``;
 ``--all-configs`` adds fp32 + compile; CPU: fp32), from a fresh model: ``warmup`` steps
-(compilation, cuDNN autotuning, the graph capture, the loader's first blocks), then ``steps`` timed steps (whole epochs of the
-loader, restarted as training restarts it). samples/s = samples / wall time of the timed
+(compilation, cuDNN autotuning, the graph capture, the loader's first blocks), then ``steps`` timed steps (epochs of the same
+loader, as ``stpipe train`` runs them: its block cache and threads carry over). samples/s = samples / wall time of the timed
 steps, GPU synchronised at the end; data_wait_frac = time blocked in the loader's
 ``next()`` while the GPU had finished the work queued before it (the device idle for
 want of data; :func:`stpipe.context.iterate_on_device`) / that wall time. After the same budget (``warmup + steps`` steps of the same
@@ -39,6 +39,7 @@ reused without ingesting).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -311,18 +312,20 @@ def run_config(
             device=device,
             cuda_graph=cfg.cuda_graph,
         )
-        train_epoch(step, loader("train", warmup))
+        # One loader for every epoch, as train_model keeps it (its block cache and reader
+        # state persist); the warmup is the start of epoch 0.
+        train_epoch(step, itertools.islice(train_loader, warmup))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         samples = 0
         seconds = wait = 0.0
-        epoch = 1
+        epoch = 0
         while samples < steps * cfg.batch_size:
             epoch += 1
-            part = loader("train", min(per_epoch, steps - samples // cfg.batch_size))
-            part.set_epoch(epoch)
-            stats = train_epoch(step, part)
+            train_loader.set_epoch(epoch)
+            batches = min(per_epoch, steps - samples // cfg.batch_size)
+            stats = train_epoch(step, itertools.islice(train_loader, batches))
             samples += stats.samples
             seconds += stats.seconds
             wait += stats.wait_seconds
