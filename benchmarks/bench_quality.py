@@ -1,7 +1,7 @@
 """Forecast quality: the trained model against every baseline, per lead, on the test split.
 
     python benchmarks/bench_quality.py [--quick] [--case weather|traffic|regional|all]
-                                       [--model scnn_lstm] [--epochs N]
+                                       [--model scnn_lstm] [--epochs N] [--seed N]
 
 Each case ingests a synthetic feed through the real path (``stpipe.ingestion.ingest``)
 into ``benchmarks/_data/``, trains with ``stpipe.train.train_model`` (early stopping on
@@ -40,9 +40,11 @@ def _base(name: str) -> dict[str, Any]:
     return tomllib.loads((ROOT / "data" / "configs" / f"{name}.toml").read_text())
 
 
-def case_config(name: str, *, quick: bool, epochs: int | None, model: str) -> dict[str, Any]:
+def case_config(
+    name: str, *, quick: bool, epochs: int | None, model: str, seed: int | None = None
+) -> dict[str, Any]:
     """The raw config of a case (the shipped config for weather/traffic, with its workdir
-    moved under benchmarks/_data)."""
+    moved under benchmarks/_data); ``seed`` replaces the synthetic feed's seed."""
     if name == "regional":
         raw = _base("weather")
         days = 10 if quick else 21
@@ -68,7 +70,11 @@ def case_config(name: str, *, quick: bool, epochs: int | None, model: str) -> di
             }
     raw["pipeline"]["name"] = f"bench-quality-{name}"
     days = raw["source"]["synthetic"]["days"]
-    raw["pipeline"]["workdir"] = str(DATA / f"quality-{name}-{days}d")
+    workdir = f"quality-{name}-{days}d"
+    if seed is not None:
+        raw["source"]["synthetic"]["seed"] = seed
+        workdir += f"-seed{seed}"
+    raw["pipeline"]["workdir"] = str(DATA / workdir)
     raw["model"] = raw.get("model", {}) | {"name": model}
     raw["train"] = raw.get("train", {}) | {"device": "auto"}
     if quick:
@@ -126,6 +132,7 @@ def main() -> None:
     parser.add_argument("--case", choices=["all", "weather", "traffic", "regional"], default="all")
     parser.add_argument("--model", default="scnn_lstm", help="[model] name to train")
     parser.add_argument("--epochs", type=int, help="override [train] epochs")
+    parser.add_argument("--seed", type=int, help="override the synthetic feeds' seed")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("distributed", "stpipe"):
@@ -133,7 +140,9 @@ def main() -> None:
     names = ["weather", "traffic", "regional"] if args.case == "all" else [args.case]
     margins = {}
     for name in names:
-        raw = case_config(name, quick=args.quick, epochs=args.epochs, model=args.model)
+        raw = case_config(
+            name, quick=args.quick, epochs=args.epochs, model=args.model, seed=args.seed
+        )
         evaluation, _ = run_case(name, raw)
         margins[name] = report(name, evaluation)
     print(
