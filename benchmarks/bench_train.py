@@ -21,7 +21,7 @@ Per model, per configuration (GPU: fp32 and bf16, each eager and as a CUDA graph
 (``[train] cuda_graph``, :class:`stpipe.train.TrainStep`), and bf16 + ``torch.compile``;
 ``--all-configs`` adds fp32 + compile; CPU: fp32), from a fresh model: ``warmup`` steps
 (compilation, cuDNN autotuning, the graph capture, the loader's first blocks), then ``steps`` timed steps (epochs of the same
-loader, as ``stpipe train`` runs them: its block cache and threads carry over). samples/s = samples / wall time of the timed
+loader, as ``stpipe train`` runs them: its block cache carries over). samples/s = samples / wall time of the timed
 steps, GPU synchronised at the end; data_wait_frac = time blocked in the loader's
 ``next()`` while the GPU had finished the work queued before it (the device idle for
 want of data; :func:`stpipe.context.iterate_on_device`) / that wall time. After the same budget (``warmup + steps`` steps of the same
@@ -312,8 +312,8 @@ def run_config(
             device=device,
             cuda_graph=cfg.cuda_graph,
         )
-        # One loader for every epoch, as train_model keeps it (its block cache and reader
-        # state persist); the warmup is the start of epoch 0.
+        # One loader for every epoch, as train_model keeps it (its block cache persists);
+        # the warmup is the start of epoch 0.
         train_epoch(step, itertools.islice(train_loader, warmup))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
