@@ -7,7 +7,7 @@ Full: 60 daily ERA5-like NetCDF files, 256×256, 3 variables (t2m, u10, v10), ho
 ingests them, one file at a time in date order, into a fresh Zarr v3 store, in its own
 subprocess (so peak RSS is its own):
 
-- stpipe: ``stpipe.ingestion.ingest`` with ``kind = "netcdf"``, then the same call again
+- stpipe: ``stpipe.io.ingestion.ingest`` with ``kind = "netcdf"``, then the same call again
   on the unchanged files (the no-op re-run of a nightly job);
 - naive: ``xr.open_mfdataset([file])[variables].to_zarr(store, mode="a",
   append_dim="time")`` per file (the first with ``mode="w"``).
@@ -33,8 +33,8 @@ GRID = (256, 256)
 STPIPE_RUN = textwrap.dedent(
     """
     import json, resource, sys, time
-    from stpipe.config import config_from_dict
-    from stpipe.ingestion import ingest
+    from stpipe.app.config import config_from_dict
+    from stpipe.io.ingestion import ingest
 
     files, workdir, variables = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     address = ""
@@ -50,9 +50,9 @@ STPIPE_RUN = textwrap.dedent(
         "split": {"val_start": "2030-01-01", "test_start": "2030-01-02"},
     })
     t0 = time.perf_counter()
-    report = ingest(config, progress=False)
+    report = ingest(config.ingest_job, progress=False)
     t1 = time.perf_counter()
-    rerun = ingest(config, progress=False)
+    rerun = ingest(config.ingest_job, progress=False)
     t2 = time.perf_counter()
     assert not report.refused and len(rerun.skipped) == len(report.ingested), rerun.summary()
     print(json.dumps({"seconds": t1 - t0, "bytes": report.bytes_ingested, "noop_s": t2 - t1,
@@ -86,7 +86,7 @@ NAIVE_RUN = textwrap.dedent(
 GENERATE = textwrap.dedent(
     """
     import json, sys
-    from stpipe.sources.synthetic import generate_weather_files
+    from stpipe.io.sources.synthetic import generate_weather_files
 
     files = generate_weather_files(sys.argv[1], days=int(sys.argv[2]), start="2024-01-01",
                                    seed=0, grid=tuple(json.loads(sys.argv[3])))

@@ -40,7 +40,7 @@ INPUT_STEPS, LEADS, SIZE = 12, [1, 2, 3, 4, 5, 6], 32
 
 
 def config(days: int):
-    from stpipe.config import config_from_dict
+    from stpipe.app.config import config_from_dict
 
     return config_from_dict(
         {
@@ -67,10 +67,11 @@ def peak_rss_mb() -> float:
 
 
 def side_build(days: int) -> dict:
-    from stpipe.store import ingest, open_store
+    from stpipe.io.ingestion import ingest
+    from stpipe.io.store import open_store
 
     cfg = config(days)
-    report = ingest(cfg, progress=False)
+    report = ingest(cfg.ingest_job, progress=False)
     ds = open_store(cfg.store_path)
     return {
         "store": str(cfg.store_path),
@@ -82,7 +83,7 @@ def side_build(days: int) -> dict:
 
 
 def side_stpipe(days: int, workers: int) -> dict:
-    from stpipe.loader import make_loader
+    from stpipe.learn.loader import make_loader
 
     cfg = config(days)
     loader = make_loader(
@@ -120,7 +121,7 @@ def side_xbatcher(days: int, seconds: float) -> dict:
 
     import xbatcher
 
-    from stpipe.store import open_store
+    from stpipe.io.store import open_store
 
     warnings.simplefilter("ignore")
     ds = open_store(config(days).store_path)[VARIABLES]

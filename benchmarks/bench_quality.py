@@ -3,9 +3,9 @@
     python benchmarks/bench_quality.py [--quick] [--case weather|traffic|regional|all]
                                        [--model scnn_lstm] [--epochs N] [--seed N]
 
-Each case ingests a synthetic feed through the real path (``stpipe.ingestion.ingest``)
-into ``benchmarks/_data/``, trains with ``stpipe.train.train_model`` (early stopping on
-validation, the device ``auto`` picks) and scores with ``stpipe.evaluate.evaluate_model``
+Each case ingests a synthetic feed through the real path (``stpipe.io.ingestion.ingest``)
+into ``benchmarks/_data/``, trains with ``stpipe.learn.train.train_model`` (early stopping on
+validation, the device ``auto`` picks) and scores with ``stpipe.learn.evaluate.evaluate_model``
 on the test split: RMSE in physical units (latitude-weighted on lat/lon grids), the model
 beside persistence, climatology and persistence + climatological change, fitted on the
 train split only.
@@ -31,6 +31,8 @@ import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+from stpipe.app.jobs import data_context, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "_data"
@@ -85,17 +87,16 @@ def case_config(
 
 
 def run_case(name: str, raw: dict[str, Any]) -> tuple[Any, float]:
-    from stpipe.config import config_from_dict
-    from stpipe.evaluate import evaluate_model
-    from stpipe.ingestion import ingest
-    from stpipe.train import train_model
+    from stpipe.app.config import config_from_dict
+    from stpipe.io.ingestion import ingest
+    from stpipe.learn.evaluate import evaluate_model
 
     config = config_from_dict(raw, origin=f"bench_quality:{name}", base=ROOT)
-    report = ingest(config, progress=False)
+    report = ingest(config.ingest_job, progress=False)
     if report.refused:
         raise SystemExit(f"ingest refused files: {report.refused}")
     started = time.perf_counter()
-    result = train_model(config, resume=False, progress=False)
+    result = train(config, resume=False, progress=False)
     seconds = time.perf_counter() - started
     print(
         f"[{name}] trained {raw['model']['name']} on {result.device}: "
@@ -104,7 +105,7 @@ def run_case(name: str, raw: dict[str, Any]) -> tuple[Any, float]:
         f"{result.n_parameters} parameters",
         flush=True,
     )
-    return evaluate_model(result.model, config, split="test"), seconds
+    return evaluate_model(result.model, data_context(config), split="test"), seconds
 
 
 def report(name: str, evaluation: Any) -> float:

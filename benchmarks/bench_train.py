@@ -3,9 +3,9 @@
     python benchmarks/bench_train.py [--quick] [--case weatherbench|taxibj|all]
                                      [--steps N] [--num-workers N] [--all-configs]
 
-Both models are trained by ``stpipe.train`` (``train_epoch``: the loader, bf16 autocast,
+Both models are trained by ``stpipe.learn.train`` (``train_epoch``: the loader, bf16 autocast,
 AdamW, clipping, the lead-weighted masked loss) on stores built through the real ingest
-path (``stpipe.ingestion.ingest`` of the synthetic feeds) in ``benchmarks/_data/``. Shapes
+path (``stpipe.io.ingestion.ingest`` of the synthetic feeds) in ``benchmarks/_data/``. Shapes
 (OpenSTL's, whose own ConvLSTM trains at the figures below on an H100):
 
 - ``weatherbench``: WeatherBench t2m, 12 → 12 hourly steps on 32×64, batch 16; ConvLSTM
@@ -18,13 +18,13 @@ path (``stpipe.ingestion.ingest`` of the synthetic feeds) in ``benchmarks/_data/
 ConvLSTM 2×32 and ``scnn_lstm`` hidden 16, a few steps.
 
 Per model, per configuration (GPU: fp32 and bf16, each eager and as a CUDA graph
-(``[train] cuda_graph``, :class:`stpipe.train.TrainStep`), and bf16 + ``torch.compile``;
+(``[train] cuda_graph``, :class:`stpipe.learn.train.TrainStep`), and bf16 + ``torch.compile``;
 ``--all-configs`` adds fp32 + compile; CPU: fp32), from a fresh model: ``warmup`` steps
 (compilation, cuDNN autotuning, the graph capture, the loader's first blocks), then ``steps`` timed steps (epochs of the same
 loader, as ``stpipe train`` runs them: its block cache carries over). samples/s = samples / wall time of the timed
 steps, GPU synchronised at the end; data_wait_frac = time blocked in the loader's
 ``next()`` while the GPU had finished the work queued before it (the device idle for
-want of data; :func:`stpipe.context.iterate_on_device`) / that wall time. After the same budget (``warmup + steps`` steps of the same
+want of data; :func:`stpipe.learn.context.iterate_on_device`) / that wall time. After the same budget (``warmup + steps`` steps of the same
 batch size) each model is scored on the validation split: ``val_rmse`` (mean over leads,
 physical units) beside the best baseline's.
 
@@ -48,6 +48,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from stpipe.app.jobs import data_context
 
 DATA = Path(__file__).resolve().parent / "_data"
 OPENSTL_H100 = {"weatherbench": "139 fp32 / 131 bf16", "taxibj": "542"}
@@ -79,7 +81,7 @@ class Case:
         num_workers: int,
         cuda_graph: bool = False,
     ):
-        from stpipe.config import config_from_dict
+        from stpipe.app.config import config_from_dict
 
         last_day = _shift(self.start, self.days - 1)
         model_section: dict[str, Any] = {
@@ -207,7 +209,7 @@ class Row:
 
 def build_store(case: Case) -> str:
     """Ingest the case's synthetic feed (a no-op when the store is already complete)."""
-    from stpipe.store import open_store
+    from stpipe.io.store import open_store
 
     config = case.config(model="scnn_lstm", precision="fp32", compile_model=False, num_workers=0)
     expected = case.days * 86_400 // (3600 if case.kind == "synthetic-weather" else 1800)
@@ -217,10 +219,10 @@ def build_store(case: Case) -> str:
         steps = -1
     if steps == expected:
         return f"reused {config.store_path} ({steps} steps)"
-    from stpipe.store import ingest
+    from stpipe.io.ingestion import ingest
 
     started = time.perf_counter()
-    report = ingest(config, progress=False)
+    report = ingest(config.ingest_job, progress=False)
     if report.refused:
         raise SystemExit(f"ingest refused files: {report.refused}")
     return f"ingested {config.store_path} in {time.perf_counter() - started:.1f} s"
@@ -239,14 +241,12 @@ def run_config(
 ) -> Row:
     import torch
 
-    from stpipe.context import (
+    from stpipe.learn.context import (
         build_baselines,
         build_forecaster,
-        load_data_context,
         make_split_loader,
     )
-    from stpipe.models import count_parameters, flops_per_sample
-    from stpipe.train import (
+    from stpipe.learn.train import (
         TrainStep,
         determinism,
         loss_lead_weights,
@@ -258,6 +258,7 @@ def run_config(
         use_channels_last,
         validate,
     )
+    from stpipe.models import count_parameters, flops_per_sample
 
     config = case.config(
         model=model_name,
@@ -269,16 +270,15 @@ def run_config(
     cfg = config.train
     device = resolve_device(cfg.device)
     dtype = resolve_precision(cfg.precision, device)
-    data = load_data_context(config)
+    data = data_context(config)
     with determinism(device, seed=cfg.seed):
-        model = build_forecaster(config, data).to(device)
+        model = build_forecaster(config.model, data).to(device)
         if device.type == "cuda":
             use_channels_last(model)
-        baselines = [b.to(device) for b in build_baselines(config, data).values()]
+        baselines = [b.to(device) for b in build_baselines(data).values()]
 
         def loader(split: str, n: int | None):
             return make_split_loader(
-                config,
                 data,
                 split=split,
                 batch_size=cfg.batch_size,

@@ -1,26 +1,5 @@
-"""``ingest_flow``: new source files → the pipeline's store, under the pipeline lock."""
+"""Prefect entrypoint ``flows/ingest.py:ingest_flow`` for ``deployments/prefect.yaml``."""
 
-from __future__ import annotations
+from stpipe.app.flows.ingest import ingest_flow
 
-from typing import TYPE_CHECKING
-
-from prefect import flow
-
-from flows.common import Overrides, ingest_task, pipeline_config, pipeline_lock
-
-if TYPE_CHECKING:
-    from stpipe.ingestion import IngestReport
-
-
-@flow(name="ingest")
-def ingest_flow(
-    config_path: str, overrides: Overrides | None = None, wait_for_lock: bool = False
-) -> IngestReport:
-    """Ingest the new files of the pipeline ``config_path`` (see :func:`stpipe.store.ingest`).
-
-    ``overrides``: config keys to replace for this run (``{"source.on_bad_file": "skip"}``);
-    ``wait_for_lock``: queue behind a running flow of the same pipeline instead of failing.
-    """
-    config = pipeline_config(config_path, overrides)
-    with pipeline_lock(config, wait=wait_for_lock):
-        return ingest_task(config)
+__all__ = ["ingest_flow"]

@@ -1,31 +1,14 @@
 """stpipe: spatiotemporal forecasting on gridded data.
 
-Stages, one module each, data flowing one way: ``sources`` → ``store`` → ``patches`` →
-``loader`` → ``models`` → ``train`` → ``evaluate`` → ``tracking`` → ``forecast``.
-The names below are imported lazily so that ``import stpipe`` stays cheap and the core
-works without prefect or mlflow installed.
+The package is layered; each layer imports only the ones listed before it:
+
+- :mod:`stpipe.core`: pure computation: grid, patch arithmetic, metrics, the model card, errors;
+- :mod:`stpipe.models`: the networks and the baselines (torch);
+- :mod:`stpipe.io`: source files, the Zarr store and its manifest, ingestion, checkpoints;
+- :mod:`stpipe.learn`: the data context, the loader, statistics, training, evaluation;
+- :mod:`stpipe.forecast`: full-grid forecasts (tiling) and the forecast store;
+- :mod:`stpipe.tracking`: MLflow runs, logged models, the registry;
+- :mod:`stpipe.app`: the config file, the jobs, the CLI, the demo and the Prefect flows.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
 __version__ = "0.1.0"
-
-_EXPORTS = {
-    "load_config": "stpipe.config",
-    "Config": "stpipe.config",
-    "open_store": "stpipe.store",
-    "ingest": "stpipe.store",
-    "read_source_file": "stpipe.sources",
-}
-
-__all__ = ["__version__", *_EXPORTS]
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'stpipe' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)

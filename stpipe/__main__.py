@@ -1,5 +1,5 @@
 import sys
 
-from stpipe.cli import main
+from stpipe.app.cli import main
 
 sys.exit(main())

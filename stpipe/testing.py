@@ -1,6 +1,6 @@
 """Factories and validators that stpipe's own tests (and users' tests) reuse.
 
-Everything here builds canonical datasets in memory (see :mod:`stpipe.grid`); nothing
+Everything here builds canonical datasets in memory (see :mod:`stpipe.core.grid`); nothing
 mocks a library.
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from stpipe.grid import spatial_dims
+from stpipe.core.grid import spatial_dims
 
 UNITS = {"t2m": "K", "u10": "m s-1", "v10": "m s-1", "msl": "Pa", "inflow": "1", "outflow": "1"}
 
@@ -70,7 +70,7 @@ def make_dataset(
 
 
 def assert_canonical(ds: xr.Dataset) -> None:
-    """Raise AssertionError unless ``ds`` follows the canonical conventions of stpipe.grid."""
+    """Raise AssertionError unless ``ds`` follows the canonical conventions of stpipe.core.grid."""
     rows, cols = spatial_dims(ds)
     assert np.issubdtype(ds["time"].dtype, np.datetime64), f"time dtype {ds['time'].dtype}"
     t = ds["time"].values

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from stpipe.config import Config, load_config
+from stpipe.app.config import Config, load_config
 from stpipe.testing import make_dataset
 
 VARIABLES = ("t2m", "u10")

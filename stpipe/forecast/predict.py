@@ -4,9 +4,9 @@ The *init time* of a forecast is the time of its last input step (CF
 ``forecast_reference_time``); lead ``k`` is valid ``k · step`` later. A window is complete
 when the store holds all ``input_steps`` steps ending at the init time, one step apart.
 Tiles of the model's patch size cover the grid with ``overlap`` cells shared between
-neighbours (:func:`stpipe.tiling.tile_positions`); inputs are cut with the model's halo and
+neighbours (:func:`stpipe.forecast.tiling.tile_positions`); inputs are cut with the model's halo and
 edge policy as in training, and the central outputs are blended back with a taper
-(:func:`stpipe.tiling.stitch`). Everything the model needs to know about its inputs comes
+(:func:`stpipe.forecast.tiling.stitch`). Everything the model needs to know about its inputs comes
 from its :class:`~stpipe.tracking.model.ModelCard`, not from the pipeline config.
 """
 
@@ -20,12 +20,12 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from stpipe.errors import StoreError
+from stpipe.core.card import ModelCard
+from stpipe.core.errors import StoreError
+from stpipe.core.grid import spatial_dims
+from stpipe.core.patches import axis_indices, static_coordinates, time_features
 from stpipe.forecast.store import INIT, LEAD
-from stpipe.grid import spatial_dims
-from stpipe.patches import axis_indices, static_coordinates, time_features
-from stpipe.tiling import cut_tiles, stitch, tile_positions
-from stpipe.tracking.card import ModelCard
+from stpipe.forecast.tiling import cut_tiles, stitch, tile_positions
 
 BATCH_SIZE = 32
 
@@ -115,7 +115,7 @@ def tile_batch(
 ) -> dict[str, Tensor]:
     """The model inputs of the tiles whose target areas start at ``positions`` [N, 2].
 
-    Keys and layout as the training loader's batches (:mod:`stpipe.loader`), built the same
+    Keys and layout as the training loader's batches (:mod:`stpipe.learn.loader`), built the same
     way: ``x`` cut with the card's halo and edge policy, time features of the input and
     valid times, static channels, and ``row0``/``col0`` of the top-left cell with the halo.
     """

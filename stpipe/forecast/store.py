@@ -48,7 +48,7 @@ import xarray as xr
 import zarr
 import zarr.storage
 
-from stpipe.errors import StoreError
+from stpipe.core.errors import StoreError
 
 INIT = "init_time"
 LEAD = "lead_time"

@@ -3,7 +3,7 @@
 A forecast of init time t is verifiable when the store holds every valid time t + lead;
 its scores are per target variable and lead, in physical units, over all grid cells with
 a finite truth: RMSE (latitude-weighted on lat/lon grids, cos(lat)/mean as in
-:func:`stpipe.grid.latitude_weights`) and MAE.
+:func:`stpipe.core.grid.latitude_weights`) and MAE.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
+from stpipe.core.grid import is_latlon, latitude_weights, spatial_dims
 from stpipe.forecast.store import INIT, LEAD, VALID
-from stpipe.grid import is_latlon, latitude_weights, spatial_dims
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from stpipe.config import ModelSection
-from stpipe.errors import ConfigError
+from stpipe.core.errors import ConfigError
 from stpipe.models.baselines import BASELINES, Baseline, baseline_weights
 from stpipe.models.climatology import Climatology, ClimatologyLookup, climatology_period
 from stpipe.models.common import ArrayLike, Batch, Forecaster
 from stpipe.models.convlstm import ConvLSTM
 from stpipe.models.scnn import ScnnRnn
+from stpipe.models.settings import ModelSection
 
 __all__ = [
     "Climatology",

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from stpipe.errors import ConfigError
+from stpipe.core.errors import ConfigError
 from stpipe.models.climatology import Climatology, ClimatologyLookup
 from stpipe.models.common import Batch, Forecaster, last_valid
 

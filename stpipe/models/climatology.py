@@ -32,8 +32,8 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from stpipe.errors import ConfigError, StoreError
-from stpipe.grid import is_latlon, spatial_dims
+from stpipe.core.errors import ConfigError, StoreError
+from stpipe.core.grid import is_latlon, spatial_dims
 
 Period = Literal["day", "week"]
 Times = TypeVar("Times", np.ndarray, Tensor)

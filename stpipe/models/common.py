@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from stpipe.errors import ConfigError
+from stpipe.core.errors import ConfigError
 
 Batch = dict[str, Tensor]
 ArrayLike = Sequence[float] | np.ndarray | Tensor

@@ -23,7 +23,7 @@ per-lead, per-variable weights start at the chosen baseline
 weight decay pulls the model back towards the baseline. Untrained, the model *is* that
 baseline; with little data it degrades to it rather than below it.
 
-Calibration (:func:`stpipe.train.calibrate`, after training): per lead and variable,
+Calibration (:func:`stpipe.learn.train.calibrate`, after training): per lead and variable,
 ŷ' = a + s·(ŷ − a), with a the reference (a baseline, or the mean of two) that does best on
 the validation split once blended, and s ∈ [0, 1] the least-squares weight there. At a
 lead where the network has learned little beyond the baselines (long leads on a few weeks

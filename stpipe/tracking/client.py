@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import mlflow
@@ -29,8 +30,8 @@ import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from stpipe.config import Config
-from stpipe.errors import TrackingError
+from stpipe.core.errors import TrackingError
+from stpipe.tracking.settings import MlflowSection
 
 log = logging.getLogger(__name__)
 
@@ -51,38 +52,44 @@ class Tracking:
     model_name: str
 
 
-def tracking_uri(config: Config) -> str:
+def tracking_uri(settings: MlflowSection, workdir: Path) -> str:
     """``[mlflow] tracking_uri``, or ``sqlite:///<workdir>/mlflow.db``."""
-    return config.mlflow.tracking_uri or f"sqlite:///{config.workdir.resolve() / 'mlflow.db'}"
+    return settings.tracking_uri or f"sqlite:///{workdir.resolve() / 'mlflow.db'}"
 
 
 def _is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def connect(config: Config) -> Tracking:
-    """Reach the tracking backend of ``config`` and get (or create) its experiment.
+def connect(
+    settings: MlflowSection, *, workdir: Path, experiment: str, model_name: str
+) -> Tracking:
+    """Reach the tracking backend of ``[mlflow]`` and get (or create) ``experiment``.
+
+    Without a ``tracking_uri`` the backend is SQLite in ``workdir``; ``model_name`` is the
+    registered model the pipeline's versions go to.
 
     A server is probed (``GET /health``) up to ``[mlflow] retries`` times, waiting
     ``retry_backoff_s`` · 2^k between attempts; then :class:`TrackingError`. Nothing is
     written before the server has answered.
     """
-    uri = tracking_uri(config)
+    uri = tracking_uri(settings, workdir)
     if _is_remote(uri):
         with_retries(
             lambda: _probe(uri),
             what=f"reach the MLflow server {uri}",
-            attempts=config.mlflow.retries,
-            backoff_s=config.mlflow.retry_backoff_s,
+            attempts=settings.retries,
+            backoff_s=settings.retry_backoff_s,
         )
     else:
-        config.workdir.mkdir(parents=True, exist_ok=True)
+        workdir.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    name = config.experiment_name
+    name = experiment
     with tracking_errors(uri, f"open experiment {name!r}"):
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            experiment_id = client.create_experiment(name, artifact_location=_artifacts(config))
+            artifacts = None if settings.tracking_uri else _local_artifacts(workdir, name)
+            experiment_id = client.create_experiment(name, artifact_location=artifacts)
         elif experiment.lifecycle_stage == "deleted":
             raise TrackingError(
                 f"{uri}: experiment {name!r} is deleted; restore it (`mlflow experiments "
@@ -90,17 +97,13 @@ def connect(config: Config) -> Tracking:
             )
         else:
             experiment_id = experiment.experiment_id
-    return Tracking(
-        uri=uri, client=client, experiment_id=experiment_id, model_name=config.model_name
-    )
+    return Tracking(uri=uri, client=client, experiment_id=experiment_id, model_name=model_name)
 
 
-def _artifacts(config: Config) -> str | None:
-    """Artifact root of a new experiment: ``<workdir>/mlartifacts/<experiment>`` locally;
-    the server's own (``--artifacts-destination``) when tracking remotely."""
-    if config.mlflow.tracking_uri:
-        return None
-    return (config.workdir.resolve() / "mlartifacts" / config.experiment_name).as_uri()
+def _local_artifacts(workdir: Path, experiment: str) -> str:
+    """Artifact root of a new local experiment: ``<workdir>/mlartifacts/<experiment>`` (a
+    server keeps its own, ``--artifacts-destination``)."""
+    return (workdir.resolve() / "mlartifacts" / experiment).as_uri()
 
 
 def _probe(uri: str) -> None:

@@ -15,7 +15,7 @@ every record first and accepts only JSON, raw tensors, and records that torch's 
 :class:`_TensorInputs` (the batch keys of :data:`BATCH_INPUTS` in that order, batch
 dimension dynamic), and :class:`RegisteredForecaster` turns it back into a forecaster with
 ``forward(batch)``. What the program was trained for (variables, leads, step, patch shape,
-grid) travels as the :class:`~stpipe.tracking.card.ModelCard` in the MLmodel ``metadata``.
+grid) travels as the :class:`~stpipe.core.card.ModelCard` in the MLmodel ``metadata``.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 from torch import Tensor, nn
 
-from stpipe.errors import TrackingError
-from stpipe.tracking.card import ModelCard
+from stpipe.core.card import ModelCard
+from stpipe.core.errors import TrackingError
 from stpipe.tracking.client import Tracking, fluent_scope, tracking_errors
 
 BATCH_INPUTS = ("x", "x_time", "y_time", "x_times", "y_times", "static", "row0", "col0")

@@ -23,11 +23,11 @@ import requests
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
-from stpipe.errors import ConfigError, TrackingError
+from stpipe.core.errors import ConfigError, TrackingError
 from stpipe.tracking.client import Tracking, fluent_scope, tracking_errors
 
 if TYPE_CHECKING:
-    from stpipe.evaluate import Evaluation
+    from stpipe.learn.evaluate import Evaluation
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -3,7 +3,7 @@
 All through the pipeline's ``MlflowClient`` with an explicit run id (no active-run state):
 
 - params: the resolved config flattened (``train.epochs`` = ``20``); artifact
-  ``config.toml``, loadable with :func:`stpipe.config.load_config`;
+  ``config.toml``, loadable with :func:`stpipe.app.config.load_config`;
 - dataset inputs (MLflow's ``log_input`` entity): the store once per split, with its path,
   manifest digest and time range as tags and the split as context;
 - metrics: per epoch (``train_loss``, ``val_loss``, ``epoch_val_rmse`` per lead …, step =
@@ -22,20 +22,18 @@ import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import tomli_w
 import torch
 from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 
-from stpipe.config import Config
 from stpipe.tracking.client import Tracking, tracking_errors
 
 if TYPE_CHECKING:
-    from stpipe.context import DataContext
-    from stpipe.evaluate import Evaluation
-    from stpipe.train import EpochLog, TrainResult
+    from stpipe.learn.context import DataContext
+    from stpipe.learn.evaluate import Evaluation
+    from stpipe.learn.train import EpochLog, TrainResult
 
 CONFIG_ARTIFACT = "config.toml"
 MAX_PARAM_CHARS = 6000
@@ -53,40 +51,15 @@ def end_run(tracking: Tracking, run_id: str, *, failed: bool) -> None:
         tracking.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
 
-def flat_params(config: Config) -> dict[str, str]:
-    """The config as ``section.key`` → value text (nested tables joined by dots)."""
-    out: dict[str, str] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                walk(f"{prefix}.{key}" if prefix else key, inner)
-        else:
-            out[prefix] = json.dumps(value) if not isinstance(value, str) else value
-
-    walk("", config.model_dump(mode="json"))
-    return {k: v[:MAX_PARAM_CHARS] for k, v in out.items()}
-
-
-def config_toml(config: Config) -> str:
-    """The resolved config as TOML (paths absolute, defaults filled in, unset keys left out)."""
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items() if v is not None}
-        if isinstance(value, list | tuple):
-            return [clean(v) for v in value]
-        return str(value) if isinstance(value, Path) else value
-
-    return tomli_w.dumps(clean(config.model_dump(mode="python")))
-
-
-def log_config(tracking: Tracking, run_id: str, config: Config) -> None:
-    params = [Param(k, v) for k, v in flat_params(config).items()]
+def log_config(
+    tracking: Tracking, run_id: str, *, params: Mapping[str, str], toml_text: str
+) -> None:
+    """The config as params (``section.key`` → text) and as the ``config.toml`` artifact."""
+    params = [Param(k, v[:MAX_PARAM_CHARS]) for k, v in params.items()]
     with tracking_errors(tracking.uri, f"log the config of run {run_id}"):
         for start in range(0, len(params), 100):  # MLflow's limit per request
             tracking.client.log_batch(run_id, params=params[start : start + 100])
-        tracking.client.log_text(run_id, config_toml(config), CONFIG_ARTIFACT)
+        tracking.client.log_text(run_id, toml_text, CONFIG_ARTIFACT)
 
 
 def log_lineage(tracking: Tracking, run_id: str, data: DataContext, *, name: str) -> dict[str, str]:
@@ -97,7 +70,7 @@ def log_lineage(tracking: Tracking, run_id: str, data: DataContext, *, name: str
     context, its first and last time, and the lineage tags (store, digest, data range,
     variables, grid, split dates, time step).
     """
-    from stpipe.tracking.card import Grid
+    from stpipe.core.card import Grid
 
     times = data.ds["time"].values
     lineage = {
@@ -134,7 +107,7 @@ def log_lineage(tracking: Tracking, run_id: str, data: DataContext, *, name: str
 def epoch_logger(
     tracking: Tracking, run_id: str, *, leads: Sequence[int]
 ) -> Callable[[EpochLog], None]:
-    """The ``on_epoch_end`` hook of :func:`stpipe.train.train_model` (rank 0 calls it);
+    """The ``on_epoch_end`` hook of :func:`stpipe.learn.train.train_model` (rank 0 calls it);
     ``leads`` (steps) name the per-lead validation RMSEs."""
 
     def log_epoch(entry: EpochLog) -> None:

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from stpipe.config import ModelSection
-from stpipe.errors import ConfigError
+from stpipe.core.errors import ConfigError
 from stpipe.models import build_model
 from stpipe.models.baselines import baseline_weights
 from stpipe.models.climatology import Climatology
+from stpipe.models.settings import ModelSection
 
 from . import make_batch
 

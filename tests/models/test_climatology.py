@@ -9,7 +9,7 @@ import pytest
 import torch
 import xarray as xr
 
-from stpipe.errors import ConfigError, StoreError
+from stpipe.core.errors import ConfigError, StoreError
 from stpipe.models.climatology import (
     Climatology,
     ClimatologyLookup,

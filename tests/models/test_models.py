@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from stpipe.config import ModelSection
-from stpipe.errors import ConfigError
+from stpipe.core.errors import ConfigError
 from stpipe.models import build_model, count_parameters, flops_per_sample
+from stpipe.models.settings import ModelSection
 
 from . import make_batch
 from .test_baselines import climatology

@@ -1,0 +1,235 @@
+"""Pipeline configuration: one TOML file per pipeline, validated when it is loaded.
+
+The sections and keys are the contract in ``shared/design.md``; every key is documented on
+its field. Relative paths (``workdir``, ``paths``, ``[forecast] store``) are resolved
+against the directory of the config file, so a config can be moved with its data.
+
+Errors name the file, the key and the problem::
+
+    ConfigError: runs/era5.toml: [patches] leads: leads must be strictly increasing, got [3, 1]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from pydantic import (
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from stpipe.core.errors import ConfigError
+from stpipe.core.patches import PatchSpec
+from stpipe.core.settings import PatchesSection, Settings, SplitSection
+from stpipe.forecast.settings import ForecastSection
+from stpipe.io.ingestion import IngestJob
+from stpipe.io.settings import FILE_KINDS, DaskSection, SourceSection, StoreSection
+from stpipe.io.store import store_location
+from stpipe.learn.settings import TrainSection
+from stpipe.models.settings import ModelSection
+from stpipe.tracking.settings import MlflowSection
+
+
+class PipelineSection(Settings):
+    name: str = Field(description="Pipeline name; used for the store, run names and locks.")
+    workdir: Path = Field(description="Store, mlflow.db, artifacts and forecasts live here.")
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError(f"must be letters, digits, '.', '_' or '-', got {v!r}")
+        return v
+
+
+class Config(Settings):
+    pipeline: PipelineSection
+    source: SourceSection
+    store: StoreSection = Field(default_factory=StoreSection)
+    patches: PatchesSection
+    split: SplitSection
+    model: ModelSection = Field(default_factory=ModelSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    mlflow: MlflowSection = Field(default_factory=MlflowSection)
+    forecast: ForecastSection = Field(default_factory=ForecastSection)
+    dask: DaskSection = Field(default_factory=DaskSection)
+
+    path: Path | None = Field(default=None, exclude=True, description="File it was loaded from.")
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> Config:
+        known = set(self.source.variables)
+        for key in ("input_variables", "target_variables"):
+            chosen = getattr(self.patches, key)
+            if chosen is not None and not set(chosen) <= known:
+                raise ValueError(
+                    f"[patches] {key} {chosen} names variables not in [source] variables "
+                    f"{self.source.variables}"
+                )
+        if self.patches.target_variables is not None and not set(
+            self.patches.target_variables
+        ) <= set(self.input_variables):
+            raise ValueError(
+                f"[patches] target_variables {self.patches.target_variables} must be a subset "
+                f"of the input variables {self.input_variables}"
+            )
+        return self
+
+    @property
+    def input_variables(self) -> list[str]:
+        return self.patches.inputs(self.source.variables)
+
+    @property
+    def target_variables(self) -> list[str]:
+        return self.patches.targets(self.source.variables)
+
+    @property
+    def workdir(self) -> Path:
+        return self.pipeline.workdir
+
+    @property
+    def store_path(self) -> Path:
+        return store_location(self.workdir)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.mlflow.experiment or self.pipeline.name
+
+    @property
+    def model_name(self) -> str:
+        return self.mlflow.model_name or self.pipeline.name
+
+    @property
+    def forecast_store(self) -> str:
+        return self.forecast.store or str(self.workdir / "forecasts.zarr")
+
+    def source_files(self) -> list[Path]:
+        """Files matching the ``[source]`` globs, sorted by name."""
+        return self.source.files()
+
+    @property
+    def ingest_job(self) -> IngestJob:
+        return IngestJob(self.workdir, self.source, store=self.store, dask=self.dask)
+
+    def flat_params(self) -> dict[str, str]:
+        """The config as ``section.key`` → value text (nested tables joined by dots)."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for key, inner in value.items():
+                    walk(f"{prefix}.{key}" if prefix else key, inner)
+            else:
+                out[prefix] = json.dumps(value) if not isinstance(value, str) else value
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+    def to_toml(self) -> str:
+        """The resolved config as TOML (paths absolute, defaults filled in, unset keys left
+        out), loadable with :func:`load_config`."""
+
+        def clean(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items() if v is not None}
+            if isinstance(value, list | tuple):
+                return [clean(v) for v in value]
+            return str(value) if isinstance(value, Path) else value
+
+        return tomli_w.dumps(clean(self.model_dump(mode="python")))
+
+    def patch_spec(self) -> PatchSpec:
+        """``[patches]`` over ``[source] variables``."""
+        return PatchSpec.from_settings(self.patches, variables=self.source.variables)
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if not parts:
+        return "(top level)"
+    if len(parts) == 1:
+        return f"[{parts[0]}]" if parts[0] in Config.model_fields else parts[0]
+    return f"[{parts[0]}] " + ".".join(parts[1:])
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    def rel(p: str) -> str:
+        return p if "://" in p or Path(p).is_absolute() else os.path.normpath(base / p)
+
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    pipeline, source, forecast = (raw.get(k) for k in ("pipeline", "source", "forecast"))
+    if isinstance(pipeline, dict) and isinstance(pipeline.get("workdir"), str):
+        pipeline["workdir"] = rel(pipeline["workdir"])
+    if isinstance(source, dict):
+        paths = source.get("paths")
+        if isinstance(paths, str):
+            source["paths"] = rel(paths)
+        elif isinstance(paths, list):
+            source["paths"] = [rel(p) if isinstance(p, str) else p for p in paths]
+    if isinstance(forecast, dict) and isinstance(forecast.get("store"), str) and forecast["store"]:
+        forecast["store"] = rel(forecast["store"])
+    return raw
+
+
+def config_from_dict(
+    raw: dict[str, Any],
+    *,
+    origin: str = "<dict>",
+    base: Path | None = None,
+    check_paths: bool = False,
+) -> Config:
+    """Validate a config given as a dict (as parsed from TOML); relative paths join ``base``."""
+    if base is not None:
+        raw = _resolve_paths(raw, base)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"{_format_location(err['loc'])}: {msg}")
+        raise ConfigError(f"{origin}: " + "; ".join(problems)) from None
+    if check_paths and config.source.kind in FILE_KINDS and not config.source_files():
+        raise ConfigError(f"{origin}: [source] paths: no file matches {config.source.path_globs}")
+    return config
+
+
+def load_config(
+    path: str | Path, *, check_paths: bool = False, overrides: dict[str, Any] | None = None
+) -> Config:
+    """Read and validate a TOML config file.
+
+    ``check_paths`` also requires the source globs to match at least one file (ingest does).
+    ``overrides`` are dotted keys (``{"train.epochs": 2}``) applied before validation, as the
+    CLI's ``--set`` and the flows' parameters do.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise ConfigError(f"{path}: override {dotted!r} must be 'section.key'")
+        raw.setdefault(section, {})[key] = value
+    config = config_from_dict(
+        raw, origin=str(path), base=path.resolve().parent, check_paths=check_paths
+    )
+    return config.model_copy(update={"path": path.resolve()})

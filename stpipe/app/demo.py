@@ -1,0 +1,362 @@
+"""``stpipe demo``: the whole pipeline on a synthetic feed, replayed night after night.
+
+1. A config is written into the workdir (``demo.toml``): ``data/configs/weather.toml`` (or
+   ``traffic.toml``) with demo-sized settings, reading daily files from ``workdir/feed``.
+2. The feed is generated as daily files into ``workdir/archive`` (ERA5-like NetCDF, or
+   TaxiBJ-like HDF5): what will arrive, one day per night.
+3. The nights are replayed through the Prefect ``nightly_flow`` (ingest → statistics →
+   train → evaluate → promote → forecast; Prefect's ephemeral API, no server needed): the
+   first night backfills ``history_days``, each later night one new day arrives in the feed.
+   The split rolls forward with the data: the newest ``test_days`` are the test split, the
+   ``val_days`` before them the validation window on which promotion compares the
+   candidate with the champion.
+4. A summary (rich) shows each night, the champion's RMSE per lead next to persistence
+   and climatology, where the forecast store and plots are, and how to open the MLflow
+   and Prefect UIs on them.
+
+Training uses the GPU when there is one (``[train] device = "auto"``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stpipe.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from stpipe.app.flows.nightly import NightReport
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "data" / "configs"
+CONFIG_NAME = "demo.toml"
+_QUIET_LOGGERS = ("distributed", "mlflow", "alembic")
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """What the demo replays: the base config, the feed, the nights and the split windows."""
+
+    base_config: str
+    feed: str  # "weather" | "traffic"
+    source: dict[str, Any]
+    history_days: int
+    nights: int
+    val_days: int
+    test_days: int
+    grid: tuple[int, int]
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+WEATHER = DemoPlan(
+    base_config="weather.toml",
+    feed="weather",
+    source={"kind": "netcdf", "paths": "feed/*.nc"},
+    history_days=8,
+    nights=3,
+    val_days=2,
+    test_days=2,
+    grid=(32, 32),
+    settings={
+        "pipeline": {"name": "demo-weather"},
+        "patches": {"size": [16, 16]},
+        "model": {"hidden": 24},
+        "train": {"epochs": 4, "batch_size": 32, "max_batches_per_epoch": 12, "patience": 2},
+        "mlflow": {"experiment": "demo-weather", "model_name": "demo-weather-t2m"},
+    },
+)
+TRAFFIC = DemoPlan(
+    base_config="traffic.toml",
+    feed="traffic",
+    source={"kind": "taxibj", "paths": "feed/*.h5"},
+    history_days=14,
+    nights=3,
+    val_days=2,
+    test_days=1,
+    grid=(32, 32),
+    settings={
+        "pipeline": {"name": "demo-traffic"},
+        "patches": {"size": [16, 16]},
+        "model": {"hidden": 24},
+        "train": {"epochs": 4, "batch_size": 32, "max_batches_per_epoch": 12, "patience": 2},
+        "mlflow": {"experiment": "demo-traffic", "model_name": "demo-traffic-flow"},
+    },
+)
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    """The replayed nights, the last night's champion, and where everything was written."""
+
+    workdir: Path
+    config: Path
+    nights: tuple[NightReport, ...]
+    plots: tuple[Path, ...]
+    mlflow_ui: str
+    prefect_ui: str
+    seconds: float
+
+    @property
+    def last(self) -> NightReport:
+        return self.nights[-1]
+
+    @property
+    def champion_version(self) -> str:
+        return self.last.champion_version
+
+
+def default_workdir(*, traffic: bool = False) -> Path:
+    return Path("runs") / ("demo-traffic" if traffic else "demo-weather")
+
+
+def run_demo(
+    workdir: str | Path | None = None,
+    *,
+    traffic: bool = False,
+    nights: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    console: Console | None = None,
+) -> DemoSummary:
+    """Run the demo in ``workdir`` (default ``runs/demo-weather``), print and return its summary.
+
+    ``nights``: nights after the first (default 3); ``overrides``: config keys
+    (``{"train.epochs": 1}``) for a smaller run. A workdir that holds anything but a
+    previous demo is refused (ConfigError); a previous demo there is replaced.
+    """
+    from rich.console import Console
+
+    from stpipe.app.flows.nightly import nightly_flow
+    from stpipe.io.sources.synthetic import generate_traffic_files, generate_weather_files
+
+    console = console or Console()
+    plan = TRAFFIC if traffic else WEATHER
+    nights = plan.nights if nights is None else nights
+    workdir = _fresh_workdir(Path(workdir or default_workdir(traffic=traffic)))
+    started = time.perf_counter()
+    base = tomllib.loads((CONFIG_DIR / plan.base_config).read_text())
+    synthetic = base["source"]["synthetic"]
+    start = date.fromisoformat(str(synthetic["start"]))
+    generate = generate_traffic_files if traffic else generate_weather_files
+    console.print(
+        f"[bold]stpipe demo[/]: {plan.feed} feed, {plan.history_days} days of history then "
+        f"{nights} night(s) of one new day, in {workdir}"
+    )
+    archive = sorted(
+        generate(
+            workdir / "archive",
+            days=plan.history_days + nights,
+            start=start,
+            seed=synthetic.get("seed", 0),
+            grid=plan.grid,
+        )
+    )
+    feed = workdir / "feed"
+    feed.mkdir()
+    splits = [
+        _split(plan, start + timedelta(days=plan.history_days + n)) for n in range(nights + 1)
+    ]
+    config_path = _write_config(workdir, base, plan, splits[-1], overrides or {})
+    reports = []
+    with _prefect_settings(), _quiet_logs():
+        for night, split in enumerate(splits):
+            for f in archive[: plan.history_days + night]:
+                if not (feed / f.name).exists():
+                    shutil.copy(f, feed / f.name)
+            report = nightly_flow(str(config_path), overrides=split)
+            reports.append(report)
+            console.print(_night_line(night, nights, report))
+    config = _load(config_path)
+    plots = _write_plots(reports[-1], workdir / "plots", metric=config.mlflow.metric)
+    summary = DemoSummary(
+        workdir=workdir,
+        config=config_path,
+        nights=tuple(reports),
+        plots=plots,
+        mlflow_ui=f"mlflow ui --backend-store-uri sqlite:///{(workdir / 'mlflow.db').resolve()}",
+        prefect_ui=_prefect_ui(),
+        seconds=time.perf_counter() - started,
+    )
+    print_summary(summary, console=console)
+    return summary
+
+
+def print_summary(summary: DemoSummary, *, console: Console) -> None:
+    """The nights, the champion against the baselines per lead, and where to look next."""
+    from rich.table import Table
+
+    last = summary.last
+    nights = Table(title="Nights replayed", title_justify="left")
+    for column in ("night", "data through", "ingested", "version", "decision", "validation"):
+        nights.add_column(column)
+    for i, night in enumerate(summary.nights):
+        p = night.training.promotion
+        champion = (
+            "" if p.champion_score is None else f" vs v{p.champion_version} {p.champion_score:.4g}"
+        )
+        nights.add_row(
+            str(i + 1),
+            str(night.ingest.time_range[1])[:16] if night.ingest.time_range else "-",
+            f"{len(night.ingest.ingested)} file(s)",
+            f"v{night.training.version}",
+            p.alias,
+            f"{p.metric} {p.candidate_score:.4g}{champion}",
+        )
+    leads = Table(
+        title=f"Champion v{last.champion_version} on the test split "
+        f"({last.champion.n_samples} samples): {last.per_lead_metric} per lead",
+        title_justify="left",
+    )
+    per_lead = last.per_lead()
+    baselines = [k for k in ("persistence", "climatology") if k in per_lead]
+    leads.add_column("lead (h)", justify="right")
+    leads.add_column(f"champion v{last.champion_version}", justify="right", style="bold")
+    for name in baselines:
+        leads.add_column(name, justify="right")
+    leads.add_column("skill vs persistence", justify="right")
+    for i, hours in enumerate(last.champion.lead_hours):
+        skill = 1 - (per_lead["model"][i] / per_lead["persistence"][i]) ** 2
+        leads.add_row(
+            f"{hours:g}",
+            f"{per_lead['model'][i]:.4g}",
+            *(f"{per_lead[name][i]:.4g}" for name in baselines),
+            f"{skill:+.1%}",
+        )
+    console.print(nights, leads)
+    console.print(
+        f"forecast store: {last.forecast.store} (newest init {str(last.forecast.init_time)[:16]})\n"
+        f"plots:          {', '.join(str(p) for p in summary.plots)}\n"
+        f"config:         {summary.config}\n"
+        f"MLflow UI:      {summary.mlflow_ui}\n"
+        f"Prefect UI:     {summary.prefect_ui}\n"
+        f"wall time:      {summary.seconds:.0f} s",
+        soft_wrap=True,  # paths and commands stay whole, ready to copy
+    )
+
+
+def _fresh_workdir(workdir: Path) -> Path:
+    if workdir.exists() and any(workdir.iterdir()):
+        if not (workdir / CONFIG_NAME).is_file():
+            raise ConfigError(
+                f"{workdir}: directory is not empty and holds no previous demo ({CONFIG_NAME}); "
+                "choose another --workdir"
+            )
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir.resolve()
+
+
+def _split(plan: DemoPlan, end: date) -> dict[str, str]:
+    """Split overrides for data ending (exclusive) at ``end``: the newest days are test."""
+    test_start = end - timedelta(days=plan.test_days)
+    val_start = test_start - timedelta(days=plan.val_days)
+    return {"split.val_start": val_start.isoformat(), "split.test_start": test_start.isoformat()}
+
+
+def _write_config(
+    workdir: Path,
+    base: dict[str, Any],
+    plan: DemoPlan,
+    split: Mapping[str, str],
+    overrides: Mapping[str, Any],
+) -> Path:
+    import tomli_w
+
+    raw = {section: dict(values) for section, values in base.items()}
+    raw["pipeline"]["workdir"] = "."
+    raw["source"] = {"variables": base["source"]["variables"], **plan.source}
+    for section, values in plan.settings.items():
+        raw.setdefault(section, {}).update(values)
+    for dotted, value in {**split, **overrides}.items():
+        section, _, key = dotted.partition(".")
+        raw.setdefault(section, {})[key] = value
+    raw["split"] = {k: date.fromisoformat(v) for k, v in raw["split"].items()}
+    path = workdir / CONFIG_NAME
+    header = (
+        f"# stpipe demo: {CONFIG_DIR / plan.base_config} with demo-sized settings, reading the\n"
+        "# daily files that arrive in feed/. The split is that of the last night replayed.\n"
+    )
+    path.write_text(header + tomli_w.dumps(raw))
+    _load(path)  # fail here, naming the key, if the demo settings do not fit the schema
+    return path
+
+
+def _load(path: Path):
+    from stpipe.app.config import load_config
+
+    return load_config(path)
+
+
+def _night_line(night: int, nights: int, report: NightReport) -> str:
+    p = report.training.promotion
+    end = str(report.ingest.time_range[1])[:16] if report.ingest.time_range else "-"
+    return (
+        f"night {night + 1}/{nights + 1}: data through {end}, "
+        f"{len(report.ingest.ingested)} file(s) ingested, v{report.training.version} → "
+        f"{p.alias} ({p.reason}), forecast from {str(report.forecast.init_time)[:16]}"
+    )
+
+
+def _write_plots(report: NightReport, directory: Path, *, metric: str) -> tuple[Path, ...]:
+    from stpipe.learn.plots import plot_rmse_vs_lead, plot_sample_maps
+
+    evaluation = report.champion
+    paths = [
+        plot_rmse_vs_lead(
+            evaluation,
+            directory / "rmse_vs_lead.png",
+            metric=report.per_lead_metric,
+            title=f"champion v{report.champion_version} vs baselines, test split",
+        )
+    ]
+    if evaluation.sample is not None:
+        paths.append(plot_sample_maps(evaluation.sample, directory / "sample_maps.png"))
+    return tuple(paths)
+
+
+def _prefect_ui() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if api:
+        return api.removesuffix("/api")
+    home = os.environ.get("PREFECT_HOME")
+    prefix = f"PREFECT_HOME={home} " if home else ""
+    return f"{prefix}prefect server start, then open http://127.0.0.1:4200 (flow 'nightly')"
+
+
+@contextlib.contextmanager
+def _prefect_settings() -> Iterator[None]:
+    # Prefect's ephemeral API starts on the first flow run; on two busy cores it can take
+    # longer than Prefect's 20 s default.
+    from prefect.settings import (
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 180}):
+        yield
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    import mlflow  # noqa: F401  (it sets its loggers' levels on import: import it first)
+
+    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)

@@ -1,0 +1,135 @@
+"""``nightly_flow``: ingest → statistics → train → evaluate → promote → forecast, one night.
+
+Runs under the pipeline lock, so two nights of one pipeline never overlap, and ends with a
+markdown artifact (key ``<pipeline>-nightly``) that the Prefect UI shows for each night:
+files ingested, the champion against the baselines per lead, the promotion decision and the
+forecast written.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from stpipe.app.flows.common import (
+    Overrides,
+    evaluation_task,
+    forecast_task,
+    in_workdir,
+    ingest_task,
+    pipeline_config,
+    pipeline_lock,
+    statistics_task,
+    training_task,
+)
+
+if TYPE_CHECKING:
+    from stpipe.app.jobs import ForecastOutcome, TrainingOutcome
+    from stpipe.io.ingestion import IngestReport
+    from stpipe.learn.evaluate import Evaluation
+
+MODEL = "model"
+_LISTED_FILES = 10
+
+
+@dataclass(frozen=True)
+class NightReport:
+    """What one night did; ``champion`` is the champion (and baselines) on the test split."""
+
+    pipeline: str
+    ingest: IngestReport
+    training: TrainingOutcome
+    champion: Evaluation
+    forecast: ForecastOutcome
+
+    @property
+    def champion_version(self) -> str:
+        return self.forecast.model_version
+
+    @property
+    def per_lead_metric(self) -> str:
+        """The RMSE the night reports: latitude-weighted on lat/lon grids, plain otherwise."""
+        metrics = self.champion.metrics
+        return "rmse_lat_weighted" if "rmse_lat_weighted" in metrics else "rmse"
+
+    def per_lead(self) -> dict[str, tuple[float, ...]]:
+        """``per_lead_metric`` per lead of the champion (key ``"model"``) and each baseline."""
+        return dict(self.champion.metrics[self.per_lead_metric])
+
+    def markdown(self) -> str:
+        ingest, promotion = self.ingest, self.training.promotion
+        names = [p.name for p in ingest.ingested]
+        listed = ", ".join(names[:_LISTED_FILES]) + (
+            f" and {len(names) - _LISTED_FILES} more" if len(names) > _LISTED_FILES else ""
+        )
+        held = (
+            "empty"
+            if ingest.time_range is None
+            else " … ".join(np.datetime_as_string(t, "m") for t in ingest.time_range)
+        )
+        lines = [
+            f"# {self.pipeline}: nightly run",
+            "",
+            f"**Ingested** {len(names)} file(s){': ' + listed if names else ''}; "
+            f"{len(ingest.skipped)} skipped, {len(ingest.refused)} refused. "
+            f"Store holds {held} ({ingest.committed_length} steps, digest `{ingest.digest}`).",
+        ]
+        lines += [f"- refused `{p.name}`: {reason}" for p, reason in ingest.refused]
+        champion = (
+            "no champion before"
+            if promotion.champion_score is None
+            else f"champion v{promotion.champion_version} {promotion.champion_score:.4g}"
+        )
+        lines += [
+            "",
+            f"**Promotion**: v{self.training.version} → `{promotion.alias}` ({promotion.reason}); "
+            f"{promotion.metric} on validation: candidate {promotion.candidate_score:.4g}, "
+            f"{champion}.",
+            "",
+            f"**Champion v{self.champion_version} on the test split** "
+            f"({self.champion.n_samples} samples), {self.per_lead_metric} per lead:",
+            "",
+        ]
+        table = self.per_lead()
+        columns = [MODEL, *(k for k in table if k != MODEL)]
+        lines.append(
+            "| lead (h) | " + " | ".join(c.replace(MODEL, "champion") for c in columns) + " |"
+        )
+        lines.append("|---" * (len(columns) + 1) + "|")
+        for i, hours in enumerate(self.champion.lead_hours):
+            lines.append(
+                f"| {hours:g} | " + " | ".join(f"{table[c][i]:.4g}" for c in columns) + " |"
+            )
+        lines += ["", f"**Forecast**: {self.forecast.summary()}."]
+        return "\n".join(lines)
+
+
+@flow(name="nightly")
+def nightly_flow(
+    config_path: str, overrides: Overrides | None = None, wait_for_lock: bool = False
+) -> NightReport:
+    """One night of the pipeline ``config_path``; returns what it did (also as an artifact).
+
+    ``overrides``: config keys to replace for this run (``{"train.epochs": 2}``);
+    ``wait_for_lock``: queue behind a running flow of the same pipeline instead of failing.
+    """
+    config = pipeline_config(config_path, overrides)
+    with pipeline_lock(config, wait=wait_for_lock):
+        ingested = ingest_task(config)
+        in_workdir(statistics_task, config)(config)
+        training = in_workdir(training_task, config)(config)
+        champion = training.test if training.promotion.promoted else evaluation_task(config)
+        forecast = forecast_task(config)
+    report = NightReport(config.pipeline.name, ingested, training, champion, forecast)
+    create_markdown_artifact(
+        report.markdown(),
+        key=re.sub(r"[^a-z0-9]+", "-", f"{config.pipeline.name}-nightly".lower()),
+        description=f"{config.pipeline.name}: what the nightly run ingested, trained, promoted "
+        "and forecast",
+    )
+    return report

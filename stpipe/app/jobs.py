@@ -1,0 +1,394 @@
+"""The jobs: stages wired together, as the CLI and the Prefect flows run them.
+
+- :func:`run_training`: train → evaluate (test) → log → register → promote;
+- :func:`run_evaluation`: the champion and the baselines on the test split;
+- :func:`run_forecast`: the champion → the forecast store, then :func:`verify_forecasts`;
+- :func:`verify_forecasts`: score past forecasts whose truth has arrived;
+- :func:`compare_versions`: the registered versions side by side;
+- :func:`score_promotion`: the candidate against the champion (a stage of training).
+
+Each job connects to MLflow first (:func:`stpipe.tracking.connect`), so an unreachable
+server fails the job before any work is done or anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from mlflow.entities.model_registry import ModelVersion
+from torch import Tensor, nn
+
+from stpipe.app.config import Config
+from stpipe.core.card import ModelCard, card_for
+from stpipe.core.errors import StoreError, TrackingError
+from stpipe.core.patches import Splits
+from stpipe.forecast.predict import forecast_grid, input_window_end
+from stpipe.forecast.store import forecast_attrs, open_forecasts, write_forecast
+from stpipe.forecast.verify import Verification, verifiable_inits, verify_forecast
+from stpipe.io.store import open_store, store_digest
+from stpipe.learn.context import DataContext, Distributed, load_data_context, make_split_loader
+from stpipe.learn.evaluate import Evaluation, evaluate_model
+from stpipe.learn.plots import plot_rmse_vs_lead, plot_sample_maps
+from stpipe.learn.train import EpochLog, TrainResult, train_model
+from stpipe.tracking import registry, runs
+from stpipe.tracking.client import Tracking, connect, tracking_errors
+from stpipe.tracking.compare import VersionTable, version_table
+from stpipe.tracking.model import RegisteredForecaster, load_model, log_model
+from stpipe.tracking.registry import Promotion, per_lead_metric
+
+log = logging.getLogger(__name__)
+
+VERIFIED_TAG = "stpipe.verified."
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """A finished training job: its run, the new version and the promotion decision."""
+
+    run_id: str
+    version: str
+    promotion: Promotion
+    test: Evaluation
+
+    def summary(self) -> str:
+        p = self.promotion
+        champion = "-" if p.champion_score is None else f"{p.champion_score:.4g}"
+        return (
+            f"run {self.run_id}: registered v{self.version} as {p.alias} ({p.reason}); "
+            f"{p.metric} candidate {p.candidate_score:.4g}, champion {champion}"
+        )
+
+
+@dataclass(frozen=True)
+class ForecastOutcome:
+    """A forecast written: its init time, where, by which version, and what was verified."""
+
+    init_time: np.datetime64
+    store: str
+    model_version: str
+    run_id: str
+    replaced: bool
+    verified: tuple[Verification, ...]
+
+    def summary(self) -> str:
+        action = "replaced" if self.replaced else "wrote"
+        return (
+            f"{action} the forecast of {self.init_time} in {self.store} with "
+            f"v{self.model_version}; verified {len(self.verified)} past forecast(s)"
+        )
+
+
+def data_context(config: Config) -> DataContext:
+    """The job's view of the store (opened once, statistics and climatology fitted once)."""
+    return load_data_context(
+        config.store_path,
+        spec=config.patch_spec(),
+        splits=Splits.from_settings(config.split),
+        climatology_period=config.model.climatology_period,
+        dask=config.dask,
+    )
+
+
+def tracking_for(config: Config) -> Tracking:
+    """The pipeline's MLflow connection (``[mlflow]``, SQLite in the workdir by default)."""
+    return connect(
+        config.mlflow,
+        workdir=config.workdir,
+        experiment=config.experiment_name,
+        model_name=config.model_name,
+    )
+
+
+def model_card(config: Config, ds: xr.Dataset) -> ModelCard:
+    """The card of the model ``config`` trains on the store ``ds``."""
+    return card_for(
+        pipeline=config.pipeline.name, model=config.model.name, spec=config.patch_spec(), ds=ds
+    )
+
+
+def train(
+    config: Config,
+    data: DataContext | None = None,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    on_epoch_end: Callable[[EpochLog], None] | None = None,
+    init_from: Mapping[str, Tensor] | None = None,
+) -> TrainResult:
+    """:func:`stpipe.learn.train.train_model` with the settings of ``config`` (no tracking)."""
+    return train_model(
+        data or data_context(config),
+        model=config.model,
+        train=config.train,
+        checkpoint_root=config.workdir / "checkpoints",
+        resume=resume,
+        progress=progress,
+        on_epoch_end=on_epoch_end,
+        init_from=init_from,
+    )
+
+
+def _validate(model: nn.Module, config: Config, data: DataContext) -> Evaluation:
+    return evaluate_model(model, data, split="val", baselines=False, device=config.train.device)
+
+
+def run_training(
+    config: Config, *, resume: bool = True, progress: bool = True
+) -> TrainingOutcome | None:
+    """Train ``config``'s model, log everything, register a version and promote it if better.
+
+    Under DDP every rank trains; only rank 0 talks to MLflow and gets the outcome (the
+    other ranks return None).
+    """
+    registry.check_metric(config.mlflow.metric)
+    data = data_context(config)
+    if not Distributed.from_env().is_main:
+        train(config, data, resume=resume, progress=False)
+        return None
+
+    tracking = tracking_for(config)
+    started = time.strftime("%Y%m%dT%H%M%S")
+    run_id = runs.start_run(
+        tracking,
+        run_name=f"{config.pipeline.name}-{started}",
+        tags={"stpipe.pipeline": config.pipeline.name, "stpipe.model": config.model.name},
+    )
+    failed = True
+    try:
+        runs.log_config(tracking, run_id, params=config.flat_params(), toml_text=config.to_toml())
+        lineage = runs.log_lineage(tracking, run_id, data, name=f"{config.pipeline.name}-store")
+        result = train(
+            config,
+            data,
+            resume=resume,
+            progress=progress,
+            on_epoch_end=runs.epoch_logger(tracking, run_id, leads=data.spec.leads),
+        )
+        runs.log_system(tracking, run_id, result)
+        test = evaluate_model(result.model, data, split="test", device=config.train.device)
+        with tempfile.TemporaryDirectory() as tmp:
+            runs.log_evaluation(
+                tracking, run_id, test, plots=_plots(test, Path(tmp), metric=config.mlflow.metric)
+            )
+        card = model_card(config, data.ds)
+        logged = log_model(tracking, run_id, result.model, example=_example_batch(data), card=card)
+        promotion = score_promotion(tracking, config, data, candidate_uri=logged.uri)
+        runs.log_scores(
+            tracking,
+            run_id,
+            scores=_promotion_scores(promotion),
+            step=0,
+            timestamp_ms=int(time.time() * 1000),
+            tags=promotion.tags(),
+        )
+        version = registry.register(
+            tracking, model_id=logged.model_id, run_id=run_id, promotion=promotion, tags=lineage
+        )
+        failed = False
+    finally:
+        _end_quietly(tracking, run_id, failed=failed)
+    outcome = TrainingOutcome(
+        run_id=run_id, version=str(version.version), promotion=promotion, test=test
+    )
+    log.info(outcome.summary())
+    return outcome
+
+
+def _end_quietly(tracking: Tracking, run_id: str, *, failed: bool) -> None:
+    try:
+        runs.end_run(tracking, run_id, failed=failed)
+    except TrackingError as exc:
+        if not failed:
+            raise
+        log.warning("could not mark run %s as failed: %s", run_id, exc)
+
+
+def score_promotion(
+    tracking: Tracking, config: Config, data: DataContext, *, candidate_uri: str
+) -> Promotion:
+    """Score the logged candidate and the current champion on the same validation window
+    (the store as it is now) and decide (:func:`stpipe.tracking.registry.decide`)."""
+    metric = config.mlflow.metric
+    candidate = load_model(tracking, candidate_uri)
+    candidate_score = registry.promotion_score(_validate(candidate, config, data), metric)
+    current = registry.champion(tracking)
+    if current is None:
+        return registry.decide(metric=metric, candidate_score=candidate_score)
+    version = str(current.version)
+    champion = load_model(tracking, f"models:/{tracking.model_name}/{version}")
+    mismatch = champion.card.mismatch(model_card(config, data.ds))
+    if mismatch:
+        return registry.decide(
+            metric=metric,
+            candidate_score=candidate_score,
+            champion_version=version,
+            unscored=f"champion v{version} was trained for other inputs "
+            f"({'; '.join(mismatch)}) and cannot be scored on this window",
+        )
+    champion_score = registry.promotion_score(_validate(champion, config, data), metric)
+    return registry.decide(
+        metric=metric,
+        candidate_score=candidate_score,
+        champion_version=version,
+        champion_score=champion_score,
+    )
+
+
+def _promotion_scores(promotion: Promotion) -> dict[str, float]:
+    scores = {"promotion_candidate_score": promotion.candidate_score}
+    if promotion.champion_score is not None:
+        scores["promotion_champion_score"] = promotion.champion_score
+    return scores
+
+
+def _example_batch(data: DataContext) -> dict:
+    """A batch of two validation patches, the input example of the logged model."""
+    loader = make_split_loader(
+        data, split="val", batch_size=2, shuffle=False, drop_last=False, max_batches=1
+    )
+    return next(iter(loader))
+
+
+def _plots(evaluation: Evaluation, directory: Path, *, metric: str) -> list[Path]:
+    """Per lead: the RMSE and the promotion metric's table; and the sample maps."""
+    names = dict.fromkeys(["rmse", per_lead_metric(metric, evaluation.metrics)])
+    paths = [
+        plot_rmse_vs_lead(evaluation, directory / f"{name}_vs_lead.png", metric=name)
+        for name in names
+    ]
+    if evaluation.sample is not None:
+        paths.append(plot_sample_maps(evaluation.sample, directory / "sample_maps.png"))
+    return paths
+
+
+def run_evaluation(config: Config, *, json_path: str | Path | None = None) -> Evaluation:
+    """The champion and the baselines on the test split; written as JSON to ``json_path``."""
+    tracking = tracking_for(config)
+    data = data_context(config)
+    champion, _ = _load_champion(tracking, config, data.ds)
+    evaluation = evaluate_model(champion, data, split="test", device=config.train.device)
+    if json_path is not None:
+        evaluation.to_json(json_path)
+    return evaluation
+
+
+def _load_champion(
+    tracking: Tracking, config: Config, ds: xr.Dataset
+) -> tuple[RegisteredForecaster, ModelVersion]:
+    """The champion as a forecaster and its registry entry; TrackingError naming both sides
+    if the store ``ds`` cannot feed it."""
+    version = registry.require_champion(tracking)
+    model = load_model(tracking, f"models:/{tracking.model_name}/{version.version}")
+    problems = model.card.store_mismatch(ds)
+    if problems:
+        raise TrackingError(
+            f"champion {tracking.model_name} v{version.version} (run {version.run_id}) does "
+            f"not fit the store {config.store_path}: {'; '.join(problems)} (model vs store); "
+            "train a model on this store with `stpipe train CONFIG`, or set [mlflow] "
+            "model_name to a model trained on it"
+        )
+    return model, version
+
+
+def run_forecast(
+    config: Config, *, init_time: str | np.datetime64 | None = None
+) -> ForecastOutcome:
+    """Forecast the whole grid with the champion from the latest complete input window (or
+    the one ending at ``init_time``), write it to the forecast store, then verify past
+    forecasts whose truth has arrived."""
+    tracking = tracking_for(config)
+    ds = open_store(config.store_path)
+    model, version = _load_champion(tracking, config, ds)
+    card = model.card
+    end = input_window_end(
+        ds["time"].values,
+        input_steps=card.input_steps,
+        step_s=card.step_s,
+        init_time=None if init_time is None else np.datetime64(pd.Timestamp(init_time), "ns"),
+    )
+    forecast = forecast_grid(model, ds, card=card, end=end, overlap=_overlap(config, card))
+    forecast.attrs.update(
+        forecast_attrs(
+            model_name=tracking.model_name,
+            model_version=str(version.version),
+            run_id=version.run_id,
+            store_digest=store_digest(config.store_path),
+        ),
+        Conventions="CF-1.10",
+        title=f"{config.pipeline.name} forecasts",
+        source=f"stpipe, MLflow model {tracking.model_name}",
+    )
+    written = write_forecast(
+        forecast, config.forecast_store, storage_options=config.forecast.storage_options
+    )
+    outcome = ForecastOutcome(
+        init_time=written.init_time,
+        store=config.forecast_store,
+        model_version=str(version.version),
+        run_id=version.run_id,
+        replaced=written.replaced,
+        verified=tuple(verify_forecasts(config, tracking=tracking)),
+    )
+    log.info(outcome.summary())
+    return outcome
+
+
+def _overlap(config: Config, card: ModelCard) -> tuple[int, int]:
+    if config.forecast.overlap is not None:
+        return config.forecast.overlap
+    return ((card.patch_shape[0] - 2 * card.halo) // 4, (card.patch_shape[1] - 2 * card.halo) // 4)
+
+
+def verify_forecasts(config: Config, *, tracking: Tracking | None = None) -> list[Verification]:
+    """Score every stored forecast whose valid times are all in the store now and that was
+    not scored before; log the scores to the run of the model that made it (the champion
+    of that day), step = init time in seconds since 1970, and tag the run."""
+    tracking = tracking or tracking_for(config)
+    try:
+        forecasts = open_forecasts(
+            config.forecast_store, storage_options=config.forecast.storage_options
+        )
+    except StoreError:
+        return []
+    truth = open_store(config.store_path)
+    step_s = int(truth.attrs["time_step_s"])
+    done: dict[str, set[str]] = {}
+    results = []
+    for init in verifiable_inits(forecasts, truth["time"].values):
+        one = forecasts.sel(init_time=init).load()
+        run_id = str(one["run_id"].values)
+        if run_id not in done:
+            with tracking_errors(tracking.uri, f"read run {run_id}"):
+                tags = tracking.client.get_run(run_id).data.tags
+            done[run_id] = {k for k in tags if k.startswith(VERIFIED_TAG)}
+        key = VERIFIED_TAG + pd.Timestamp(init).strftime("%Y%m%dT%H%M%S")
+        if key in done[run_id]:
+            continue
+        result = verify_forecast(one, truth, step_s=step_s)
+        seconds = int(pd.Timestamp(init).timestamp())
+        mean_rmse = float(np.mean([v for k, v in result.scores.items() if k.startswith("rmse")]))
+        runs.log_scores(
+            tracking,
+            run_id,
+            scores={f"verify_{k}": v for k, v in result.scores.items()},
+            step=seconds,
+            timestamp_ms=seconds * 1000,
+            tags={key: f"{mean_rmse:.6g}"},
+        )
+        done[run_id].add(key)
+        results.append(result)
+    return results
+
+
+def compare_versions(config: Config) -> VersionTable:
+    """The registered versions of ``[mlflow] model_name``: run, date, data range, the
+    promotion metric per lead on each run's test split, aliases and decisions."""
+    return version_table(tracking_for(config), metric=config.mlflow.metric)

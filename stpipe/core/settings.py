@@ -1,0 +1,73 @@
+"""Settings base and the sections of the config file that the core reads.
+
+Every section of a pipeline's TOML file is a frozen pydantic model that forbids unknown keys;
+each layer defines the sections it consumes (``stpipe.io.settings``,
+``stpipe.learn.settings``, ...) and the application's ``Config`` only assembles them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+
+class Settings(BaseModel):
+    """A config section: frozen, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PatchesSection(Settings):
+    input_steps: PositiveInt = Field(description="History length, in time steps.")
+    leads: list[PositiveInt] = Field(min_length=1, description="Steps ahead to forecast.")
+    size: tuple[PositiveInt, PositiveInt] = Field(description="Patch (height, width) in cells.")
+    stride: tuple[PositiveInt, PositiveInt] | None = Field(
+        default=None, description="Spatial stride between patches; default: size (no overlap)."
+    )
+    time_stride: PositiveInt = 1
+    halo: int = Field(default=0, ge=0, description="Extra context cells on each side.")
+    edge: Literal["pad", "reflect", "wrap", "drop"] = Field(
+        default="pad", description="How patches reaching past the grid edge are filled."
+    )
+    input_variables: list[str] | None = Field(default=None, description="Default: all.")
+    target_variables: list[str] | None = Field(default=None, description="Default: inputs.")
+    time_features: bool = Field(default=True, description="Hour of day, day of week (sin/cos).")
+    static_features: list[Literal["lat", "lon", "mask"]] = Field(default_factory=list)
+    nan_policy: Literal["skip", "mask"] = "skip"
+
+    def inputs(self, variables: Sequence[str]) -> list[str]:
+        """The input variables: ``input_variables``, or every one of ``variables``."""
+        return list(self.input_variables or variables)
+
+    def targets(self, variables: Sequence[str]) -> list[str]:
+        """The target variables: ``target_variables``, or the inputs."""
+        return list(self.target_variables or self.inputs(variables))
+
+    @field_validator("leads")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(b <= a for a, b in itertools.pairwise(v)):
+            raise ValueError(f"leads must be strictly increasing, got {v}")
+        return v
+
+
+class SplitSection(Settings):
+    train_start: datetime | None = None
+    val_start: datetime
+    test_start: datetime
+    test_end: datetime | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SplitSection:
+        points = [self.train_start, self.val_start, self.test_start, self.test_end]
+        given = [p for p in points if p is not None]
+        if any(b <= a for a, b in itertools.pairwise(given)):
+            raise ValueError(
+                "split dates must increase: train_start < val_start < test_start < test_end, "
+                f"got {[str(p) for p in given]}"
+            )
+        return self

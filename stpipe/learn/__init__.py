@@ -1,0 +1,1 @@
+"""Learning from the store: data context, loader, normalisation statistics, training, evaluation."""

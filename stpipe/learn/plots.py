@@ -1,0 +1,151 @@
+"""Evaluation figures as PNG files (matplotlib's Agg backend, no display needed).
+
+- :func:`plot_rmse_vs_lead`: a metric per lead for the model and every baseline;
+- :func:`plot_sample_maps`: for one sample, rows of leads and columns last input, truth,
+  forecast and error (forecast − truth), with lat/lon axes on geographic grids.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from stpipe.learn.evaluate import MODEL, Evaluation, SampleMaps
+
+DPI = 100
+MAX_MAP_ROWS = 4
+STYLES = {
+    MODEL: {"color": "black", "marker": "o", "linewidth": 2.0},
+    "persistence": {"color": "tab:blue", "marker": "s", "linestyle": "--"},
+    "climatology": {"color": "tab:green", "marker": "^", "linestyle": ":"},
+    "persistence_clim_change": {"color": "tab:orange", "marker": "D", "linestyle": "-."},
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_rmse_vs_lead(
+    evaluation: Evaluation,
+    path: str | Path,
+    *,
+    metric: str = "rmse",
+    title: str = "",
+    size: tuple[float, float] = (6.4, 4.0),
+) -> Path:
+    """Line plot of ``metric`` (a key of ``evaluation.metrics``) against lead time (h).
+
+    The image is ``size`` inches at 100 dpi (640 × 400 pixels by default).
+    """
+    plt = _pyplot()
+    table = evaluation.metrics[metric]
+    units = _units(evaluation)
+    fig, ax = plt.subplots(figsize=size, dpi=DPI)
+    try:
+        for name, values in table.items():
+            ax.plot(evaluation.lead_hours, values, label=name, **STYLES.get(name, {}))
+        ax.set_xlabel("lead time (h)")
+        ax.set_ylabel(
+            f"{metric} ({units})" if units and metric.startswith(("rmse", "mae")) else metric
+        )
+        ax.set_xticks(evaluation.lead_hours)
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False)
+        ax.set_title(
+            title or f"{metric} on the {evaluation.split} split, {', '.join(evaluation.variables)}"
+        )
+        fig.tight_layout()
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_sample_maps(
+    sample: SampleMaps,
+    path: str | Path,
+    *,
+    cell_inches: float = 2.5,
+) -> Path:
+    """Map panel of one sample: rows = leads (at most 4, spread over the leads), columns =
+    last input, truth, forecast, error. The image is 4·``cell_inches`` wide and
+    ``cell_inches`` per row high, at 100 dpi."""
+    plt = _pyplot()
+    n_leads = len(sample.lead_hours)
+    picks = np.unique(np.linspace(0, n_leads - 1, min(n_leads, MAX_MAP_ROWS)).round().astype(int))
+    fig, axes = plt.subplots(
+        len(picks), 4, figsize=(4 * cell_inches, len(picks) * cell_inches), dpi=DPI, squeeze=False
+    )
+    try:
+        finite = np.concatenate(
+            [sample.last_input.ravel(), sample.truth[picks].ravel(), sample.forecast[picks].ravel()]
+        )
+        finite = finite[np.isfinite(finite)]
+        vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        error = sample.forecast - sample.truth
+        emax = float(np.nanmax(np.abs(error[picks]))) if np.isfinite(error[picks]).any() else 1.0
+        extent = _extent(sample)
+        for row, lead in enumerate(picks):
+            panels = [
+                (sample.last_input, "last input", "viridis", vmin, vmax),
+                (sample.truth[lead], "truth", "viridis", vmin, vmax),
+                (sample.forecast[lead], "forecast", "viridis", vmin, vmax),
+                (error[lead], "forecast − truth", "RdBu_r", -emax, emax),
+            ]
+            for col, (field, label, cmap, lo, hi) in enumerate(panels):
+                ax = axes[row, col]
+                image = ax.imshow(
+                    field,
+                    origin="lower",
+                    cmap=cmap,
+                    vmin=lo,
+                    vmax=hi,
+                    extent=extent,
+                    aspect="auto",
+                    interpolation="nearest",
+                )
+                ax.set_title(
+                    label if col == 0 else f"{label}, +{sample.lead_hours[lead]:g} h", fontsize=8
+                )
+                ax.tick_params(labelsize=6)
+                if col in (2, 3):
+                    fig.colorbar(image, ax=ax, shrink=0.8).ax.tick_params(labelsize=6)
+                if row == len(picks) - 1:
+                    ax.set_xlabel(sample.col_dim, fontsize=7)
+                if col == 0:
+                    ax.set_ylabel(sample.row_dim, fontsize=7)
+        fig.suptitle(f"{sample.variable} ({sample.units}), init {sample.init_time}", fontsize=9)
+        fig.tight_layout()
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def _extent(sample: SampleMaps) -> tuple[float, float, float, float] | None:
+    """imshow extent from the coordinates of the patch's cells (extrapolated past the grid)."""
+    edges = []
+    for coords in (sample.cols, sample.rows):
+        idx = np.flatnonzero(np.isfinite(coords))
+        if len(idx) < 2:
+            return None
+        slope, offset = np.polyfit(idx, coords[idx], 1)
+        n = len(coords)
+        edges += [offset - 0.5 * slope, offset + (n - 0.5) * slope]
+    return tuple(edges)
+
+
+def _units(evaluation: Evaluation) -> str:
+    return evaluation.sample.units if evaluation.sample is not None else ""
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=DPI)
+    return path

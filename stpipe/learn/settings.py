@@ -1,0 +1,49 @@
+"""The ``[train]`` section: optimisation, precision, devices, calibration."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveInt
+
+from stpipe.core.settings import Settings
+
+
+class TrainSection(Settings):
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 64
+    lr: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    patience: PositiveInt = Field(default=5, description="Early stopping, in epochs.")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    cuda_graph: bool = Field(
+        default=True,
+        description="On one GPU without compile or fp16: replay each step as a CUDA graph.",
+    )
+    num_workers: int = Field(default=0, ge=0)
+    max_batches_per_epoch: PositiveInt | None = None
+    max_val_batches: PositiveInt | None = Field(
+        default=None, description="Cap on validation batches per epoch; default: the whole split."
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description="Autocast dtype; 'auto': bf16 on GPUs that have it (else fp16), fp32 on CPU.",
+    )
+    schedule: Literal["cosine", "onecycle", "constant"] = Field(
+        default="cosine", description="Per-step learning-rate schedule after the warm-up."
+    )
+    warmup_frac: float = Field(
+        default=0.05, ge=0, lt=1, description="Share of all steps spent warming up the lr."
+    )
+    calibrate: bool = Field(
+        default=True,
+        description="After training, blend each lead with its best baseline by least squares "
+        "on the validation split (scnn models).",
+    )
+    lead_weighting: Literal["baseline", "uniform"] = Field(
+        default="baseline",
+        description="Loss weight per lead: 1/MSE of the best baseline at that lead, or equal.",
+    )

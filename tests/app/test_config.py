@@ -1,0 +1,110 @@
+"""Config loading: valid files load with resolved paths; every mistake names file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stpipe.app.config import load_config
+from stpipe.core.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+MINIMAL = """
+[pipeline]
+name = "t"
+workdir = "work"
+
+[source]
+kind = "netcdf"
+paths = "feed/*.nc"
+variables = ["t2m", "u10"]
+
+[patches]
+input_steps = 6
+leads = [1, 3]
+size = [8, 8]
+
+[split]
+val_start = 2024-01-10
+test_start = 2024-01-12
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pipe.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", ["weather.toml", "traffic.toml"])
+def test_shipped_configs_load(name: str) -> None:
+    config = load_config(REPO / "data" / "configs" / name)
+    assert config.workdir.is_absolute()
+    assert config.workdir.parent == REPO / "runs"
+    assert set(config.target_variables) <= set(config.input_variables)
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.workdir == tmp_path / "work"
+    assert config.source.path_globs == [str(tmp_path / "feed/*.nc")]
+    assert config.store_path == tmp_path / "work" / "store.zarr"
+    assert config.experiment_name == "t" and config.model_name == "t"
+    assert config.input_variables == ["t2m", "u10"] == config.target_variables
+
+
+def test_overrides_apply_before_validation(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL), overrides={"train.epochs": 2})
+    assert config.train.epochs == 2
+    with pytest.raises(ConfigError, match=r"\[train\] epochs: Input should be greater than 0"):
+        load_config(write(tmp_path, MINIMAL), overrides={"train.epochs": 0})
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            ("leads = [1, 3]", "leads = [3, 1]"),
+            r"\[patches\] leads: leads must be strictly increasing, got \[3, 1\]",
+        ),
+        (
+            ("input_steps = 6", "input_steps = 'six'"),
+            r"\[patches\] input_steps: Input should be a valid integer",
+        ),
+        (("input_steps = 6\n", ""), r"\[patches\] input_steps: Field required"),
+        (('kind = "netcdf"', 'kind = "csv"'), r"\[source\] kind: Input should be 'netcdf', 'grib'"),
+        (("[split]", "[split]\nvalidation = 1"), r"\[split\] validation: unknown key"),
+        (("test_start = 2024-01-12", "test_start = 2024-01-09"), r"split dates must increase"),
+        (('paths = "feed/*.nc"\n', ""), r"source kind 'netcdf' needs 'paths'"),
+        (
+            ("size = [8, 8]", 'size = [8, 8]\ntarget_variables = ["msl"]'),
+            r"target_variables \['msl'\] names variables not in",
+        ),
+    ],
+)
+def test_errors_name_file_and_key(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    text = MINIMAL.replace(*edit)
+    assert text != MINIMAL
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert str(info.value).startswith(str(path))
+
+
+def test_glob_matching_nothing_is_an_error_when_paths_are_checked(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    load_config(path)  # not checked by default
+    with pytest.raises(ConfigError, match=r"\[source\] paths: no file matches"):
+        load_config(path, check_paths=True)
+    (tmp_path / "feed").mkdir()
+    (tmp_path / "feed" / "a.nc").write_bytes(b"")
+    assert load_config(path, check_paths=True).source_files() == [tmp_path / "feed" / "a.nc"]
+
+
+def test_unreadable_inputs(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[pipeline\nname="))
