@@ -7,9 +7,9 @@
 3. The nights are replayed through the Prefect ``nightly_flow`` (ingest → statistics →
    train → evaluate → promote → forecast; Prefect's ephemeral API, no server needed): the
    first night backfills ``history_days``, each later night one new day arrives in the feed.
-   The split rolls forward with the data: the newest ``test_days`` are the test split, the
-   ``val_days`` before them the validation window on which promotion compares the
-   candidate with the champion.
+   The config's ``[split] val_days``/``test_days`` roll the split forward with the data: the
+   newest ``test_days`` are the test split, the ``val_days`` before them the validation
+   window on which promotion compares the candidate with the champion.
 4. A summary (rich) shows each night, the champion's RMSE per lead next to persistence
    and climatology, where the forecast store and plots are, and how to open the MLflow
    and Prefect UIs on them.
@@ -27,7 +27,7 @@ import time
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -162,17 +162,14 @@ def run_demo(
     )
     feed = workdir / "feed"
     feed.mkdir()
-    splits = [
-        _split(plan, start + timedelta(days=plan.history_days + n)) for n in range(nights + 1)
-    ]
-    config_path = _write_config(workdir, base, plan, splits[-1], overrides or {})
+    config_path = _write_config(workdir, base, plan, overrides or {})
     reports = []
     with _prefect_settings(), _quiet_logs():
-        for night, split in enumerate(splits):
+        for night in range(nights + 1):
             for f in archive[: plan.history_days + night]:
                 if not (feed / f.name).exists():
                     shutil.copy(f, feed / f.name)
-            report = nightly_flow(str(config_path), overrides=split)
+            report = nightly_flow(str(config_path))
             reports.append(report)
             console.print(_night_line(night, nights, report))
     config = _load(config_path)
@@ -255,18 +252,10 @@ def _fresh_workdir(workdir: Path) -> Path:
     return workdir.resolve()
 
 
-def _split(plan: DemoPlan, end: date) -> dict[str, str]:
-    """Split overrides for data ending (exclusive) at ``end``: the newest days are test."""
-    test_start = end - timedelta(days=plan.test_days)
-    val_start = test_start - timedelta(days=plan.val_days)
-    return {"split.val_start": val_start.isoformat(), "split.test_start": test_start.isoformat()}
-
-
 def _write_config(
     workdir: Path,
     base: dict[str, Any],
     plan: DemoPlan,
-    split: Mapping[str, str],
     overrides: Mapping[str, Any],
 ) -> Path:
     import tomli_w
@@ -276,14 +265,14 @@ def _write_config(
     raw["source"] = {"variables": base["source"]["variables"], **plan.source}
     for section, values in plan.settings.items():
         raw.setdefault(section, {}).update(values)
-    for dotted, value in {**split, **overrides}.items():
+    raw["split"] = {"val_days": plan.val_days, "test_days": plan.test_days}
+    for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
         raw.setdefault(section, {})[key] = value
-    raw["split"] = {k: date.fromisoformat(v) for k, v in raw["split"].items()}
     path = workdir / CONFIG_NAME
     header = (
         f"# stpipe demo: {CONFIG_DIR / plan.base_config} with demo-sized settings, reading the\n"
-        "# daily files that arrive in feed/. The split is that of the last night replayed.\n"
+        "# daily files that arrive in feed/. The split rolls forward with the data.\n"
     )
     path.write_text(header + tomli_w.dumps(raw))
     _load(path)  # fail here, naming the key, if the demo settings do not fit the schema

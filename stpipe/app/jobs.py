@@ -29,7 +29,6 @@ from torch import Tensor, nn
 from stpipe.app.config import Config
 from stpipe.core.card import ModelCard, card_for
 from stpipe.core.errors import StoreError, TrackingError
-from stpipe.core.patches import Splits
 from stpipe.forecast.predict import forecast_grid, input_window_end
 from stpipe.forecast.store import forecast_attrs, open_forecasts, write_forecast
 from stpipe.forecast.verify import Verification, verifiable_inits, verify_forecast
@@ -91,7 +90,7 @@ def data_context(config: Config) -> DataContext:
     return load_data_context(
         config.store_path,
         spec=config.patch_spec(),
-        splits=Splits.from_settings(config.split),
+        splits=config.split,
         climatology_period=config.model.climatology_period,
         dask=config.dask,
     )

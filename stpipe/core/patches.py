@@ -225,16 +225,72 @@ class Splits:
     test_end: np.datetime64 | None = None
 
     @classmethod
-    def from_settings(cls, section: SplitSection) -> Splits:
+    def from_settings(cls, section: SplitSection, *, times: np.ndarray | None = None) -> Splits:
+        """The splits of ``[split]``; rolling windows need the store's ``times``."""
+
         def ns(value: datetime | None) -> np.datetime64 | None:
             return None if value is None else _as_ns(value)
 
+        if section.rolling:
+            if times is None:
+                raise ConfigError("[split] val_days/test_days need the store's times")
+            return cls.rolling(
+                times,
+                val_days=int(section.val_days or 0),
+                test_days=int(section.test_days or 0),
+                train_start=ns(section.train_start),
+            )
         return cls(
             val_start=_as_ns(section.val_start),
             test_start=_as_ns(section.test_start),
             train_start=ns(section.train_start),
             test_end=ns(section.test_end),
         )
+
+    @classmethod
+    def rolling(
+        cls,
+        times: np.ndarray,
+        *,
+        val_days: int,
+        test_days: int,
+        train_start: np.datetime64 | None = None,
+    ) -> Splits:
+        """Test = the newest ``test_days`` complete days of ``times``, validation = the
+        ``val_days`` before them, train = everything before that (from ``train_start``).
+
+        A day is complete when the store holds its last step (a day still arriving belongs
+        to no split), so the windows move forward by one day with each night of data.
+        """
+        times = np.asarray(times, dtype="datetime64[ns]")
+        if len(times) < 2:
+            raise StoreError(
+                f"rolling [split] windows need at least 2 stored steps, got {len(times)}"
+            )
+        step = np.diff(times).min()
+        end = (times[-1] + step).astype("datetime64[D]").astype("datetime64[ns]")
+        test_start = end - np.timedelta64(test_days, "D")
+        val_start = test_start - np.timedelta64(val_days, "D")
+        if val_start <= times[0]:
+            raise StoreError(
+                f"rolling [split] windows (val_days={val_days}, test_days={test_days}) leave no "
+                f"train data: the store holds {times[0]} … {times[-1]}"
+            )
+        return cls(
+            val_start=val_start, test_start=test_start, train_start=train_start, test_end=end
+        )
+
+    def describe(self) -> dict[str, str]:
+        """The windows as text: ``train_end``, ``val_window``, ``test_window`` (half-open)."""
+        def text(t: np.datetime64 | None) -> str:
+            return "end" if t is None else str(np.datetime64(t, "s"))
+
+        val, test = text(self.val_start), text(self.test_start)
+        return {
+            "train_end": val,
+            "val_window": f"[{val}, {test})",
+            "test_window": f"[{test}, {text(self.test_end)})",
+        }
 
     def time_range(self, split: SplitName) -> tuple[np.datetime64 | None, np.datetime64 | None]:
         """(start, stop) of a split; None means the start or end of the store."""

@@ -56,13 +56,41 @@ class PatchesSection(Settings):
 
 
 class SplitSection(Settings):
+    """Train/validation/test by time: fixed dates, or rolling windows counted back from the
+    newest complete day of the store (``val_days``/``test_days``), which move forward as
+    nights of data arrive."""
+
     train_start: datetime | None = None
-    val_start: datetime
-    test_start: datetime
+    val_start: datetime | None = Field(default=None, description="Fixed: validation from here.")
+    test_start: datetime | None = Field(default=None, description="Fixed: test from here.")
     test_end: datetime | None = None
+    val_days: PositiveInt | None = Field(
+        default=None, description="Rolling: validate on the N days before the test days."
+    )
+    test_days: PositiveInt | None = Field(
+        default=None, description="Rolling: test on the newest M complete days of the store."
+    )
+
+    @property
+    def rolling(self) -> bool:
+        return self.val_days is not None
 
     @model_validator(mode="after")
     def _ordered(self) -> SplitSection:
+        fixed = (self.val_start, self.test_start)
+        rolling = (self.val_days, self.test_days)
+        if any(v is not None for v in fixed) and any(v is not None for v in rolling):
+            raise ValueError(
+                "give either val_start and test_start (fixed dates) or val_days and test_days "
+                "(rolling windows), not both"
+            )
+        if None in fixed and None in rolling:
+            raise ValueError(
+                "needs val_start and test_start (fixed dates), or val_days and test_days "
+                "(rolling windows counted back from the newest data)"
+            )
+        if self.rolling and self.test_end is not None:
+            raise ValueError("test_end goes with fixed dates; rolling windows end at the data")
         points = [self.train_start, self.val_start, self.test_start, self.test_end]
         given = [p for p in points if p is not None]
         if any(b <= a for a, b in itertools.pairwise(given)):

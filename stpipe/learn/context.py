@@ -23,6 +23,7 @@ from torch import Tensor
 from stpipe.core.errors import ConfigError
 from stpipe.core.grid import is_latlon, spatial_dims
 from stpipe.core.patches import PatchSpec, SplitName, Splits
+from stpipe.core.settings import SplitSection
 from stpipe.io.settings import DaskSection
 from stpipe.io.store import open_store, store_digest
 from stpipe.learn.loader import PatchLoader, make_loader
@@ -107,16 +108,19 @@ def load_data_context(
     store_path: Path,
     *,
     spec: PatchSpec,
-    splits: Splits,
+    splits: Splits | SplitSection,
     climatology_period: str = "auto",
     dask: DaskSection | None = None,
 ) -> DataContext:
     """Open the store and derive what the models need (see the module doc), once per job.
 
-    ``climatology_period`` is ``[model] climatology_period``; ``dask`` the cluster that
-    computes the statistics (cached beside the store).
+    ``splits``: fixed splits, or ``[split]`` (rolling windows are resolved against the
+    store's times here); ``climatology_period`` is ``[model] climatology_period``; ``dask``
+    the cluster that computes the statistics (cached beside the store).
     """
     ds = open_store(store_path)
+    if not isinstance(splits, Splits):
+        splits = Splits.from_settings(splits, times=ds["time"].values)
     step_s = int(ds.attrs["time_step_s"])
     norm = compute_stats(store_path, variables=spec.input_variables, split=splits, dask=dask)
     mean, std = norm.arrays(spec.input_variables)

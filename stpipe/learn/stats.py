@@ -96,9 +96,9 @@ def compute_stats(
     defaults to ``<store_path>/../stats``. Raises StoreError if a variable is missing or the
     train split holds no time step.
     """
-    splits = split if isinstance(split, Splits) else Splits.from_settings(split)
     ds = _open_variables(store_path, variables)
     times = ds["time"].values
+    splits = split if isinstance(split, Splits) else Splits.from_settings(split, times=times)
     a, b = splits.index_range("train", times)
     if b <= a:
         span = f"{times[0]} … {times[-1]}" if len(times) else "no steps"

@@ -133,13 +133,12 @@ def statistics_task(config: Config) -> NormStats:
     (a retry, a re-run, tomorrow's run if nothing arrived) gets them without recomputing.
     Call it through :func:`in_workdir` so the cache lives in the pipeline's workdir.
     """
-    from stpipe.core.patches import Splits
     from stpipe.learn.stats import compute_stats
 
     stats = compute_stats(
         config.store_path,
         variables=config.input_variables,
-        split=Splits.from_settings(config.split),
+        split=config.split,
         dask=config.dask,
     )
     get_run_logger().info(
