@@ -5,10 +5,10 @@
 # tracking on SQLite. The versions are the ones this checkout is tested with (read from the
 # local environment when it has them), so the box runs what CI runs.
 #
-# It leaves out what the product path never imports, to fit a 64 MiB transfer: the Redis
-# client and the notification back ends Prefect declares (redis, burner-redis, apprise).
-# Everything else is needed: Prefect's ephemeral server imports asyncpg, MLflow's SQLite
-# registry imports cryptography, MLflow looks up `databricks.agents` on import.
+# It leaves out Prefect's notification back ends (apprise), which the product path never
+# imports, to fit a 64 MiB transfer. Everything else is needed: Prefect's ephemeral server
+# imports asyncpg, redis and burner-redis (its task queue), MLflow's SQLite registry imports
+# cryptography, and MLflow looks up `databricks.agents` on import.
 # Install on the box with:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 #   export PYTHONPATH=/tmp/site:$PWD
@@ -38,7 +38,7 @@ python-dateutil pyyaml regex requests rich scipy setuptools shellingham six sort
 sympy tabulate toolz torch tqdm typer typing-extensions urllib3 uvloop werkzeug wheel wrapt
 xarray yarl zipp"
 if [[ "${1:-}" == "--have" ]]; then box_has=$(cat "$2"); fi
-never="redis burner-redis apprise"
+never="apprise"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
