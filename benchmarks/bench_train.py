@@ -3,8 +3,9 @@
     python benchmarks/bench_train.py [--quick] [--case weatherbench|taxibj|all]
                                      [--steps N] [--num-workers N] [--all-configs]
 
-Both models are trained by ``stpipe.learn.train`` (``train_epoch``: the loader, bf16 autocast,
-AdamW, clipping, the lead-weighted masked loss) on stores built through the real ingest
+Both models are set up as ``stpipe train`` sets them up (``stpipe.learn.train.Trainer.setup``:
+the loaders, AdamW and its schedule, the lead weights of the loss) and trained by its
+``train_epoch`` (bf16 autocast, clipping, the lead-weighted masked loss) on stores built through the real ingest
 path (``stpipe.io.ingestion.ingest`` of the synthetic feeds) in ``benchmarks/_data/``. Shapes
 (OpenSTL's, whose own ConvLSTM trains at the figures below on an H100):
 
@@ -50,6 +51,9 @@ from pathlib import Path
 from typing import Any
 
 from stpipe.app.jobs import data_context
+from stpipe.learn.context import resolve_device
+from stpipe.learn.train import Trainer, determinism, train_epoch
+from stpipe.models import flops_per_sample
 
 DATA = Path(__file__).resolve().parent / "_data"
 OPENSTL_H100 = {"weatherbench": "139 fp32 / 131 bf16", "taxibj": "542"}
@@ -239,27 +243,6 @@ def run_config(
     steps: int,
     num_workers: int,
 ) -> Row:
-    import torch
-
-    from stpipe.learn.context import (
-        build_baselines,
-        build_forecaster,
-        make_split_loader,
-    )
-    from stpipe.learn.train import (
-        TrainStep,
-        determinism,
-        loss_lead_weights,
-        make_optimizer,
-        make_scheduler,
-        resolve_device,
-        resolve_precision,
-        train_epoch,
-        use_channels_last,
-        validate,
-    )
-    from stpipe.models import count_parameters, flops_per_sample
-
     config = case.config(
         model=model_name,
         precision=precision,
@@ -269,85 +252,68 @@ def run_config(
     )
     cfg = config.train
     device = resolve_device(cfg.device)
-    dtype = resolve_precision(cfg.precision, device)
     data = data_context(config)
     with determinism(device, seed=cfg.seed):
-        model = build_forecaster(config.model, data).to(device)
-        if device.type == "cuda":
-            use_channels_last(model)
-        baselines = [b.to(device) for b in build_baselines(data).values()]
-
-        def loader(split: str, n: int | None):
-            return make_split_loader(
-                data,
-                split=split,
-                batch_size=cfg.batch_size,
-                shuffle=split == "train",
-                drop_last=split == "train",
-                max_batches=n,
-                num_workers=num_workers,
-                device=device,
-            )
-
-        train_loader = loader("train", None)
-        per_epoch = len(train_loader)
-        optimizer = make_optimizer(model, cfg, device=device)
-        scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=warmup + steps)  # 1 epoch
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        val_loader = loader("val", None)
-        initial = validate(model, val_loader, baselines=baselines, precision=dtype, device=device)
-        weights = loss_lead_weights(initial.ref_mse, mode=cfg.lead_weighting).to(device)
-        example = next(iter(loader("val", 1)))
-        flops = flops_per_sample(model, {k: v.to(device) for k, v in example.items()})
-        step_model = torch.compile(model, dynamic=False) if compile_model else model
-        step = TrainStep(
-            step_model,
-            model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            lead_weights=weights,
-            grad_clip=cfg.grad_clip,
-            precision=dtype,
-            device=device,
-            cuda_graph=cfg.cuda_graph,
+        # train_model's own setup; the schedule spans the run's steps as one epoch.
+        trainer = Trainer.setup(
+            data, model=config.model, train=cfg, device=device, steps_per_epoch=warmup + steps
         )
-        # One loader for every epoch, as train_model keeps it (its block cache persists);
-        # the warmup is the start of epoch 0.
-        train_epoch(step, itertools.islice(train_loader, warmup))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        samples = 0
-        seconds = wait = 0.0
-        epoch = 0
-        while samples < steps * cfg.batch_size:
-            epoch += 1
-            train_loader.set_epoch(epoch)
-            batches = min(per_epoch, steps - samples // cfg.batch_size)
-            stats = train_epoch(step, itertools.islice(train_loader, batches))
-            samples += stats.samples
-            seconds += stats.seconds
-            wait += stats.wait_seconds
-        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-        val = validate(model, val_loader, baselines=baselines, precision=dtype, device=device)
-    mean = sum(val.rmse) / len(val.rmse)
-    ref = sum(val.ref_rmse) / len(val.ref_rmse)
+        example = next(iter(trainer.val_loader))
+        flops = flops_per_sample(trainer.model, {k: v.to(device) for k, v in example.items()})
+        timed = timed_steps(trainer, warmup=warmup, steps=steps)
+        val = trainer.validate()
     return Row(
         case=case.name,
         model=model_name,
         precision=precision,
         compiled=compile_model,
-        graphed=step.graphed,
-        params=count_parameters(model),
+        graphed=trainer.step.graphed,
+        params=trainer.n_parameters,
         gflops_per_sample=flops / 1e9,
-        samples_per_s=samples / seconds,
-        data_wait_frac=wait / seconds,
-        step_ms=1e3 * seconds * cfg.batch_size / samples,
-        peak_gpu_mem_gb=peak,
-        val_rmse=mean,
-        best_baseline_rmse=ref,
+        samples_per_s=timed.samples / timed.seconds,
+        data_wait_frac=timed.wait_seconds / timed.seconds,
+        step_ms=1e3 * timed.seconds * cfg.batch_size / timed.samples,
+        peak_gpu_mem_gb=timed.peak_gpu_mem_gb,
+        val_rmse=sum(val.rmse) / len(val.rmse),
+        best_baseline_rmse=sum(val.ref_rmse) / len(val.ref_rmse),
     )
+
+
+@dataclass(frozen=True)
+class Timed:
+    """The timed steps of a configuration: samples, wall and loader-wait seconds, peak memory."""
+
+    samples: int
+    seconds: float
+    wait_seconds: float
+    peak_gpu_mem_gb: float
+
+
+def timed_steps(trainer: Trainer, *, warmup: int, steps: int) -> Timed:
+    """``warmup`` untimed steps, then ``steps`` timed ones of ``trainer``'s step, epoch after
+    epoch of its train loader."""
+    import torch
+
+    device, loader, batch_size = trainer.device, trainer.train_loader, trainer.cfg.batch_size
+    # One loader for every epoch, as train_model keeps it (its block cache persists);
+    # the warmup is the start of epoch 0.
+    train_epoch(trainer.step, itertools.islice(loader, warmup))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    samples = 0
+    seconds = wait = 0.0
+    epoch = 0
+    while samples < steps * batch_size:
+        epoch += 1
+        loader.set_epoch(epoch)
+        batches = min(len(loader), steps - samples // batch_size)
+        stats = train_epoch(trainer.step, itertools.islice(loader, batches))
+        samples += stats.samples
+        seconds += stats.seconds
+        wait += stats.wait_seconds
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    return Timed(samples=samples, seconds=seconds, wait_seconds=wait, peak_gpu_mem_gb=peak)
 
 
 def environment() -> tuple[str, str]:
@@ -389,16 +355,9 @@ def main() -> None:
 
     cases = QUICK if args.quick else CASES
     names = list(cases) if args.case == "all" else [args.case]
-    gpu = torch.cuda.is_available()
     steps = args.steps or (6 if args.quick else 300)
     warmup = args.warmup or (2 if args.quick else 20)
-    # (precision, torch.compile, CUDA graph)
-    configs = [("fp32", False, False)]
-    if gpu:
-        configs += [("fp32", False, True), ("bf16", False, False), ("bf16", False, True)]
-        configs += [("bf16", True, False)]
-        if args.all_configs:
-            configs.insert(2, ("fp32", True, False))
+    configs = configurations(gpu=torch.cuda.is_available(), all_configs=args.all_configs)
     device, description = environment()
     print(f"torch={torch.__version__} device={device} {description}", flush=True)
     print(
@@ -408,44 +367,70 @@ def main() -> None:
 
     rows: list[Row] = []
     for name in names:
-        case = cases[name]
-        print(
-            f"[{name}] {build_store(case)}; OpenSTL ConvLSTM on an H100: "
-            f"{OPENSTL_H100[name]} samples/s",
-            flush=True,
+        rows += run_case(
+            cases[name], configs, warmup=warmup, steps=steps, num_workers=args.num_workers
         )
-        for model in ("scnn_lstm", "convlstm"):
-            for precision, compiled, graphed in configs:
-                started = time.perf_counter()
-                row = run_config(
-                    case,
-                    model_name=model,
-                    precision=precision,
-                    compile_model=compiled,
-                    cuda_graph=graphed,
-                    warmup=warmup,
-                    steps=steps,
-                    num_workers=args.num_workers,
-                )
-                rows.append(row)
-                print(f"{row.line()} wall_s={time.perf_counter() - started:.0f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+    print_summary(rows, names, device=device)
 
-    headline = "weatherbench" if "weatherbench" in names else names[0]
-    best = {
-        m: max(
-            (r for r in rows if r.case == headline and r.model == m), key=lambda r: r.samples_per_s
-        )
+
+def configurations(*, gpu: bool, all_configs: bool) -> list[tuple[str, bool, bool]]:
+    """(precision, torch.compile, CUDA graph) per configuration run."""
+    configs = [("fp32", False, False)]
+    if gpu:
+        configs += [("fp32", False, True), ("bf16", False, False), ("bf16", False, True)]
+        configs += [("bf16", True, False)]
+        if all_configs:
+            configs.insert(2, ("fp32", True, False))
+    return configs
+
+
+def run_case(
+    case: Case,
+    configs: list[tuple[str, bool, bool]],
+    *,
+    warmup: int,
+    steps: int,
+    num_workers: int,
+) -> list[Row]:
+    """Both models in every configuration on ``case``'s store (built first), one line each."""
+    print(
+        f"[{case.name}] {build_store(case)}; OpenSTL ConvLSTM on an H100: "
+        f"{OPENSTL_H100[case.name]} samples/s",
+        flush=True,
+    )
+    rows = []
+    for model in ("scnn_lstm", "convlstm"):
+        for precision, compiled, graphed in configs:
+            started = time.perf_counter()
+            row = run_config(
+                case,
+                model_name=model,
+                precision=precision,
+                compile_model=compiled,
+                cuda_graph=graphed,
+                warmup=warmup,
+                steps=steps,
+                num_workers=num_workers,
+            )
+            rows.append(row)
+            print(f"{row.line()} wall_s={time.perf_counter() - started:.0f}", flush=True)
+    return rows
+
+
+def fastest(rows: list[Row], case: str) -> dict[str, Row]:
+    """Each model's fastest configuration on ``case``."""
+    return {
+        m: max((r for r in rows if r.case == case and r.model == m), key=lambda r: r.samples_per_s)
         for m in ("scnn_lstm", "convlstm")
     }
+
+
+def print_summary(rows: list[Row], names: list[str], *, device: str) -> None:
+    """A summary line per case, then the last line (module docstring)."""
     for name in names:
-        per = {
-            m: max(
-                (r for r in rows if r.case == name and r.model == m), key=lambda r: r.samples_per_s
-            )
-            for m in ("scnn_lstm", "convlstm")
-        }
+        per = fastest(rows, name)
         print(
             f"summary case={name} speedup_vs_convlstm="
             f"{per['scnn_lstm'].samples_per_s / per['convlstm'].samples_per_s:.1f}x "
@@ -456,6 +441,7 @@ def main() -> None:
             f"best_baseline_val_rmse={per['scnn_lstm'].best_baseline_rmse:.4f}",
             flush=True,
         )
+    best = fastest(rows, "weatherbench" if "weatherbench" in names else names[0])
     print(
         f"device={device} scnn_samples_per_s={best['scnn_lstm'].samples_per_s:.1f} "
         f"convlstm_samples_per_s={best['convlstm'].samples_per_s:.1f} "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -36,7 +37,14 @@ class Forecaster(nn.Module):
     ``target_index`` [V_out] (positions of the targets among the inputs), ``target_mean``,
     ``target_std`` [V_out]. The training loss works in normalised units:
     ``normalise_targets(batch["y"])`` against ``normalise_targets(forward(batch))``.
+
+    Calibration (:func:`stpipe.learn.train.calibrate`, after training): a forecaster with
+    ``calibratable`` true has ``normalised_forecast(batch)`` and the ``anchor`` [L, V_out, 3]
+    and ``shrink`` [L, V_out] buffers the calibration fits (:class:`stpipe.models.scnn.ScnnRnn`);
+    ``reset_calibration()`` returns it to its uncalibrated forecast before training.
     """
+
+    calibratable: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -72,6 +80,9 @@ class Forecaster(nn.Module):
         self.register_buffer("target_index", index)
         self.register_buffer("target_mean", mean[index].clone())
         self.register_buffer("target_std", std[index].clone())
+
+    def reset_calibration(self) -> None:
+        """Back to the uncalibrated forecast; nothing to do without a calibration."""
 
     def normalise_inputs(self, x: Tensor) -> Tensor:
         """[..., V_in, H, W] physical → normalised; NaN becomes 0 (the train mean)."""

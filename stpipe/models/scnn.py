@@ -50,6 +50,8 @@ from stpipe.models.common import Batch, Forecaster, conv_block
 class ScnnRnn(Forecaster):
     """Per-frame CNN encoder → temporal conv → per-location RNN → per-lead decoder (see module)."""
 
+    calibratable = True
+
     def __init__(
         self,
         *,

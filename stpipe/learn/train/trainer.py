@@ -1,0 +1,383 @@
+"""A training run in three pieces, :meth:`Trainer.setup`, :meth:`Trainer.run_epochs` and
+:meth:`Trainer.finish`; :func:`train_model` composes them with the run key and checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from stpipe.core.errors import ConfigError, StoreError
+from stpipe.io.checkpoint import (
+    LAST,
+    load_checkpoint,
+    restore_rng,
+    run_key,
+    save_checkpoint,
+    state_digest,
+)
+from stpipe.learn.context import (
+    DataContext,
+    Distributed,
+    build_baselines,
+    build_forecaster,
+    make_split_loader,
+    resolve_device,
+)
+from stpipe.learn.loader import PatchLoader
+from stpipe.learn.settings import TrainSection
+from stpipe.learn.train.calibration import calibrate
+from stpipe.learn.train.distributed import barrier, init_process_group, wrap_model
+from stpipe.learn.train.loss import loss_lead_weights
+from stpipe.learn.train.optim import make_optimizer, make_scheduler
+from stpipe.learn.train.passes import train_epoch, validate
+from stpipe.learn.train.progress import ProgressBar
+from stpipe.learn.train.runtime import determinism, resolve_precision, use_channels_last
+from stpipe.learn.train.state import (
+    EpochLog,
+    RunState,
+    TrainResult,
+    Validation,
+    cpu_state,
+    describe_epoch,
+)
+from stpipe.learn.train.step import TrainStep
+from stpipe.models import Forecaster, count_parameters
+from stpipe.models.settings import ModelSection
+
+# One logger for the package, under the name it had as a single module.
+log = logging.getLogger(__package__)
+
+
+def train_model(
+    data: DataContext,
+    *,
+    model: ModelSection,
+    train: TrainSection,
+    checkpoint_root: Path,
+    resume: bool = True,
+    on_epoch_end: Callable[[EpochLog], None] | None = None,
+    progress: bool = True,
+    init_from: Mapping[str, Tensor] | None = None,
+) -> TrainResult:
+    """Train ``model`` (``[model]``) with ``train`` (``[train]``) on ``data`` (see the package
+    docstring); checkpoints go to ``checkpoint_root/<run key>/``.
+
+    ``init_from``: a state dict (e.g. the champion's) to start from instead of the seeded
+    initialisation, for nightly fine-tuning; it is part of the run key. ``on_epoch_end`` runs
+    on rank 0 after each epoch's checkpoint is on disk: a job layer logs metrics there, and
+    an exception it raises stops training with that checkpoint kept (a re-run resumes).
+    """
+    started = time.perf_counter()
+    dist = Distributed.from_env()
+    init_process_group(dist)
+    device = resolve_device(train.device, dist)
+    key = run_key(
+        run_identity(data, model, train),
+        store_digest=data.store_digest,
+        device=device.type,
+        init_digest=state_digest(init_from) if init_from is not None else "",
+    )
+    checkpoint_dir = checkpoint_root / key
+    saved = load_checkpoint(checkpoint_dir / LAST) if resume else None
+    with determinism(device, seed=train.seed):
+        trainer = Trainer.setup(
+            data,
+            model=model,
+            train=train,
+            device=device,
+            dist=dist,
+            init_from=init_from,
+            saved=saved,
+        )
+        if saved is not None:
+            log.info("run %s: resuming after epoch %d", key, trainer.state.epoch)
+        trainer.run_epochs(
+            checkpoint=checkpoint_dir / LAST, on_epoch_end=on_epoch_end, progress=progress
+        )
+    final = trainer.finish()
+    state = trainer.state
+    return TrainResult(
+        model=final,
+        state=cpu_state(final),
+        history=tuple(state.history),
+        best_epoch=state.best_epoch,
+        best_score=state.best_score,
+        initial_score=state.initial_score,
+        stopped_early=state.stopped_early(train),
+        run_key=key,
+        checkpoint_dir=checkpoint_dir,
+        device=str(device),
+        norm_mean=data.norm_mean,
+        norm_std=data.norm_std,
+        climatology=data.climatology,
+        seconds=time.perf_counter() - started,
+        n_parameters=trainer.n_parameters,
+    )
+
+
+# Keys that change how fast or how visibly a run goes, not the weights it ends with.
+_SPEED_ONLY = {"num_workers", "device"}
+
+
+def run_identity(data: DataContext, model: ModelSection, train: TrainSection) -> dict[str, Any]:
+    """What decides a run's weights besides the data and the device (for its run key)."""
+    splits = {k: str(v) for k, v in asdict(data.splits).items()}
+    train_values = train.model_dump(mode="json")
+    return {
+        "patches": asdict(data.spec),
+        "split": splits,
+        "model": model.model_dump(mode="json"),
+        "train": {k: v for k, v in train_values.items() if k not in _SPEED_ONLY},
+    }
+
+
+@dataclass(eq=False)
+class Trainer:
+    """One run's pieces, built by :meth:`setup`: the model (on ``device``, trained in place),
+    the loaders of the train and validation splits, the optimizer, schedule and grad scaler,
+    the baselines it is scored against, the step and the run state (:class:`RunState`)."""
+
+    data: DataContext
+    model_cfg: ModelSection
+    cfg: TrainSection
+    dist: Distributed
+    device: torch.device
+    precision: torch.dtype
+    model: Forecaster
+    n_parameters: int
+    train_loader: PatchLoader
+    val_loader: PatchLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    baselines: list[Forecaster]
+    state: RunState
+    step: TrainStep
+
+    @classmethod
+    def setup(
+        cls,
+        data: DataContext,
+        *,
+        model: ModelSection,
+        train: TrainSection,
+        device: torch.device,
+        dist: Distributed | None = None,
+        init_from: Mapping[str, Tensor] | None = None,
+        saved: Mapping[str, Any] | None = None,
+        steps_per_epoch: int | None = None,
+    ) -> Trainer:
+        """A run of ``model`` (``[model]``) with ``train`` (``[train]``) on ``data``.
+
+        Call it inside ``determinism(device, seed=train.seed)``: the initial weights and the
+        first validation draw on the seeded generators. ``init_from``: starting weights
+        instead of the seeded ones. ``saved``: a checkpoint payload
+        (:meth:`RunState.payload`) to resume from: its module, optimizer, scheduler, scaler
+        and RNG states are restored. Without it the starting weights are validated (epoch 0)
+        and the loss's lead weights come from that validation's best baselines.
+        ``steps_per_epoch``: the schedule's steps per epoch (default: the train loader's
+        batches), for a caller that runs its own number of steps.
+        """
+        dist = dist or Distributed()
+        net, n_parameters = _starting_model(model, data, device=device, init_from=init_from)
+        train_loader, val_loader = split_loaders(data, train, dist=dist, device=device)
+        precision = resolve_precision(train.precision, device)
+        optimizer = make_optimizer(net, train, device=device)
+        scheduler = make_scheduler(
+            optimizer, train, steps_per_epoch=steps_per_epoch or len(train_loader)
+        )
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
+        baselines = [b.to(device) for b in build_baselines(data).values()]
+        if saved is None:
+            initial = validate(
+                net, val_loader, baselines=baselines, precision=precision, device=device, dist=dist
+            )
+            state = RunState(
+                lead_weights=loss_lead_weights(initial.ref_mse, mode=train.lead_weighting)
+            )
+            state.start(initial, model=net)
+        else:
+            net.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            scaler.load_state_dict(saved["scaler"])
+            state = RunState.from_payload(saved)
+            restore_rng(saved["rng"])
+        step = TrainStep(
+            wrap_model(net, compile_model=train.compile, dist=dist, device=device),
+            net,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            lead_weights=state.lead_weights,
+            grad_clip=train.grad_clip,
+            precision=precision,
+            device=device,
+            cuda_graph=train.cuda_graph,
+        )
+        return cls(
+            data=data,
+            model_cfg=model,
+            cfg=train,
+            dist=dist,
+            device=device,
+            precision=precision,
+            model=net,
+            n_parameters=n_parameters,
+            train_loader=train_loader,
+            val_loader=val_loader,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            baselines=baselines,
+            state=state,
+            step=step,
+        )
+
+    def validate(self) -> Validation:
+        """Score the model as it is now against the best baseline on the validation split."""
+        return validate(
+            self.model,
+            self.val_loader,
+            baselines=self.baselines,
+            precision=self.precision,
+            device=self.device,
+            dist=self.dist,
+        )
+
+    def run_epoch(
+        self,
+        epoch: int,
+        *,
+        on_step: Callable[[int, Callable[[], float], float], None] | None = None,
+    ) -> EpochLog:
+        """Train epoch ``epoch`` (its shuffle: ``(seed, epoch)``), validate, record it."""
+        self.train_loader.set_epoch(epoch)
+        stats = train_epoch(self.step, self.train_loader, dist=self.dist, on_step=on_step)
+        val = self.validate()
+        lr = self.optimizer.param_groups[0]["lr"]
+        return self.state.record(epoch, stats=stats, val=val, lr=lr, model=self.model)
+
+    def run_epochs(
+        self,
+        *,
+        checkpoint: Path | None = None,
+        on_epoch_end: Callable[[EpochLog], None] | None = None,
+        progress: bool = False,
+    ) -> None:
+        """Epoch after epoch until ``[train] epochs`` or early stopping (``patience``).
+
+        After each epoch rank 0 writes ``checkpoint`` (when given) and logs the epoch, every
+        rank waits for the others, then rank 0 calls ``on_epoch_end``.
+        """
+        with ProgressBar(enabled=progress and self.dist.is_main) as bar:
+            while not self.state.finished(self.cfg):
+                epoch = self.state.epoch + 1
+                steps = len(self.train_loader)
+                entry = self.run_epoch(epoch, on_step=bar.epoch(epoch, self.cfg.epochs, steps))
+                if self.dist.is_main:
+                    if checkpoint is not None:
+                        save_checkpoint(checkpoint, self.checkpoint_payload())
+                    log.info(describe_epoch(entry, self.cfg))
+                barrier(self.dist)
+                if on_epoch_end is not None and self.dist.is_main:
+                    on_epoch_end(entry)
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        """What ``last.pt`` holds: the states of the run so far (``saved`` of :meth:`setup`)."""
+        return self.state.payload(
+            model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler
+        )
+
+    def finish(self) -> Forecaster:
+        """The best epoch's model (the starting weights if no epoch beat them), on the CPU in
+        eval mode; calibrated on the validation split (:func:`calibrate`) when ``[train]
+        calibrate`` is on and the model is ``calibratable``."""
+        final = build_forecaster(self.model_cfg, self.data)
+        _load_weights(final, self.state.best_state or cpu_state(self.model), origin="best epoch")
+        final.eval()
+        if self.cfg.calibrate and final.calibratable:
+            with determinism(self.device, seed=self.cfg.seed):
+                calibration = calibrate(
+                    final.to(self.device),
+                    self.val_loader,
+                    precision=self.precision,
+                    device=self.device,
+                    dist=self.dist,
+                )
+            final.cpu()
+            if self.dist.is_main:
+                log.info("calibration on the validation split: %s", calibration)
+        return final
+
+
+def split_loaders(
+    data: DataContext, cfg: TrainSection, *, dist: Distributed, device: torch.device
+) -> tuple[PatchLoader, PatchLoader]:
+    """The train loader (shuffled, full batches, ``max_batches_per_epoch``) and the
+    validation loader (in order, ``max_val_batches``) of this rank's shard."""
+    loader_args = dict(
+        batch_size=cfg.batch_size,
+        dist=dist,
+        device=device,
+        num_workers=cfg.num_workers,
+        seed=cfg.seed,
+    )
+    train_loader = make_split_loader(
+        data,
+        split="train",
+        shuffle=True,
+        drop_last=True,
+        max_batches=cfg.max_batches_per_epoch,
+        **loader_args,
+    )
+    val_loader = make_split_loader(
+        data,
+        split="val",
+        shuffle=False,
+        drop_last=False,
+        max_batches=cfg.max_val_batches,
+        **loader_args,
+    )
+    if len(train_loader) == 0:
+        raise StoreError(
+            f"{data.store_path}: the train split has fewer patches than one batch "
+            f"([train] batch_size {cfg.batch_size}); lower it or ingest more data"
+        )
+    return train_loader, val_loader
+
+
+def _starting_model(
+    model_cfg: ModelSection,
+    data: DataContext,
+    *,
+    device: torch.device,
+    init_from: Mapping[str, Tensor] | None,
+) -> tuple[Forecaster, int]:
+    """The model to train, on ``device``, and its number of trainable parameters."""
+    model = build_forecaster(model_cfg, data)
+    if init_from is not None:
+        _load_weights(model, init_from, origin="init_from")
+    model.reset_calibration()  # trained uncalibrated, calibrated on this validation split
+    n_parameters = count_parameters(model)
+    model.to(device)
+    if device.type == "cuda":
+        use_channels_last(model)
+    return model, n_parameters
+
+
+def _load_weights(model: nn.Module, state: Mapping[str, Tensor], *, origin: str) -> None:
+    try:
+        model.load_state_dict(dict(state))
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"{origin}: the weights do not fit the {type(model).__name__} that [model] "
+            f"describes (was the model's config changed?): {str(exc).splitlines()[0]}"
+        ) from exc
