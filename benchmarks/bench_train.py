@@ -88,13 +88,10 @@ class Case:
         from stpipe.app.config import config_from_dict
 
         last_day = _shift(self.start, self.days - 1)
-        model_section: dict[str, Any] = {
-            "name": model,
-            "convlstm_hidden": list(self.convlstm_hidden),
-            "convlstm_filter": 5,
-            "convlstm_patch": 2,
-        }
-        if self.scnn_hidden is not None:
+        model_section: dict[str, Any] = {"name": model}
+        if model == "convlstm":
+            model_section |= {"hidden": list(self.convlstm_hidden), "filter": 5, "patch": 2}
+        elif self.scnn_hidden is not None:
             model_section["hidden"] = self.scnn_hidden
         return config_from_dict(
             {

@@ -34,7 +34,7 @@ from stpipe.io.ingestion import IngestJob
 from stpipe.io.settings import FILE_KINDS, DaskSection, SourceSection, StoreSection
 from stpipe.io.store import store_location
 from stpipe.learn.settings import TrainSection
-from stpipe.models.settings import ModelSection
+from stpipe.models.registry import ModelUnion, model_settings
 from stpipe.tracking.settings import MlflowSection
 
 
@@ -56,7 +56,7 @@ class Config(Settings):
     store: StoreSection = Field(default_factory=StoreSection)
     patches: PatchesSection
     split: SplitSection
-    model: ModelSection = Field(default_factory=ModelSection)
+    model: ModelUnion = Field(default_factory=model_settings)
     train: TrainSection = Field(default_factory=TrainSection)
     mlflow: MlflowSection = Field(default_factory=MlflowSection)
     forecast: ForecastSection = Field(default_factory=ForecastSection)

@@ -28,7 +28,7 @@ from stpipe.io.settings import DaskSection
 from stpipe.io.store import open_store, store_digest
 from stpipe.learn.loader import PatchLoader, make_loader
 from stpipe.learn.stats import NormStats, compute_stats
-from stpipe.models import Climatology, Forecaster, build_model
+from stpipe.models import Climatology, Forecaster, build_model, model_settings
 from stpipe.models import climatology_period as resolve_climatology_period
 from stpipe.models.baselines import BASELINES
 from stpipe.models.settings import ModelSection
@@ -149,8 +149,9 @@ def load_data_context(
 def build_forecaster(
     model: ModelSection, data: DataContext, *, name: str | None = None
 ) -> Forecaster:
-    """``[model]`` (or the baseline ``name``) for ``data``, on the CPU, in train mode."""
-    model_cfg = model if name is None else model.model_copy(update={"name": name})
+    """``[model]`` (or the model ``name`` with its defaults, e.g. a baseline) for ``data``, on
+    the CPU, in train mode."""
+    model_cfg = model if name is None else model_settings({"name": name})
     spec = data.spec
     return build_model(
         model_cfg,
@@ -170,7 +171,9 @@ def build_forecaster(
 
 def build_baselines(data: DataContext) -> dict[str, Forecaster]:
     """Persistence, climatology and persistence + climatological change, in eval mode."""
-    return {name: build_forecaster(ModelSection(name=name), data).eval() for name in BASELINES}
+    return {
+        name: build_forecaster(model_settings({"name": name}), data).eval() for name in BASELINES
+    }
 
 
 def make_split_loader(

@@ -2,7 +2,8 @@
 
 ``build_model(cfg, ...)`` returns a :class:`~stpipe.models.common.Forecaster` whose
 ``forward(batch)`` gives [B, L, V_out, H, W] in physical units (batch contract in
-:mod:`stpipe.models.common`). ``[model] name``:
+:mod:`stpipe.models.common`). ``[model] name`` picks a row of the model table
+(:data:`~stpipe.models.registry.MODELS`: settings class and builder):
 
 - ``scnn_lstm``, ``scnn_gru``: :class:`~stpipe.models.scnn.ScnnRnn` (the model family);
 - ``convlstm``: :class:`~stpipe.models.convlstm.ConvLSTM` (Shi et al. 2015 reference);
@@ -12,99 +13,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from stpipe.core.errors import ConfigError
-from stpipe.models.baselines import BASELINES, Baseline, baseline_weights
 from stpipe.models.climatology import Climatology, ClimatologyLookup, climatology_period
-from stpipe.models.common import ArrayLike, Batch, Forecaster
-from stpipe.models.convlstm import ConvLSTM
-from stpipe.models.scnn import ScnnRnn
-from stpipe.models.settings import ModelSection
+from stpipe.models.common import Batch, Forecaster
+from stpipe.models.registry import MODELS, ModelEntry, ModelInputs, build_model, model_settings
 
 __all__ = [
+    "MODELS",
     "Climatology",
     "ClimatologyLookup",
     "Forecaster",
+    "ModelEntry",
+    "ModelInputs",
     "build_model",
     "climatology_period",
     "count_parameters",
     "flops_per_sample",
+    "model_settings",
 ]
-
-
-def build_model(
-    model_cfg: ModelSection,
-    *,
-    input_variables: Sequence[str],
-    target_variables: Sequence[str],
-    input_steps: int,
-    leads: Sequence[int],
-    patch_shape: tuple[int, int],
-    n_time_features: int,
-    n_static: int,
-    norm_mean: ArrayLike,
-    norm_std: ArrayLike,
-    climatology: Climatology | None,
-    step_s: int,
-) -> Forecaster:
-    """The forecaster ``model_cfg.name`` for these variables, steps and patch shape.
-
-    ``norm_mean``/``norm_std`` [V_in] are train-split statistics in physical units;
-    ``climatology`` (fitted on the train split) is required by the climatology baselines and
-    used, when given, by ``scnn_*`` (inputs, baseline maps and the ``auto`` baseline).
-    """
-    common = dict(
-        input_variables=input_variables,
-        target_variables=target_variables,
-        input_steps=input_steps,
-        leads=leads,
-        step_s=step_s,
-        norm_mean=norm_mean,
-        norm_std=norm_std,
-    )
-    height, width = patch_shape
-    name = model_cfg.name
-    if name in BASELINES:
-        return Baseline(name, climatology=climatology, **common)
-    if name == "convlstm":
-        p = model_cfg.convlstm_patch
-        if height % p or width % p:
-            raise ConfigError(
-                f"[model] convlstm_patch {p} must divide the patch size [patches] size "
-                f"{list(patch_shape)}"
-            )
-        if model_cfg.convlstm_filter % 2 == 0:
-            raise ConfigError(
-                f"[model] convlstm_filter must be odd, got {model_cfg.convlstm_filter}"
-            )
-        return ConvLSTM(
-            hidden=model_cfg.convlstm_hidden,
-            filter_size=model_cfg.convlstm_filter,
-            patch=p,
-            **common,
-        )
-    blend = baseline_weights(
-        model_cfg.baseline, leads=leads, variables=target_variables, climatology=climatology
-    )
-    return ScnnRnn(
-        cell="lstm" if name == "scnn_lstm" else "gru",
-        hidden=model_cfg.hidden,
-        encoder_layers=model_cfg.encoder_layers,
-        temporal_kernel=model_cfg.temporal_kernel,
-        rnn_layers=model_cfg.rnn_layers,
-        dropout=model_cfg.dropout,
-        residual=model_cfg.residual,
-        blend=blend,
-        climatology=climatology,
-        n_time_features=n_time_features,
-        n_static=n_static,
-        **common,
-    )
 
 
 def count_parameters(model: nn.Module) -> int:

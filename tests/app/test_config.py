@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from stpipe.app.config import load_config
 from stpipe.core.errors import ConfigError
+from stpipe.models import MODELS
+from stpipe.models.settings import ConvLstmSettings, ScnnSettings
+
+from ..models.test_registry import TOY, ToySettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,6 +87,19 @@ def test_overrides_apply_before_validation(tmp_path: Path) -> None:
             ("size = [8, 8]", 'size = [8, 8]\ntarget_variables = ["msl"]'),
             r"target_variables \['msl'\] names variables not in",
         ),
+        (
+            ("[split]", '[model]\nname = "convlstn"\n\n[split]'),
+            r"\[model\] name: 'convlstn' is not a model; known names: scnn_lstm, scnn_gru, "
+            r"convlstm, persistence, climatology, persistence_clim_change$",
+        ),
+        (
+            ("[split]", '[model]\nname = "convlstm"\nhiden = [4]\n\n[split]'),
+            r"\[model\] convlstm\.hiden: unknown key$",
+        ),
+        (
+            ("[split]", '[model]\nname = "convlstm"\nfilter = 3\nconvlstm_filter = 3\n[split]'),
+            r"\[model\]: convlstm_filter is the old spelling of filter; give only filter$",
+        ),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
@@ -91,6 +109,57 @@ def test_errors_name_file_and_key(tmp_path: Path, edit: tuple[str, str], message
     with pytest.raises(ConfigError, match=message) as info:
         load_config(path)
     assert str(info.value).startswith(str(path))
+
+
+def test_model_defaults_to_scnn_lstm(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MINIMAL)).model == ScnnSettings()
+
+
+def test_a_convlstm_config_with_the_old_keys_loads_as_the_new_spelling(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = '[model]\nname = "convlstm"\nconvlstm_hidden = [4, 4]\nconvlstm_patch = 1\n'
+    new = '[model]\nname = "convlstm"\nhidden = [4, 4]\npatch = 1\n'
+    with caplog.at_level("WARNING", logger="stpipe"):
+        config = load_config(write(tmp_path, MINIMAL + old))
+    assert config.model == ConvLstmSettings(hidden=(4, 4), patch=1)
+    assert config == load_config(write(tmp_path, MINIMAL + new))
+    assert [m.split(";")[0] for m in caplog.messages] == [
+        "[model] convlstm_hidden is now spelt hidden",
+        "[model] convlstm_patch is now spelt patch",
+    ]
+    resolved = config.to_toml()
+    assert tomllib.loads(resolved)["model"] == {
+        "name": "convlstm",
+        "climatology_period": "auto",
+        "hidden": [4, 4],
+        "filter": 5,
+        "patch": 1,
+    }
+    assert load_config(write(tmp_path, resolved)) == config
+    assert {k: v for k, v in config.flat_params().items() if k.startswith("model.")} == {
+        "model.name": "convlstm",
+        "model.climatology_period": "auto",
+        "model.hidden": "[4, 4]",
+        "model.filter": "5",
+        "model.patch": "1",
+    }
+
+
+def test_a_model_added_to_the_model_table_loads_from_a_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, MINIMAL + '[model]\nname = "toy"\nscale = 3.0\n')
+    with pytest.raises(ConfigError, match=r"\[model\] name: 'toy' is not a model"):
+        load_config(path)
+    monkeypatch.setitem(MODELS, "toy", TOY)
+    config = load_config(path)
+    assert config.model == ToySettings(scale=3.0)
+    assert config.model_dump(mode="json")["model"] == {
+        "name": "toy",
+        "climatology_period": "auto",
+        "scale": 3.0,
+    }
 
 
 def test_glob_matching_nothing_is_an_error_when_paths_are_checked(tmp_path: Path) -> None:

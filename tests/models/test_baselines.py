@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from stpipe.core.errors import ConfigError
-from stpipe.models import build_model
+from stpipe.models import build_model, model_settings
 from stpipe.models.baselines import baseline_weights
 from stpipe.models.climatology import Climatology
-from stpipe.models.settings import ModelSection
 
 from . import make_batch
 
@@ -32,7 +31,7 @@ def climatology(
 
 def baseline(name: str, *, leads: tuple[int, ...] = (1, 3), clim: Climatology | None = None):
     return build_model(
-        ModelSection(name=name),
+        model_settings({"name": name}),
         input_variables=["a", "b"],
         target_variables=["b"],
         input_steps=4,

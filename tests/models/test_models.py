@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from stpipe.core.errors import ConfigError
-from stpipe.models import build_model, count_parameters, flops_per_sample
-from stpipe.models.settings import ModelSection
+from stpipe.models import build_model, count_parameters, flops_per_sample, model_settings
 
 from . import make_batch
 from .test_baselines import climatology
@@ -27,7 +26,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-SMALL = dict(hidden=16, convlstm_hidden=(8, 8), convlstm_filter=3)
+SMALL = {
+    "scnn_lstm": dict(hidden=16),
+    "scnn_gru": dict(hidden=16),
+    "convlstm": dict(hidden=(8, 8), filter=3),
+}
 
 
 def model(
@@ -45,7 +48,7 @@ def model(
 ) -> nn.Module:
     torch.manual_seed(0)
     return build_model(
-        ModelSection(name=name, **{**SMALL, **cfg}),
+        model_settings({"name": name, **SMALL.get(name, {}), **cfg}),
         input_variables=list(inputs),
         target_variables=list(targets),
         input_steps=steps,
@@ -98,8 +101,8 @@ CASES = [
 def test_output_shape_dtype_and_finite(name: str, case: int) -> None:
     kw = CASES[case]
     if name == "convlstm" and kw.get("shape") == (10, 14):
-        kw = {**kw, "convlstm_patch": 1}
-    cfg = {k: kw[k] for k in ("convlstm_patch",) if k in kw}
+        kw = {**kw, "patch": 1}
+    cfg = {k: kw[k] for k in ("patch",) if k in kw}
     data = {k: v for k, v in kw.items() if k not in cfg}
     m = model(name, **data, **cfg)
     out = m(batch_for(batch=3, **data))
@@ -168,7 +171,7 @@ def overfit(m: nn.Module, batch: dict[str, torch.Tensor], steps: int) -> tuple[f
 @pytest.mark.parametrize(("name", "steps"), [("scnn_lstm", 300), ("convlstm", 300)])
 def test_model_overfits_one_small_batch(name: str, steps: int) -> None:
     torch.manual_seed(0)
-    m = model(name, dropout=0.0, convlstm_hidden=(16,))
+    m = model(name, **(dict(hidden=(16,)) if name == "convlstm" else dict(dropout=0.0)))
     batch = batch_for(batch=2, shape=(8, 8))
     first, last = overfit(m, batch, steps)
     assert last < first / 100, f"{name}: loss {first:.3g} → {last:.3g}, not 100× lower"
@@ -222,9 +225,9 @@ def test_convlstm_parameter_count_and_flops_by_hand() -> None:
         targets=("a",),
         leads=(1, 2),
         steps=3,
-        convlstm_hidden=(8, 8),
-        convlstm_filter=3,
-        convlstm_patch=2,
+        hidden=(8, 8),
+        filter=3,
+        patch=2,
     )
     cell1, cell2 = (4 + 8) * 32 * 9 + 32, (8 + 8) * 32 * 9 + 32
     assert count_parameters(m) == cell1 + cell2 + 8 * 4 + 4
@@ -275,8 +278,8 @@ def test_scnn_is_much_cheaper_than_the_convlstm_reference() -> None:
         steps=12,
         leads=tuple(range(1, 13)),
         shape=(32, 64),
-        convlstm_hidden=(128,) * 4,
-        convlstm_filter=5,
+        hidden=(128,) * 4,
+        filter=5,
     )
     batch = batch_for(
         inputs=("a",), targets=("a",), steps=12, leads=tuple(range(1, 13)), shape=(32, 64), batch=1
@@ -290,8 +293,7 @@ def test_scnn_is_much_cheaper_than_the_convlstm_reference() -> None:
     ("kwargs", "message"),
     [
         (dict(targets=("z",)), r"target variables \['z'\] must be a non-empty subset"),
-        (dict(name="convlstm", shape=(9, 8)), "convlstm_patch 2 must divide"),
-        (dict(name="convlstm", convlstm_filter=4), "convlstm_filter must be odd"),
+        (dict(name="convlstm", shape=(9, 8)), r"\[model\] patch 2 must divide"),
         (dict(leads=(3, 1)), "leads must be positive and increasing"),
         (dict(baseline="climatology"), "baseline 'climatology' needs a climatology"),
     ],
@@ -304,7 +306,7 @@ def test_bad_arguments_name_the_key(kwargs: dict, message: str) -> None:
 def test_normalisation_must_be_finite_and_positive() -> None:
     with pytest.raises(ConfigError, match="std > 0"):
         build_model(
-            ModelSection(),
+            model_settings(),
             input_variables=["a"],
             target_variables=["a"],
             input_steps=2,
@@ -319,7 +321,7 @@ def test_normalisation_must_be_finite_and_positive() -> None:
         )
     with pytest.raises(ConfigError, match=r"one mean and std per input variable \(2\)"):
         build_model(
-            ModelSection(),
+            model_settings(),
             input_variables=["a", "b"],
             target_variables=["a"],
             input_steps=2,

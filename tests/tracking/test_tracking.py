@@ -18,7 +18,7 @@ from stpipe.app.jobs import tracking_for
 from stpipe.core.card import Grid, ModelCard
 from stpipe.core.errors import TrackingError
 from stpipe.models import build_model
-from stpipe.models.settings import ModelSection
+from stpipe.models.settings import ConvLstmSettings
 from stpipe.testing import make_dataset
 from stpipe.tracking import registry
 from stpipe.tracking.client import Tracking, fluent_scope, tracking_uri
@@ -48,7 +48,7 @@ def tracking(tmp_path_factory: pytest.TempPathFactory) -> Tracking:
 def model() -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model(
-        ModelSection(name="convlstm", convlstm_hidden=(4,)),
+        ConvLstmSettings(hidden=(4,)),
         input_variables=["t2m", "u10"],
         target_variables=["t2m"],
         input_steps=4,
