@@ -16,8 +16,10 @@ train split only.
   small regional grid (24×32), leads 1/3/6/12 h, the last 3 days the test split.
 
 ``--quick``: fewer days and epochs, to check the script (minutes on 2 cores).
-Per case a table, then ``case=… margin_min=… margin_mean=…`` where margin =
-1 − RMSE_model / min(RMSE of the baselines) per lead (> 0: better than every baseline).
+Per case the per-lead table of ``stpipe evaluate`` (:func:`stpipe.learn.lead_table.lead_table`
+on the evaluation's headline metric), then ``case=… margin_min=… margin_mean=…`` where
+margin = 1 − RMSE_model / min(RMSE of the baselines) per lead (> 0: better than every
+baseline).
 Last line: ``weather_margin_min=… traffic_margin_min=… regional_margin_min=… beats_all=…``.
 Imports stay lazy: no prefect or mlflow needed.
 """
@@ -32,7 +34,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from stpipe.app.jobs import data_context, train
+from stpipe.learn import scores
+from stpipe.learn.lead_table import lead_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "_data"
@@ -108,18 +114,12 @@ def run_case(name: str, raw: dict[str, Any]) -> tuple[Any, float]:
     return evaluate_model(result.model, data_context(config), split="test"), seconds
 
 
-def report(name: str, evaluation: Any) -> float:
+def report(name: str, evaluation: Any, *, model: str) -> float:
     """Print the per-lead table and the margin line; return the smallest margin."""
-    metric = "rmse_lat_weighted" if "rmse_lat_weighted" in evaluation.metrics else "rmse"
-    table = evaluation.metrics[metric]
-    names = list(table)
-    print(f"[{name}] {metric} on the test split ({evaluation.n_samples} samples)")
-    print("lead_h " + " ".join(f"{n:>24}" for n in names) + "   margin")
-    best = evaluation.best_baseline(metric)
-    margins = [1 - m / b for m, b in zip(table["model"], best, strict=True)]
-    for i, hours in enumerate(evaluation.lead_hours):
-        cells = " ".join(f"{table[n][i]:>24.4f}" for n in names)
-        print(f"{hours:>6g} {cells} {margins[i]:>+8.1%}")
+    print(f"[{name}]")
+    table = lead_table(evaluation, role=f"model {model}")
+    Console(width=240, soft_wrap=True).print(table.to_rich())
+    margins = scores.margins(evaluation, scores.headline(evaluation))
     print(
         f"case={name} margin_min={min(margins):.4f} margin_mean={sum(margins) / len(margins):.4f}",
         flush=True,
@@ -145,7 +145,7 @@ def main() -> None:
             name, quick=args.quick, epochs=args.epochs, model=args.model, seed=args.seed
         )
         evaluation, _ = run_case(name, raw)
-        margins[name] = report(name, evaluation)
+        margins[name] = report(name, evaluation, model=args.model)
     print(
         " ".join(f"{n}_margin_min={m:.4f}" for n, m in margins.items())
         + f" beats_all={all(m > 0 for m in margins.values())}"

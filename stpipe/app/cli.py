@@ -71,30 +71,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from stpipe.app.jobs import run_evaluation
+    from stpipe.learn.lead_table import lead_table
 
     evaluation = run_evaluation(_config(args), json_path=args.json)
-    _print(_evaluation_table(evaluation))
+    _print(lead_table(evaluation, role="champion").to_rich())
     if args.json is not None:
         log.info("wrote %s", args.json)
     return 0
-
-
-def _evaluation_table(evaluation: Any) -> Any:
-    """RMSE (latitude-weighted where there is one) per lead: the model and each baseline."""
-    from rich.table import Table
-
-    metric = "rmse_lat_weighted" if "rmse_lat_weighted" in evaluation.metrics else "rmse"
-    by_forecast = evaluation.metrics[metric]
-    table = Table(
-        title=f"{metric} per lead on the {evaluation.split} split ({evaluation.n_samples} samples)",
-        title_justify="left",
-    )
-    table.add_column("lead (h)", justify="right")
-    for name in by_forecast:
-        table.add_column(name, justify="right")
-    for i, hours in enumerate(evaluation.lead_hours):
-        table.add_row(f"{hours:g}", *(f"{values[i]:.4g}" for values in by_forecast.values()))
-    return table
 
 
 def _cmd_forecast(args: argparse.Namespace) -> int:

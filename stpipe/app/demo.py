@@ -10,9 +10,9 @@
    The config's ``[split] val_days``/``test_days`` roll the split forward with the data: the
    newest ``test_days`` are the test split, the ``val_days`` before them the validation
    window on which promotion compares the candidate with the champion.
-4. A summary (rich) shows each night, the champion's RMSE per lead next to persistence
-   and climatology, where the forecast store and plots are, and how to open the MLflow
-   and Prefect UIs on them.
+4. A summary (rich) shows each night, the champion per lead beside every baseline with
+   its margin over the best (:func:`stpipe.learn.lead_table.lead_table`), where the
+   forecast store and plots are, and how to open the MLflow and Prefect UIs on them.
 
 Training uses the GPU when there is one (``[train] device = "auto"``).
 """
@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import shutil
+import tempfile
 import time
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -36,6 +37,7 @@ from stpipe.core.errors import ConfigError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from stpipe.app.config import Config
     from stpipe.app.flows.nightly import NightReport
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "data" / "configs"
@@ -173,7 +175,7 @@ def run_demo(
             reports.append(report)
             console.print(_night_line(night, nights, report))
     config = _load(config_path)
-    plots = _write_plots(reports[-1], workdir / "plots", metric=config.mlflow.metric)
+    plots = _write_plots(reports[-1], workdir / "plots", config=config)
     summary = DemoSummary(
         workdir=workdir,
         config=config_path,
@@ -190,6 +192,8 @@ def run_demo(
 def print_summary(summary: DemoSummary, *, console: Console) -> None:
     """The nights, the champion against the baselines per lead, and where to look next."""
     from rich.table import Table
+
+    from stpipe.learn.lead_table import lead_table
 
     last = summary.last
     nights = Table(title="Nights replayed", title_justify="left")
@@ -208,27 +212,8 @@ def print_summary(summary: DemoSummary, *, console: Console) -> None:
             p.alias,
             f"{p.metric} {p.candidate_score:.4g}{champion}",
         )
-    leads = Table(
-        title=f"Champion v{last.champion_version} on the test split "
-        f"({last.champion.n_samples} samples): {last.per_lead_metric} per lead",
-        title_justify="left",
-    )
-    per_lead = last.per_lead()
-    baselines = [k for k in ("persistence", "climatology") if k in per_lead]
-    leads.add_column("lead (h)", justify="right")
-    leads.add_column(f"champion v{last.champion_version}", justify="right", style="bold")
-    for name in baselines:
-        leads.add_column(name, justify="right")
-    leads.add_column("skill vs persistence", justify="right")
-    for i, hours in enumerate(last.champion.lead_hours):
-        skill = 1 - (per_lead["model"][i] / per_lead["persistence"][i]) ** 2
-        leads.add_row(
-            f"{hours:g}",
-            f"{per_lead['model'][i]:.4g}",
-            *(f"{per_lead[name][i]:.4g}" for name in baselines),
-            f"{skill:+.1%}",
-        )
-    console.print(nights, leads)
+    leads = lead_table(last.champion, role="champion", model_version=last.champion_version)
+    console.print(nights, leads.to_rich())
     console.print(
         f"forecast store: {last.forecast.store} (newest init {str(last.forecast.init_time)[:16]})\n"
         f"plots:          {', '.join(str(p) for p in summary.plots)}\n"
@@ -295,21 +280,28 @@ def _night_line(night: int, nights: int, report: NightReport) -> str:
     )
 
 
-def _write_plots(report: NightReport, directory: Path, *, metric: str) -> tuple[Path, ...]:
-    from stpipe.learn.plots import plot_rmse_vs_lead, plot_sample_maps
+def _write_plots(report: NightReport, directory: Path, *, config: Config) -> tuple[Path, ...]:
+    """The champion's headline metric per lead beside the baselines, drawn from tonight's
+    test split; and the sample maps logged when the champion was trained (its run's)."""
+    from stpipe.app.jobs import tracking_for
+    from stpipe.learn.plots import plot_rmse_vs_lead
+    from stpipe.tracking.client import tracking_errors
 
-    evaluation = report.champion
-    paths = [
-        plot_rmse_vs_lead(
-            evaluation,
-            directory / "rmse_vs_lead.png",
-            metric=report.per_lead_metric,
-            title=f"champion v{report.champion_version} vs baselines, test split",
-        )
-    ]
-    if evaluation.sample is not None:
-        paths.append(plot_sample_maps(evaluation.sample, directory / "sample_maps.png"))
-    return tuple(paths)
+    per_lead = plot_rmse_vs_lead(
+        report.champion,
+        directory / "rmse_vs_lead.png",
+        metric=report.per_lead_metric,
+        title=f"champion v{report.champion_version} vs baselines, test split",
+    )
+    tracking = tracking_for(config)
+    run_id = report.forecast.run_id
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        tracking_errors(tracking.uri, f"download the sample maps of run {run_id}"),
+    ):
+        logged = tracking.client.download_artifacts(run_id, "plots/sample_maps.png", tmp)
+        maps = Path(shutil.copy(logged, directory / "sample_maps.png"))
+    return per_lead, maps
 
 
 def _prefect_ui() -> str:

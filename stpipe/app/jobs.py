@@ -33,8 +33,9 @@ from stpipe.forecast.predict import forecast_grid, input_window_end
 from stpipe.forecast.store import forecast_attrs, open_forecasts, write_forecast
 from stpipe.forecast.verify import Verification, verifiable_inits, verify_forecast
 from stpipe.io.store import open_store, store_digest
+from stpipe.learn import scores
 from stpipe.learn.context import DataContext, Distributed, load_data_context, make_split_loader
-from stpipe.learn.evaluate import Evaluation, evaluate_model
+from stpipe.learn.evaluate import SampleMaps, evaluate_model, sample_maps
 from stpipe.learn.plots import plot_rmse_vs_lead, plot_sample_maps
 from stpipe.learn.train import EpochLog, TrainResult, train_model
 from stpipe.tracking import registry, runs
@@ -55,7 +56,7 @@ class TrainingOutcome:
     run_id: str
     version: str
     promotion: Promotion
-    test: Evaluation
+    test: xr.Dataset  # the scores on the test split (stpipe.learn.scores)
 
     def summary(self) -> str:
         p = self.promotion
@@ -135,7 +136,7 @@ def train(
     )
 
 
-def _validate(model: nn.Module, config: Config, data: DataContext) -> Evaluation:
+def _validate(model: nn.Module, config: Config, data: DataContext) -> xr.Dataset:
     return evaluate_model(model, data, split="val", baselines=False, device=config.train.device)
 
 
@@ -173,10 +174,10 @@ def run_training(
         )
         runs.log_system(tracking, run_id, result)
         test = evaluate_model(result.model, data, split="test", device=config.train.device)
+        sample = sample_maps(result.model, data, split="test", device=config.train.device)
         with tempfile.TemporaryDirectory() as tmp:
-            runs.log_evaluation(
-                tracking, run_id, test, plots=_plots(test, Path(tmp), metric=config.mlflow.metric)
-            )
+            plots = _plots(test, sample, Path(tmp), metric=config.mlflow.metric)
+            runs.log_evaluation(tracking, run_id, test, plots=plots)
         card = model_card(config, data.ds)
         logged = log_model(tracking, run_id, result.model, example=_example_batch(data), card=card)
         promotion = score_promotion(tracking, config, data, candidate_uri=logged.uri)
@@ -256,26 +257,29 @@ def _example_batch(data: DataContext) -> dict:
     return next(iter(loader))
 
 
-def _plots(evaluation: Evaluation, directory: Path, *, metric: str) -> list[Path]:
+def _plots(
+    evaluation: xr.Dataset, sample: SampleMaps, directory: Path, *, metric: str
+) -> list[Path]:
     """Per lead: the RMSE and the promotion metric's table; and the sample maps."""
-    names = dict.fromkeys(["rmse", per_lead_metric(metric, evaluation.metrics)])
+    names = dict.fromkeys(["rmse", per_lead_metric(metric, scores.headline(evaluation))])
     paths = [
         plot_rmse_vs_lead(evaluation, directory / f"{name}_vs_lead.png", metric=name)
         for name in names
     ]
-    if evaluation.sample is not None:
-        paths.append(plot_sample_maps(evaluation.sample, directory / "sample_maps.png"))
+    paths.append(plot_sample_maps(sample, directory / "sample_maps.png"))
     return paths
 
 
-def run_evaluation(config: Config, *, json_path: str | Path | None = None) -> Evaluation:
-    """The champion and the baselines on the test split; written as JSON to ``json_path``."""
+def run_evaluation(config: Config, *, json_path: str | Path | None = None) -> xr.Dataset:
+    """The champion and the baselines on the test split (attr ``model_version``: the
+    champion's); written as JSON to ``json_path``."""
     tracking = tracking_for(config)
     data = data_context(config)
-    champion, _ = _load_champion(tracking, config, data.ds)
+    champion, version = _load_champion(tracking, config, data.ds)
     evaluation = evaluate_model(champion, data, split="test", device=config.train.device)
+    evaluation.attrs["model_version"] = str(version.version)
     if json_path is not None:
-        evaluation.to_json(json_path)
+        scores.to_json(evaluation, json_path)
     return evaluation
 
 

@@ -282,6 +282,7 @@ class Splits:
 
     def describe(self) -> dict[str, str]:
         """The windows as text: ``train_end``, ``val_window``, ``test_window`` (half-open)."""
+
         def text(t: np.datetime64 | None) -> str:
             return "end" if t is None else str(np.datetime64(t, "s"))
 

@@ -1,6 +1,7 @@
 """Evaluation figures as PNG files (matplotlib's Agg backend, no display needed).
 
-- :func:`plot_rmse_vs_lead`: a metric per lead for the model and every baseline;
+- :func:`plot_rmse_vs_lead`: a metric per lead for the model and every baseline, named in
+  words in the legend;
 - :func:`plot_sample_maps`: for one sample, rows of leads and columns last input, truth,
   forecast and error (forecast − truth), with lat/lon axes on geographic grids.
 """
@@ -10,8 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import xarray as xr
 
-from stpipe.learn.evaluate import MODEL, Evaluation, SampleMaps
+from stpipe.learn.evaluate import SampleMaps
+from stpipe.learn.scores import (
+    MODEL,
+    forecaster_label,
+    lead_hours,
+    metric_attrs,
+    metric_label,
+    model_label,
+    per_lead,
+)
 
 DPI = 100
 MAX_MAP_ROWS = 4
@@ -33,34 +44,36 @@ def _pyplot():
 
 
 def plot_rmse_vs_lead(
-    evaluation: Evaluation,
+    evaluation: xr.Dataset,
     path: str | Path,
     *,
     metric: str = "rmse",
     title: str = "",
     size: tuple[float, float] = (6.4, 4.0),
 ) -> Path:
-    """Line plot of ``metric`` (a key of ``evaluation.metrics``) against lead time (h).
+    """Line plot of ``metric`` (pooled over variables) of each forecaster of ``evaluation``
+    (:mod:`stpipe.learn.scores`) against lead time (h).
 
     The image is ``size`` inches at 100 dpi (640 × 400 pixels by default).
     """
     plt = _pyplot()
-    table = evaluation.metrics[metric]
-    units = _units(evaluation)
+    table = per_lead(evaluation, metric)
+    attrs = metric_attrs(evaluation, metric)
+    hours = lead_hours(evaluation)
+    model = model_label(evaluation)
     fig, ax = plt.subplots(figsize=size, dpi=DPI)
     try:
         for name, values in table.items():
-            ax.plot(evaluation.lead_hours, values, label=name, **STYLES.get(name, {}))
+            label = forecaster_label(name, model=model)
+            ax.plot(hours, values, label=label, **STYLES.get(name, {}))
         ax.set_xlabel("lead time (h)")
-        ax.set_ylabel(
-            f"{metric} ({units})" if units and metric.startswith(("rmse", "mae")) else metric
-        )
-        ax.set_xticks(evaluation.lead_hours)
+        ax.set_ylabel(metric_label(evaluation, metric))
+        ax.set_xticks(hours)
         ax.grid(alpha=0.3)
         ax.legend(frameon=False)
-        ax.set_title(
-            title or f"{metric} on the {evaluation.split} split, {', '.join(evaluation.variables)}"
-        )
+        variables = ", ".join(str(v) for v in evaluation["variable"].values)
+        split = evaluation.attrs["split"]
+        ax.set_title(title or f"{attrs['long_name']} on the {split} split, {variables}")
         fig.tight_layout()
         return _save(fig, path)
     finally:
@@ -138,10 +151,6 @@ def _extent(sample: SampleMaps) -> tuple[float, float, float, float] | None:
         n = len(coords)
         edges += [offset - 0.5 * slope, offset + (n - 0.5) * slope]
     return tuple(edges)
-
-
-def _units(evaluation: Evaluation) -> str:
-    return evaluation.sample.units if evaluation.sample is not None else ""
 
 
 def _save(fig, path: str | Path) -> Path:

@@ -2,8 +2,10 @@
 
 One row per version of ``[mlflow] model_name``, newest first: its aliases, registration
 date, run, the data it was trained on, the promotion metric per lead on its run's test
-split (logged at training), the lead mean, and the promotion decision with its validation
-score. Printed with rich; written as CSV or JSON.
+split (logged at training; for ``rmse_wmean``, the headline metric its run's tag
+``stpipe.headline_metric`` names), the lead mean, and the promotion decision with its
+validation score. Printed with rich; written as CSV or JSON. (The per-lead table of one
+evaluation, model beside baselines, is :mod:`stpipe.learn.lead_table`.)
 """
 
 from __future__ import annotations
@@ -18,24 +20,31 @@ from typing import Any
 
 from rich.table import Table
 
+from stpipe.core.metrics import METRICS
 from stpipe.tracking.client import Tracking, tracking_errors
 from stpipe.tracking.registry import TAG_PREFIX, aliases, per_lead_metric, versions
+from stpipe.tracking.runs import HEADLINE_TAG
 
 Cell = str | float | None
+LONG_NAMES = {m.name: m.long_name for m in METRICS}
 
 
 @dataclass(frozen=True)
 class VersionTable:
-    """``rows`` of ``columns`` (values: text, numbers, None for missing)."""
+    """``rows`` of ``columns`` (values: text, numbers, None for missing); ``per_lead`` the
+    per-lead metrics behind ``metric`` that the rows show (one unless the grid changed)."""
 
     model_name: str
     metric: str
     columns: tuple[str, ...]
     rows: tuple[dict[str, Cell], ...]
+    per_lead: tuple[str, ...] = ()
 
     def to_rich(self) -> Table:
+        words = " or ".join(LONG_NAMES.get(m, m) for m in self.per_lead) or self.metric
         table = Table(
-            title=f"{self.model_name}: {self.metric} on each run's test split (lower is better)"
+            title=f"{self.model_name}: {words} per lead of each version on its run's test "
+            f"split, and the mean over leads ([mlflow] metric {self.metric}; lower is better)"
         )
         for column in self.columns:
             numeric = column.startswith("+") or column in ("mean", "val score")
@@ -61,6 +70,7 @@ class VersionTable:
         payload = {
             "model_name": self.model_name,
             "metric": self.metric,
+            "per_lead": list(self.per_lead),
             "columns": list(self.columns),
             "rows": [_jsonable(r) for r in self.rows],
         }
@@ -75,12 +85,15 @@ def version_table(tracking: Tracking, *, metric: str) -> VersionTable:
         by_version.setdefault(version, []).append(alias)
     rows: list[dict[str, Cell]] = []
     leads: set[float] = set()
+    shown: dict[str, None] = {}
     for mv in versions(tracking):
         tags = mv.tags or {}
-        per_lead = _per_lead(
+        name, per_lead = _per_lead(
             tracking, mv.run_id, metric, step_s=float(tags.get(TAG_PREFIX + "time_step_s", 3600))
         )
         leads.update(per_lead)
+        if name is not None and per_lead:
+            shown[name] = None
         values = [v for v in per_lead.values() if math.isfinite(v)]
         rows.append(
             {
@@ -110,22 +123,30 @@ def version_table(tracking: Tracking, *, metric: str) -> VersionTable:
         "val score",
     )
     return VersionTable(
-        model_name=tracking.model_name, metric=metric, columns=columns, rows=tuple(rows)
+        model_name=tracking.model_name,
+        metric=metric,
+        columns=columns,
+        rows=tuple(rows),
+        per_lead=tuple(shown),
     )
 
 
-def _per_lead(tracking: Tracking, run_id: str, metric: str, *, step_s: float) -> dict[float, float]:
-    """Lead (hours) → the per-lead values behind ``metric`` on the run's test split.
+def _per_lead(
+    tracking: Tracking, run_id: str, metric: str, *, step_s: float
+) -> tuple[str | None, dict[float, float]]:
+    """The per-lead metric behind ``metric`` on the run's test split and its values by lead
+    (hours).
 
-    ``rmse_wmean`` reads the latitude-weighted RMSE where it was logged, the RMSE
-    elsewhere; ``<name>_mean`` reads ``<name>``.
+    ``rmse_wmean`` reads the headline metric the run's tag names (none for runs logged
+    before the tag: no values); ``<name>_mean`` reads ``<name>``.
     """
     with tracking_errors(tracking.uri, f"read the metrics of run {run_id}"):
-        logged = tracking.client.get_run(run_id).data.metrics
-        available = {k.removeprefix("test_").removesuffix("_model") for k in logged}
-        key = f"test_{per_lead_metric(metric, available)}_model"
-        history = tracking.client.get_metric_history(run_id, key) if key in logged else []
-    return {m.step * step_s / 3600: m.value for m in history}
+        run = tracking.client.get_run(run_id)
+        name = per_lead_metric(metric, run.data.tags.get(HEADLINE_TAG))
+        key = f"test_{name}_model"
+        logged = name is not None and key in run.data.metrics
+        history = tracking.client.get_metric_history(run_id, key) if logged else []
+    return name, {m.step * step_s / 3600: m.value for m in history}
 
 
 def _lead_column(hours: float) -> str:

@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import requests
+import xarray as xr
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
 from stpipe.core.errors import ConfigError, TrackingError
+from stpipe.core.metrics import METRICS, Metric
+from stpipe.learn.scores import HEADLINE_MEAN, MODEL, summary
 from stpipe.tracking.client import Tracking, fluent_scope, tracking_errors
-
-if TYPE_CHECKING:
-    from stpipe.learn.evaluate import Evaluation
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -102,13 +102,10 @@ def decide(
     )
 
 
-ERROR_METRICS = ("rmse", "mae", "rmse_lat_weighted", "mse_openstl", "mae_openstl")
-
-
-def check_metric(metric: str) -> None:
-    """ConfigError unless ``[mlflow] metric`` is an error (lower is better) averaged over
-    leads: ``rmse_wmean`` or ``<error>_mean``."""
-    allowed = ["rmse_wmean", *(f"{name}_mean" for name in ERROR_METRICS)]
+def check_metric(metric: str, metrics: Sequence[Metric] = METRICS) -> None:
+    """ConfigError unless ``[mlflow] metric`` is an error (lower is better) of ``metrics``
+    averaged over leads: ``rmse_wmean`` (the headline metric's) or ``<error>_mean``."""
+    allowed = [HEADLINE_MEAN, *(f"{m.name}_mean" for m in metrics if m.better == "lower")]
     if metric not in allowed:
         raise ConfigError(
             f"[mlflow] metric must be an error averaged over leads (lower is better), one of "
@@ -116,22 +113,22 @@ def check_metric(metric: str) -> None:
         )
 
 
-def promotion_score(evaluation: Evaluation, metric: str) -> float:
-    """``metric`` (a key of :meth:`Evaluation.summary`, e.g. ``rmse_wmean``) of the model."""
-    summary = evaluation.summary()
-    if metric not in summary:
+def promotion_score(evaluation: xr.Dataset, metric: str) -> float:
+    """``metric`` (a key of :func:`stpipe.learn.scores.summary`, e.g. ``rmse_wmean``) of
+    the model."""
+    means = summary(evaluation)
+    if metric not in means:
         raise ConfigError(
-            f"[mlflow] metric {metric!r} is not in this evaluation; it has {sorted(summary)}"
+            f"[mlflow] metric {metric!r} is not in this evaluation; it has {sorted(means)}"
         )
-    return float(summary[metric]["model"])
+    return float(means[metric][MODEL])
 
 
-def per_lead_metric(metric: str, available: Iterable[str]) -> str:
-    """The per-lead metric that ``metric`` averages: ``rmse_wmean`` is the
-    latitude-weighted RMSE where ``available`` has it, else the RMSE; ``<name>_mean`` is
-    ``<name>``."""
-    if metric == "rmse_wmean":
-        return "rmse_lat_weighted" if "rmse_lat_weighted" in available else "rmse"
+def per_lead_metric(metric: str, headline: str | None) -> str | None:
+    """The per-lead metric that ``metric`` averages: ``rmse_wmean`` averages ``headline``
+    (the evaluation's headline metric; None if unknown), ``<name>_mean`` averages ``<name>``."""
+    if metric == HEADLINE_MEAN:
+        return headline
     return metric.removesuffix("_mean")
 
 

@@ -8,8 +8,9 @@ All through the pipeline's ``MlflowClient`` with an explicit run id (no active-r
   manifest digest and time range as tags and the split as context;
 - metrics: per epoch (``train_loss``, ``val_loss``, ``epoch_val_rmse`` per lead …, step =
   epoch); per evaluation ``<split>_<metric>_<forecast>`` with step = lead (steps), so
-  MLflow plots a curve over leads, and ``<split>_<summary>_<forecast>`` (lead means);
-- artifacts: ``evaluation/<split>.json`` (the ``shared/design.md`` format) and the plots;
+  MLflow plots a curve over leads, and ``<split>_<summary>_<forecast>`` (lead means); the
+  tag ``stpipe.headline_metric`` names the evaluation's headline metric;
+- artifacts: ``evaluation/<split>.json`` (:mod:`stpipe.learn.scores`) and the plots;
 - system facts: device, torch and Python versions, ``train_samples_per_s`` (mean over
   epochs), parameters, seconds.
 """
@@ -25,17 +26,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import xarray as xr
 from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 
+from stpipe.learn import scores
 from stpipe.tracking.client import Tracking, tracking_errors
 
 if TYPE_CHECKING:
     from stpipe.learn.context import DataContext
-    from stpipe.learn.evaluate import Evaluation
     from stpipe.learn.train import EpochLog, TrainResult
 
 CONFIG_ARTIFACT = "config.toml"
+HEADLINE_TAG = "stpipe.headline_metric"
 MAX_PARAM_CHARS = 6000
 
 
@@ -133,27 +136,30 @@ def epoch_logger(
 
 
 def log_evaluation(
-    tracking: Tracking, run_id: str, evaluation: Evaluation, *, plots: Sequence[Path] = ()
+    tracking: Tracking, run_id: str, evaluation: xr.Dataset, *, plots: Sequence[Path] = ()
 ) -> None:
-    """Per-lead metrics (step = lead in steps), lead means, the JSON and ``plots`` (files,
-    logged under ``plots/``)."""
+    """Per-lead metrics (step = lead in steps) of ``evaluation`` (:mod:`stpipe.learn.scores`),
+    lead means, the headline tag, the JSON and ``plots`` (files, logged under ``plots/``)."""
     now = int(time.time() * 1000)
-    split = evaluation.split
+    split = evaluation.attrs["split"]
+    lead_steps = [int(s) for s in evaluation["lead_step"].values]
     metrics = [
         Metric(f"{split}_{name}_{forecast}", value, now, lead)
-        for name, by_forecast in evaluation.metrics.items()
+        for name, by_forecast in scores.metrics_table(evaluation).items()
         for forecast, values in by_forecast.items()
-        for lead, value in zip(evaluation.lead_steps, values, strict=True)
+        for lead, value in zip(lead_steps, values, strict=True)
     ]
     metrics += [
         Metric(f"{split}_{name}_{forecast}", value, now, 0)
-        for name, by_forecast in evaluation.summary().items()
+        for name, by_forecast in scores.summary(evaluation).items()
         for forecast, value in by_forecast.items()
     ]
+    tags = [RunTag(HEADLINE_TAG, scores.headline(evaluation))]
     with tracking_errors(tracking.uri, f"log the {split} evaluation of run {run_id}"):
         for start in range(0, len(metrics), 1000):  # MLflow's limit per request
-            tracking.client.log_batch(run_id, metrics=_finite(metrics[start : start + 1000]))
-        tracking.client.log_dict(run_id, evaluation.to_dict(), f"evaluation/{split}.json")
+            batch = _finite(metrics[start : start + 1000])
+            tracking.client.log_batch(run_id, metrics=batch, tags=tags if start == 0 else [])
+        tracking.client.log_dict(run_id, scores.to_dict(evaluation), f"evaluation/{split}.json")
         for path in plots:
             tracking.client.log_artifact(run_id, str(path), "plots")
 

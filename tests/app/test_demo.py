@@ -17,12 +17,13 @@ from stpipe.core.errors import ConfigError
 DEMO = """
 import json
 from stpipe.app.demo import run_demo
+from stpipe.learn.scores import lead_hours
 s = run_demo({workdir!r}, nights=1, overrides={{"train.epochs": 1, "train.max_batches_per_epoch": 2}})
 print("SUMMARY " + json.dumps({{
     "champion": s.champion_version,
     "versions": [n.training.version for n in s.nights],
     "ingested": [len(n.ingest.ingested) for n in s.nights],
-    "leads": list(s.last.champion.lead_hours),
+    "leads": list(lead_hours(s.last.champion)),
     "per_lead": s.last.per_lead(),
     "forecast_store": s.last.forecast.store,
     "plots": [str(p) for p in s.plots],

@@ -21,6 +21,7 @@ from stpipe.forecast.predict import forecast_grid
 from stpipe.forecast.store import open_forecasts
 from stpipe.io.ingestion import ingest
 from stpipe.io.store import open_store, store_digest
+from stpipe.learn import scores
 from stpipe.learn.context import build_forecaster, make_split_loader
 from stpipe.learn.evaluate import evaluate_model
 from stpipe.tracking import registry, runs
@@ -157,7 +158,7 @@ def test_a_training_run_logs_config_lineage_epochs_evaluation_model_and_system(t
     assert [m.step for m in history] == [1]
     per_lead = tracking.client.get_metric_history(outcome.run_id, "test_rmse_model")
     assert sorted((m.step, m.value) for m in per_lead) == list(
-        zip((1, 3), outcome.test.metrics["rmse"]["model"], strict=True)
+        zip((1, 3), scores.per_lead(outcome.test, "rmse")["model"], strict=True)
     )
     assert "test_rmse_persistence" in run.data.metrics
     artifacts = {a.path for a in tracking.client.list_artifacts(outcome.run_id, "plots")}
@@ -272,8 +273,8 @@ def test_compare_lists_every_version_with_metrics_per_lead(trained, tmp_path: Pa
     row = next(r for r in table.rows if r["version"] == first.version)
     assert "champion" in row["aliases"]
     assert row["run"] == first.run_id
-    assert row["+1h"] == pytest.approx(first.test.metrics["rmse_lat_weighted"]["model"][0])
-    assert row["+3h"] == pytest.approx(first.test.metrics["rmse_lat_weighted"]["model"][1])
+    assert row["+1h"] == pytest.approx(scores.per_lead(first.test, "rmse_lat_weighted")["model"][0])
+    assert row["+3h"] == pytest.approx(scores.per_lead(first.test, "rmse_lat_weighted")["model"][1])
     assert row["data"].startswith("2024-01-01T00:00")
     assert row["decision"] == "champion"
 
@@ -291,17 +292,31 @@ def test_compare_printed_to_a_pipe_keeps_whole_run_ids_and_values(trained, capsy
     assert main(["-q", "compare", str(config.path)]) == 0
     printed = capsys.readouterr().out
     assert first.run_id in printed
-    assert f"{first.test.metrics['rmse_lat_weighted']['model'][0]:.4g}" in printed
+    assert f"{scores.per_lead(first.test, 'rmse_lat_weighted')['model'][0]:.4g}" in printed
 
 
 @pytest.mark.slow
 def test_evaluate_writes_the_champion_and_baselines_per_lead(trained, tmp_path: Path) -> None:
-    config, _ = trained
+    config, first = trained
     evaluation = jobs.run_evaluation(config, json_path=tmp_path / "eval.json")
     raw = json.loads((tmp_path / "eval.json").read_text())
     assert raw["leads"] == [1.0, 3.0]
     assert {"model", "persistence", "climatology"} <= raw["metrics"]["rmse"].keys()
-    assert raw["metrics"]["rmse"]["model"] == pytest.approx(evaluation.metrics["rmse"]["model"])
+    assert raw["metrics"]["rmse"]["model"] == pytest.approx(
+        scores.per_lead(evaluation, "rmse")["model"]
+    )
+    assert raw["model_version"] == first.version == evaluation.attrs["model_version"]
+
+
+@pytest.mark.slow
+def test_evaluate_prints_every_baseline_in_words_and_the_margin(trained, capsys) -> None:
+    config, first = trained
+    assert main(["-q", "evaluate", str(config.path)]) == 0
+    printed = capsys.readouterr().out
+    assert f"Champion v{first.version} on the test split" in printed
+    assert "latitude-weighted RMSE (K) per lead" in printed
+    assert "persistence + climatological change" in printed and "best baseline" in printed
+    assert "margin = 1 − champion" in printed
 
 
 # --- errors ----------------------------------------------------------------------------------

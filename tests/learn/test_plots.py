@@ -5,10 +5,11 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import matplotlib.figure
 import numpy as np
 import pytest
 
-from stpipe.learn.evaluate import Evaluation, SampleMaps
+from stpipe.learn.evaluate import SampleMaps
 from stpipe.learn.plots import plot_rmse_vs_lead, plot_sample_maps
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -41,27 +42,8 @@ def sample(n_leads: int, *, latlon: bool) -> SampleMaps:
     )
 
 
-def evaluation() -> Evaluation:
-    rmse = {
-        "model": (0.2, 0.5, 0.8, 1.1),
-        "persistence": (0.3, 0.8, 1.4, 2.0),
-        "climatology": (1.3, 1.3, 1.3, 1.3),
-        "persistence_clim_change": (0.25, 0.6, 0.9, 1.3),
-    }
-    return Evaluation(
-        split="test",
-        lead_steps=(1, 3, 6, 12),
-        lead_hours=(1.0, 3.0, 6.0, 12.0),
-        variables=("t2m",),
-        n_samples=10,
-        metrics={"rmse": rmse},
-        per_variable={"t2m": {"rmse": rmse}},
-        sample=sample(4, latlon=True),
-    )
-
-
-def test_rmse_vs_lead_is_a_png_of_the_requested_size(tmp_path: Path) -> None:
-    path = plot_rmse_vs_lead(evaluation(), tmp_path / "sub" / "rmse.png", size=(5.0, 3.0))
+def test_rmse_vs_lead_is_a_png_of_the_requested_size(tmp_path: Path, hand_scores) -> None:
+    path = plot_rmse_vs_lead(hand_scores(), tmp_path / "sub" / "rmse.png", size=(5.0, 3.0))
     assert path == tmp_path / "sub" / "rmse.png"
     assert png_size(path) == (500, 300)
     assert path.stat().st_size > 5_000, "a blank figure compresses to almost nothing"
@@ -76,3 +58,22 @@ def test_sample_maps_have_a_row_per_shown_lead(
     path = plot_sample_maps(sample(n_leads, latlon=latlon), tmp_path / "maps.png", cell_inches=2.0)
     assert png_size(path) == (4 * 200, rows * 200)
     assert path.stat().st_size > 20_000
+
+
+def test_rmse_vs_lead_names_the_forecasters_in_words(
+    tmp_path: Path, hand_scores, monkeypatch
+) -> None:
+    legends: list[list[str]] = []
+    save = matplotlib.figure.Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        legends.extend([t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes)
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    evaluation = hand_scores()
+    evaluation.attrs["model_version"] = "7"
+    plot_rmse_vs_lead(evaluation, tmp_path / "rmse.png")
+    assert legends == [
+        ["model v7", "persistence", "climatology", "persistence + climatological change"]
+    ]

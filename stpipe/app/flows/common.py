@@ -32,9 +32,10 @@ from stpipe.core.errors import SourceError, StoreError, TrackingError
 from stpipe.io.store import store_lock
 
 if TYPE_CHECKING:
+    import xarray as xr
+
     from stpipe.app.jobs import ForecastOutcome, TrainingOutcome
     from stpipe.io.ingestion import IngestReport
-    from stpipe.learn.evaluate import Evaluation
     from stpipe.learn.stats import NormStats
 
 Overrides = dict[str, Any]
@@ -182,7 +183,7 @@ def training_task(config: Config) -> TrainingOutcome:
     retry_condition_fn=is_transient,
     cache_policy=NO_CACHE,
 )
-def evaluation_task(config: Config) -> Evaluation:
+def evaluation_task(config: Config) -> xr.Dataset:
     """The champion and the baselines on the test split (:func:`stpipe.app.jobs.run_evaluation`)."""
     from stpipe.app.jobs import run_evaluation
 

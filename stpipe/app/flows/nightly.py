@@ -27,24 +27,27 @@ from stpipe.app.flows.common import (
     statistics_task,
     training_task,
 )
+from stpipe.learn.lead_table import lead_table
+from stpipe.learn.scores import headline, per_lead
 
 if TYPE_CHECKING:
+    import xarray as xr
+
     from stpipe.app.jobs import ForecastOutcome, TrainingOutcome
     from stpipe.io.ingestion import IngestReport
-    from stpipe.learn.evaluate import Evaluation
 
-MODEL = "model"
 _LISTED_FILES = 10
 
 
 @dataclass(frozen=True)
 class NightReport:
-    """What one night did; ``champion`` is the champion (and baselines) on the test split."""
+    """What one night did; ``champion`` is the champion's and the baselines' scores on the
+    test split (:mod:`stpipe.learn.scores`)."""
 
     pipeline: str
     ingest: IngestReport
     training: TrainingOutcome
-    champion: Evaluation
+    champion: xr.Dataset
     forecast: ForecastOutcome
 
     @property
@@ -53,13 +56,12 @@ class NightReport:
 
     @property
     def per_lead_metric(self) -> str:
-        """The RMSE the night reports: latitude-weighted on lat/lon grids, plain otherwise."""
-        metrics = self.champion.metrics
-        return "rmse_lat_weighted" if "rmse_lat_weighted" in metrics else "rmse"
+        """The metric the night reports: the evaluation's headline."""
+        return headline(self.champion)
 
     def per_lead(self) -> dict[str, tuple[float, ...]]:
         """``per_lead_metric`` per lead of the champion (key ``"model"``) and each baseline."""
-        return dict(self.champion.metrics[self.per_lead_metric])
+        return per_lead(self.champion, self.per_lead_metric)
 
     def markdown(self) -> str:
         ingest, promotion = self.ingest, self.training.promotion
@@ -85,27 +87,17 @@ class NightReport:
             if promotion.champion_score is None
             else f"champion v{promotion.champion_version} {promotion.champion_score:.4g}"
         )
+        table = lead_table(self.champion, role="champion", model_version=self.champion_version)
         lines += [
             "",
             f"**Promotion**: v{self.training.version} → `{promotion.alias}` ({promotion.reason}); "
             f"{promotion.metric} on validation: candidate {promotion.candidate_score:.4g}, "
             f"{champion}.",
             "",
-            f"**Champion v{self.champion_version} on the test split** "
-            f"({self.champion.n_samples} samples), {self.per_lead_metric} per lead:",
+            table.to_markdown(),
             "",
+            f"**Forecast**: {self.forecast.summary()}.",
         ]
-        table = self.per_lead()
-        columns = [MODEL, *(k for k in table if k != MODEL)]
-        lines.append(
-            "| lead (h) | " + " | ".join(c.replace(MODEL, "champion") for c in columns) + " |"
-        )
-        lines.append("|---" * (len(columns) + 1) + "|")
-        for i, hours in enumerate(self.champion.lead_hours):
-            lines.append(
-                f"| {hours:g} | " + " | ".join(f"{table[c][i]:.4g}" for c in columns) + " |"
-            )
-        lines += ["", f"**Forecast**: {self.forecast.summary()}."]
         return "\n".join(lines)
 
 
