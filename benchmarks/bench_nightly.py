@@ -219,6 +219,9 @@ def main() -> None:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(workdir / ".prefect"))
+    # A fresh Prefect home migrates its database when the ephemeral server starts: on a
+    # loaded machine that takes longer than Prefect's default 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     figures = run(workdir, days=days, grid=grid, quick=args.quick)
     print(f"device={device_name()} " + " ".join(f"{k}={v:.3f}" for k, v in figures.items()))
 
