@@ -444,7 +444,7 @@ def _history(what: str) -> str:
 def _input_files(job: IngestJob) -> list[Path]:
     """The source files: ``[source] paths``, or those the kind's generator writes into
     ``workdir/feed``."""
-    generate = job.source.kind_spec.generator
+    generate = job.source.kind_spec.load_generator()
     if generate is None:
         return job.source.files()
     s = job.source.synthetic

@@ -35,9 +35,10 @@ Variables = Mapping[str, tuple[np.ndarray, Mapping[str, Any]]]
 
 
 class SourceOptions(Protocol):
-    """The ``[source]`` options a reader is given (:class:`stpipe.io.settings.SourceSection`
-    has them; a structural type, so that the readers do not depend on the config schema,
-    which validates ``kind`` against the readers' registry)."""
+    """The ``[source]`` options a reader is given: :class:`stpipe.io.settings.SourceSection`
+    has them. A structural type, because that schema imports the registry of readers
+    (:mod:`stpipe.io.sources.kinds`) to validate ``kind``: neither the registry nor the
+    readers may import the schema back."""
 
     @property
     def kind(self) -> str: ...

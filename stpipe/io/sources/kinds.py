@@ -10,19 +10,18 @@ synthetic``) and takes no ``paths``. ``[source] kind`` is validated against this
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
+from functools import cache
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import xarray as xr
 
 from stpipe.core.errors import SourceError
 from stpipe.io.sources.canonical import SourceOptions
-from stpipe.io.sources.netcdf import read_netcdf
-from stpipe.io.sources.synthetic import generate_traffic_files, generate_weather_files
-from stpipe.io.sources.taxibj import read_taxibj
 
 Reader = Callable[[Path, SourceOptions], xr.Dataset]
 """``reader(path, source)``: one file → the canonical dataset, or SourceError naming it."""
@@ -39,31 +38,42 @@ class FeedGenerator(Protocol):
 
 @dataclass(frozen=True)
 class SourceKindSpec:
-    """One source kind: its ``reader`` and, for generated kinds, its ``generator``."""
+    """One source kind: its ``reader`` and, for generated kinds, its ``generator``, each
+    named ``"module:function"``.
 
-    reader: Reader
-    generator: FeedGenerator | None = None
+    Named rather than imported: the readers and generators bring their format libraries
+    (netCDF4, h5py, and for GRIB cfgrib with ecCodes, a heavy optional dependency), which
+    validating a config that merely names its kind should not load; each is imported when
+    first used (:meth:`load_reader`, :meth:`load_generator`).
+    """
+
+    reader: str
+    generator: str | None = None
 
     @property
     def needs_paths(self) -> bool:
         """Whether ``[source] paths`` must name the input files (kinds that are not generated)."""
         return self.generator is None
 
+    def load_reader(self) -> Reader:
+        return _load(self.reader)
 
-def _read_grib(path: Path, source: SourceOptions) -> xr.Dataset:
-    # cfgrib (with the ecCodes library under it) is a heavy optional dependency: imported
-    # when the first GRIB file is read, not with this table.
-    from stpipe.io.sources.grib import read_grib
-
-    return read_grib(path, source)
+    def load_generator(self) -> FeedGenerator | None:
+        return None if self.generator is None else _load(self.generator)
 
 
 SOURCE_KINDS: dict[str, SourceKindSpec] = {
-    "netcdf": SourceKindSpec(read_netcdf),
-    "grib": SourceKindSpec(_read_grib),
-    "taxibj": SourceKindSpec(read_taxibj),
-    "synthetic-weather": SourceKindSpec(read_netcdf, generator=generate_weather_files),
-    "synthetic-traffic": SourceKindSpec(read_taxibj, generator=generate_traffic_files),
+    "netcdf": SourceKindSpec("stpipe.io.sources.netcdf:read_netcdf"),
+    "grib": SourceKindSpec("stpipe.io.sources.grib:read_grib"),
+    "taxibj": SourceKindSpec("stpipe.io.sources.taxibj:read_taxibj"),
+    "synthetic-weather": SourceKindSpec(
+        "stpipe.io.sources.netcdf:read_netcdf",
+        generator="stpipe.io.sources.synthetic.weather:generate_weather_files",
+    ),
+    "synthetic-traffic": SourceKindSpec(
+        "stpipe.io.sources.taxibj:read_taxibj",
+        generator="stpipe.io.sources.synthetic.traffic:generate_traffic_files",
+    ),
 }
 
 
@@ -83,4 +93,11 @@ def read_source_file(path: str | Path, source: SourceOptions) -> xr.Dataset:
     path = Path(path)
     if not path.is_file():
         raise SourceError(path, "file not found")
-    return SOURCE_KINDS[source.kind].reader(path, source)
+    return SOURCE_KINDS[source.kind].load_reader()(path, source)
+
+
+@cache
+def _load(name: str) -> Any:
+    """The function that ``"module:function"`` names, importing its module."""
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function)

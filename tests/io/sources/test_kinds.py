@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from stpipe.io.sources.kinds import SOURCE_KINDS, SourceKindSpec, read_source_fi
 from stpipe.io.store import open_store
 
 STEP = np.timedelta64(3600, "s")
+ROOT = str(Path(__file__).resolve().parents[3])
 
 
 def read_toy(path: Path, source: SourceOptions) -> xr.Dataset:
@@ -57,7 +61,7 @@ def generate_toy(
 
 
 def test_a_registered_toy_kind_reads_and_ingests_through_the_registry_alone(tmp_path, monkeypatch):
-    monkeypatch.setitem(SOURCE_KINDS, "toy", SourceKindSpec(read_toy))
+    monkeypatch.setitem(SOURCE_KINDS, "toy", SourceKindSpec(f"{__name__}:read_toy"))
     feed = tmp_path / "feed"
     feed.mkdir()
     files = [write_toy(feed / "a.npz", 0, 24), write_toy(feed / "b.npz", 24, 12)]
@@ -75,7 +79,11 @@ def test_a_registered_toy_kind_reads_and_ingests_through_the_registry_alone(tmp_
 
 
 def test_a_generated_toy_kind_needs_no_paths_and_writes_its_feed(tmp_path, monkeypatch):
-    monkeypatch.setitem(SOURCE_KINDS, "toy-generated", SourceKindSpec(read_toy, generate_toy))
+    monkeypatch.setitem(
+        SOURCE_KINDS,
+        "toy-generated",
+        SourceKindSpec(f"{__name__}:read_toy", f"{__name__}:generate_toy"),
+    )
     source = SourceSection(
         kind="toy-generated",
         variables=["count"],
@@ -102,7 +110,7 @@ def test_file_kinds_need_paths_and_generated_ones_do_not():
 
 
 def test_an_unknown_kind_is_one_line_listing_the_registered_kinds(monkeypatch):
-    monkeypatch.setitem(SOURCE_KINDS, "toy", SourceKindSpec(read_toy))
+    monkeypatch.setitem(SOURCE_KINDS, "toy", SourceKindSpec(f"{__name__}:read_toy"))
     with pytest.raises(ValidationError) as info:
         SourceSection(kind="csv", paths="*.csv", variables=["a"])
 
@@ -112,3 +120,21 @@ def test_an_unknown_kind_is_one_line_listing_the_registered_kinds(monkeypatch):
         "Value error, Input should be 'netcdf', 'grib', 'taxibj', 'synthetic-weather', "
         "'synthetic-traffic' or 'toy' (the registered source kinds), got 'csv'"
     )
+
+
+def test_every_registered_reader_and_generator_loads():
+    for kind, spec in SOURCE_KINDS.items():
+        assert callable(spec.load_reader()), kind
+        assert spec.needs_paths or callable(spec.load_generator()), kind
+
+
+def test_validating_a_kind_imports_no_reader_so_cfgrib_stays_unloaded():
+    code = (
+        "import sys\n"
+        "from stpipe.io.settings import SourceSection\n"
+        "SourceSection(kind='grib', paths='*.grib', variables=['t2m'])\n"
+        "loaded = [m for m in ('cfgrib', 'netCDF4', 'h5py', 'stpipe.io.sources.grib') "
+        "if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=os.environ | {"PYTHONPATH": ROOT})
