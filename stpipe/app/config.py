@@ -31,7 +31,7 @@ from stpipe.core.patches import PatchSpec
 from stpipe.core.settings import PatchesSection, Settings, SplitSection
 from stpipe.forecast.settings import ForecastSection
 from stpipe.io.ingestion import IngestJob
-from stpipe.io.settings import FILE_KINDS, DaskSection, SourceSection, StoreSection
+from stpipe.io.settings import DaskSection, SourceSection, StoreSection
 from stpipe.io.store import store_location
 from stpipe.learn.settings import TrainSection
 from stpipe.models.registry import ModelUnion, model_settings
@@ -199,7 +199,7 @@ def config_from_dict(
                 msg = "unknown key"
             problems.append(f"{_format_location(err['loc'])}: {msg}")
         raise ConfigError(f"{origin}: " + "; ".join(problems)) from None
-    if check_paths and config.source.kind in FILE_KINDS and not config.source_files():
+    if check_paths and config.source.kind_spec.needs_paths and not config.source_files():
         raise ConfigError(f"{origin}: [source] paths: no file matches {config.source.path_globs}")
     return config
 

@@ -7,13 +7,10 @@ from datetime import date
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from stpipe.core.settings import Settings
-
-SourceKind = Literal["netcdf", "grib", "taxibj", "synthetic-weather", "synthetic-traffic"]
-
-FILE_KINDS: frozenset[str] = frozenset({"netcdf", "grib", "taxibj"})
+from stpipe.io.sources.kinds import SOURCE_KINDS, SourceKindSpec, unknown_kind
 
 
 class SyntheticSection(Settings):
@@ -28,9 +25,9 @@ class SyntheticSection(Settings):
 
 
 class SourceSection(Settings):
-    kind: SourceKind
+    kind: str = Field(description="A source kind of stpipe.io.sources.kinds.SOURCE_KINDS.")
     paths: str | list[str] | None = Field(
-        default=None, description="Glob(s) of input files; required for netcdf, grib, taxibj."
+        default=None, description="Glob(s) of input files; required unless the kind generates them."
     )
     variables: list[str] = Field(min_length=1, description="Variable names as stored.")
     rename: dict[str, str] = Field(
@@ -42,13 +39,25 @@ class SourceSection(Settings):
     on_bad_file: Literal["fail", "skip"] = "fail"
     synthetic: SyntheticSection = Field(default_factory=SyntheticSection)
 
+    @field_validator("kind")
+    @classmethod
+    def _registered_kind(cls, kind: str) -> str:
+        if kind not in SOURCE_KINDS:
+            raise ValueError(unknown_kind(kind))
+        return kind
+
     @model_validator(mode="after")
     def _paths_for_file_kinds(self) -> SourceSection:
-        if self.kind in FILE_KINDS and not self.paths:
+        if self.kind_spec.needs_paths and not self.paths:
             raise ValueError(f"source kind {self.kind!r} needs 'paths' (a glob of input files)")
         if len(set(self.variables)) != len(self.variables):
             raise ValueError(f"variables has duplicates: {self.variables}")
         return self
+
+    @property
+    def kind_spec(self) -> SourceKindSpec:
+        """The registry entry of ``kind``: its reader and, for generated kinds, generator."""
+        return SOURCE_KINDS[self.kind]
 
     @property
     def path_globs(self) -> list[str]:

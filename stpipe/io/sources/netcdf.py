@@ -37,8 +37,13 @@ import numpy as np
 import xarray as xr
 
 from stpipe.core.errors import SourceError
-from stpipe.io.settings import SourceSection
-from stpipe.io.sources import LatLonLayout, latlon_dataset, latlon_layout, select_variables
+from stpipe.io.sources.canonical import (
+    LatLonLayout,
+    SourceOptions,
+    latlon_dataset,
+    latlon_layout,
+    select_variables,
+)
 
 _COORD_NAMES = {
     "time": ("time", "valid_time"),
@@ -66,7 +71,7 @@ _CHUNK = 1 << 16  # elements per unpacking block: work arrays stay in L2 cache
 _NS_RANGE = (np.datetime64("1678-01-01", "us"), np.datetime64("2262-01-01", "us"))
 
 
-def read_netcdf(path: Path, source: SourceSection) -> xr.Dataset:
+def read_netcdf(path: Path, source: SourceOptions) -> xr.Dataset:
     """Read one NetCDF file into the canonical ``(time, lat, lon)`` dataset."""
     try:
         with netCDF4.Dataset(path) as nc:
@@ -77,7 +82,7 @@ def read_netcdf(path: Path, source: SourceSection) -> xr.Dataset:
         raise SourceError(path, f"not a readable NetCDF file: {exc}") from exc
 
 
-def _read(path: Path, nc: netCDF4.Dataset, source: SourceSection) -> xr.Dataset:
+def _read(path: Path, nc: netCDF4.Dataset, source: SourceOptions) -> xr.Dataset:
     time_var, lat_var, lon_var = (_find_coord(path, nc, axis) for axis in _COORD_NAMES)
     times = _decode_times(path, time_var)
     layout = latlon_layout(
