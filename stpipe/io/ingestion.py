@@ -46,7 +46,7 @@ from xarray.backends.locks import HDF5_LOCK, NETCDFC_LOCK, combine_locks
 
 from stpipe.core.errors import SourceError, StoreError, StpipeError
 from stpipe.core.grid import spatial_dims
-from stpipe.core.patches import TimeRange, time_gaps
+from stpipe.core.splits import TimeRange, time_gaps
 from stpipe.io import store as st
 from stpipe.io.checksums import (
     CHECKSUM_CACHE,

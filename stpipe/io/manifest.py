@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from stpipe.core.errors import StoreError
-from stpipe.core.patches import TimeRange
+from stpipe.core.splits import TimeRange
 
 MANIFEST_KEY = "stpipe"
 MANIFEST_FORMAT = 1

@@ -22,8 +22,9 @@ from torch import Tensor
 
 from stpipe.core.errors import ConfigError
 from stpipe.core.grid import is_latlon, spatial_dims
-from stpipe.core.patches import PatchSpec, SplitName, Splits
+from stpipe.core.patches import PatchSpec
 from stpipe.core.settings import SplitSection
+from stpipe.core.splits import SplitName, Splits
 from stpipe.io.settings import DaskSection
 from stpipe.io.store import open_store, store_digest
 from stpipe.learn.loader import PatchLoader, make_loader

@@ -38,7 +38,7 @@ from stpipe.core.metrics import (
     metric_units,
     patch_weights,
 )
-from stpipe.core.patches import SplitName
+from stpipe.core.splits import SplitName
 from stpipe.learn.context import (
     DataContext,
     build_baselines,

@@ -11,7 +11,7 @@ import xarray as xr
 
 from stpipe.app.cli import main
 from stpipe.core.errors import SourceError
-from stpipe.core.patches import time_gaps
+from stpipe.core.splits import time_gaps
 from stpipe.io.ingestion import ingest
 from stpipe.io.manifest import read_manifest, store_digest
 from stpipe.io.store import open_store
