@@ -36,6 +36,7 @@ atomically. One writer at a time per store (the forecast job runs once per init 
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,8 +48,10 @@ import pandas as pd
 import xarray as xr
 import zarr
 import zarr.storage
+from zarr.storage import LocalStore
 
 from stpipe.core.errors import StoreError
+from stpipe.io.store import CRASH_ENV, crash_point
 
 INIT = "init_time"
 LEAD = "lead_time"
@@ -240,7 +243,20 @@ def _zarr_store(
     path = Path(store.removeprefix("file://"))
     if not read_only:
         path.mkdir(parents=True, exist_ok=True)
-    return zarr.storage.LocalStore(path, read_only=read_only)
+    crashing = os.environ.get(CRASH_ENV) and not read_only
+    return (_CrashingStore if crashing else LocalStore)(path, read_only=read_only)
+
+
+class _CrashingStore(LocalStore):
+    """A LocalStore whose writes and deletes count toward ``STPIPE_CRASH_AT_WRITE``."""
+
+    async def set(self, key: str, value: Any) -> None:
+        crash_point()
+        await super().set(key, value)
+
+    async def delete(self, key: str) -> None:
+        crash_point()
+        await super().delete(key)
 
 
 def _open_group(zstore: zarr.abc.store.Store, store: str) -> zarr.Group | None:
