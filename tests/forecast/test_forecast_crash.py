@@ -12,7 +12,6 @@ store that an unkilled write gives.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 
 from stpipe.core.errors import StoreError
 from stpipe.forecast.store import open_forecasts, write_forecast
@@ -163,6 +163,26 @@ def test_kill_at_every_forecast_store_write_then_write_again(
         seen.append(state == after)
         rerun = tmp_path / "sweep" / "runs" / f"kill{n:03d}" / "f.zarr"
         assert _state(rerun) == after, f"rerun after a kill at write {n}"
-        xr.testing.assert_identical(open_forecasts(str(rerun)), open_forecasts(str(reference)))
+        xr.testing.assert_identical(
+            open_forecasts(str(rerun)), open_forecasts(str(reference / "f.zarr"))
+        )
         assert xr.open_zarr(rerun).sizes["init_time"] == len(after), "no row left behind"
-    assert not seen[0] and seen[-1], "the sweep covers the commit: old state first, new last"
+    assert not seen[0] and seen == sorted(seen), (
+        f"one commit point: old before it, new after: {seen}"
+    )
+
+
+def test_a_store_an_older_stpipe_left_without_consolidated_metadata_is_read_and_repaired(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "f.zarr"
+    write_forecast(forecast_dataset(T1, OLD, version="1"), str(store))
+    # What a kill between the two root writes of the older commit left: the root attributes
+    # rewritten without the consolidated metadata.
+    zarr.open_group(store, mode="r+", use_consolidated=False).attrs.update({"written": "x"})
+    assert "consolidated_metadata" not in json.loads((store / "zarr.json").read_text())
+
+    assert _state(store) == {T1: OLD}
+    write_forecast(forecast_dataset(T2, NEW, version="5"), str(store))
+    assert _state(store) == {T1: OLD, T2: NEW}
+    assert json.loads((store / "zarr.json").read_text())["consolidated_metadata"]["metadata"]
