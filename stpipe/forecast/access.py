@@ -101,25 +101,31 @@ def write_lock(store: str, *, timeout_s: float) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
-                    raise StoreError(
-                        f"{store}: another process ({holder}) kept writing this forecast store "
-                        f"for {timeout_s:g} s ([forecast] lock_timeout_s); try again later"
-                    ) from None
-                time.sleep(LOCK_POLL_S)
+        with io_errors(store, "cannot lock the forecast store"):
+            _wait_for_lock(fd, store, timeout_s=timeout_s)
         since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}".encode(), 0)
+        with contextlib.suppress(OSError):  # who holds it: a courtesy, even on a full disk
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the flock
+
+
+def _wait_for_lock(fd: int, store: str, *, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+                raise StoreError(
+                    f"{store}: another process ({holder}) kept writing this forecast store "
+                    f"for {timeout_s:g} s ([forecast] lock_timeout_s); try again later"
+                ) from None
+            time.sleep(LOCK_POLL_S)
 
 
 @cache
@@ -150,8 +156,8 @@ def io_errors(store: str, action: str) -> Iterator[None]:
 
 def describe_io_error(exc: BaseException) -> str:
     """What went wrong, on one line: the OS's words and the file, or the client's message."""
-    if isinstance(exc, OSError) and exc.strerror and exc.filename:
-        text = f"{exc.strerror}: {exc.filename}"
+    if type(exc).__module__ == "builtins" and isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     else:
         text = str(exc) or type(exc).__name__
     return " ".join(text.split())

@@ -8,6 +8,7 @@ import fsspec
 from pydantic import Field, NonNegativeInt, PositiveFloat, field_validator
 
 from stpipe.core.settings import Settings
+from stpipe.forecast.store import LOCK_TIMEOUT_S
 
 TRANSIENT_PROTOCOLS = ("memory",)
 
@@ -24,7 +25,7 @@ class ForecastSection(Settings):
         "size; default: a quarter of the size.",
     )
     lock_timeout_s: PositiveFloat = Field(
-        default=600.0,
+        default=LOCK_TIMEOUT_S,
         description="How long a forecast write waits for another process writing the same "
         "(local) forecast store before it gives up.",
     )

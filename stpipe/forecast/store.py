@@ -113,6 +113,7 @@ def write_forecast(
     failure (one line naming the store and the cause; the store keeps its committed state).
     """
     init = _single_init(forecast)
+    when = pd.Timestamp(init).isoformat()
     path = local_path(store)
     with write_lock(store, timeout_s=lock_timeout_s):
         fresh = path if path is not None and not path.exists() else None
@@ -124,16 +125,16 @@ def write_forecast(
         except io_error_types() as exc:
             _discard(zstore, fresh=fresh, committed=committed)
             raise StoreError(
-                f"{store}: cannot write the forecast of {init}: {describe_io_error(exc)}; "
+                f"{store}: cannot write the forecast of {when}: {describe_io_error(exc)}; "
                 "the store keeps the forecasts it had"
             ) from None
         try:
             _settle(zstore, group, committed)
         except io_error_types() as exc:  # committed: readers see it, the next write tidies
             log.warning(
-                "%s: wrote the forecast of %s; tidying up failed: %s",
+                "%s: wrote the forecast of %s; tidying up failed: %s (the next write retries)",
                 store,
-                init,
+                when,
                 describe_io_error(exc),
             )
     return ForecastWrite(store=store, init_time=init, row=row, replaced=row < committed - 1)
@@ -395,7 +396,9 @@ def _quiet_zarr() -> Iterator[None]:
 
 
 def _timed_arrays(group: zarr.Group) -> list[zarr.Array]:
-    return [a for _, a in group.arrays() if (a.metadata.dimension_names or (None,))[0] == INIT]
+    with _quiet_zarr():
+        arrays = [a for _, a in group.arrays()]
+    return [a for a in arrays if (a.metadata.dimension_names or (None,))[0] == INIT]
 
 
 def _resize(group: zarr.Group, length: int) -> None:
