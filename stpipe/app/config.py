@@ -81,6 +81,7 @@ class Config(Settings):
                 f"[patches] target_variables {self.patches.target_variables} must be a subset "
                 f"of the input variables {self.input_variables}"
             )
+        self.forecast.check_overlap(self.patches.size)
         return self
 
     @property

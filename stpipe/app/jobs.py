@@ -28,9 +28,15 @@ from torch import Tensor, nn
 
 from stpipe.app.config import Config
 from stpipe.core.card import ModelCard, card_for
-from stpipe.core.errors import StoreError, TrackingError
+from stpipe.core.errors import ConfigError, TrackingError
+from stpipe.forecast.access import check_forecast_store
 from stpipe.forecast.predict import forecast_grid, input_window_end
-from stpipe.forecast.store import forecast_attrs, open_forecasts, write_forecast
+from stpipe.forecast.store import (
+    MissingForecastStore,
+    forecast_attrs,
+    open_forecasts,
+    write_forecast,
+)
 from stpipe.forecast.verify import Verification, verifiable_inits, verify_forecast
 from stpipe.io.store import open_store, store_digest
 from stpipe.learn import scores
@@ -306,16 +312,21 @@ def run_forecast(
 ) -> ForecastOutcome:
     """Forecast the whole grid with the champion from the latest complete input window (or
     the one ending at ``init_time``), write it to the forecast store, then verify past
-    forecasts whose truth has arrived."""
+    forecasts whose truth has arrived.
+
+    The init time, MLflow and the forecast store are checked before the forecast is
+    computed, so a bad ``init_time``, an unreachable server or store, or a store that cannot
+    be written fails the job at once (one-line errors naming what and why).
+    """
+    wanted = None if init_time is None else _init_time(init_time)
     tracking = tracking_for(config)
+    options = config.forecast.storage_options
+    check_forecast_store(config.forecast_store, storage_options=options)
     ds = open_store(config.store_path)
     model, version = _load_champion(tracking, config, ds)
     card = model.card
     end = input_window_end(
-        ds["time"].values,
-        input_steps=card.input_steps,
-        step_s=card.step_s,
-        init_time=None if init_time is None else np.datetime64(pd.Timestamp(init_time), "ns"),
+        ds["time"].values, input_steps=card.input_steps, step_s=card.step_s, init_time=wanted
     )
     forecast = forecast_grid(model, ds, card=card, end=end, overlap=_overlap(config, card))
     forecast.attrs.update(
@@ -330,7 +341,10 @@ def run_forecast(
         source=f"stpipe, MLflow model {tracking.model_name}",
     )
     written = write_forecast(
-        forecast, config.forecast_store, storage_options=config.forecast.storage_options
+        forecast,
+        config.forecast_store,
+        storage_options=options,
+        lock_timeout_s=config.forecast.lock_timeout_s,
     )
     outcome = ForecastOutcome(
         init_time=written.init_time,
@@ -342,6 +356,22 @@ def run_forecast(
     )
     log.info(outcome.summary())
     return outcome
+
+
+def _init_time(text: str | np.datetime64) -> np.datetime64:
+    """``text`` as datetime64[ns] (a time zone is converted to UTC); ConfigError if it is
+    not a date-time."""
+    try:
+        stamp = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        stamp = pd.NaT
+    if pd.isna(stamp):
+        raise ConfigError(
+            f"init time {str(text)!r} is not a date-time; give one like 2024-01-05T12:00"
+        )
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_convert("UTC").tz_localize(None)
+    return np.datetime64(stamp, "ns")
 
 
 def _overlap(config: Config, card: ModelCard) -> tuple[int, int]:
@@ -359,7 +389,7 @@ def verify_forecasts(config: Config, *, tracking: Tracking | None = None) -> lis
         forecasts = open_forecasts(
             config.forecast_store, storage_options=config.forecast.storage_options
         )
-    except StoreError:
+    except MissingForecastStore:
         return []
     truth = open_store(config.store_path)
     step_s = int(truth.attrs["time_step_s"])

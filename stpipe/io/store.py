@@ -383,12 +383,12 @@ def commit(store_path: Path, manifest: Manifest, *, history: str) -> None:
     }
     _atomic_write(target / ROOT_METADATA, json.dumps(root, indent=1).encode())
     if target == staging:
-        _crash_point()
+        crash_point()
         os.rename(staging, store_path)
 
 
 def _atomic_write(path: Path, blob: bytes) -> None:
-    _crash_point()
+    crash_point()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     with open(tmp, "wb") as f:
         f.write(blob)
@@ -405,7 +405,7 @@ class _CrashingStore(LocalStore):
     """A LocalStore whose writes count toward ``STPIPE_CRASH_AT_WRITE``."""
 
     async def set(self, key: str, value: Any) -> None:
-        _crash_point()
+        crash_point()
         await super().set(key, value)
 
 
@@ -417,7 +417,8 @@ _writes = 0
 _writes_lock = threading.Lock()
 
 
-def _crash_point() -> None:
+def crash_point() -> None:
+    """Count one store write; SIGKILL this process at the ``STPIPE_CRASH_AT_WRITE``-th."""
     limit = os.environ.get(CRASH_ENV)
     if not limit:
         return
