@@ -20,7 +20,6 @@ from stpipe.app.flows.common import (
     Overrides,
     evaluation_task,
     forecast_task,
-    in_workdir,
     ingest_task,
     pipeline_config,
     pipeline_lock,
@@ -121,8 +120,8 @@ def nightly_flow(
     config = pipeline_config(config_path, overrides)
     with pipeline_lock(config, wait=wait_for_lock):
         ingested = ingest_task(config)
-        in_workdir(statistics_task, config)(config)
-        training = in_workdir(training_task, config)(config)
+        statistics_task(config)
+        training = training_task(config)
         champion = training.test if training.promotion.promoted else evaluation_task(config)
         forecast = forecast_task(config)
     report = NightReport(config.pipeline.name, ingested, training, champion, forecast)
