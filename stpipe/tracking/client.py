@@ -4,6 +4,12 @@ Default backend: SQLite in the workdir (``sqlite:///<workdir>/mlflow.db``, artif
 ``<workdir>/mlartifacts``; MLflow 3 deprecates its file store); ``[mlflow] tracking_uri``
 points at a server instead, which also holds the registry.
 
+The default layout moves and copies with its workdir (``mv``, ``cp -a``): MLflow records
+absolute artifact locations (of the experiment, each run, logged model and model version),
+so :func:`connect` rewrites those under another ``.../mlartifacts`` to this workdir's when
+it opens a workdir that has moved, or a copy (which then writes into its own artifacts, not
+the original's).
+
 Everything goes through one ``MlflowClient(tracking_uri=..., registry_uri=...)`` per
 pipeline. The few MLflow calls that exist only as process-wide ("fluent") functions, such as
 ``mlflow.pytorch.log_model``, run inside :func:`fluent_scope`, which sets the URIs under a
@@ -27,8 +33,12 @@ import mlflow
 import mlflow.tracking._model_registry.utils as registry_utils
 import mlflow.tracking._tracking_service.utils as tracking_utils
 import requests
+import sqlalchemy
 from mlflow import MlflowClient
+from mlflow.entities import Experiment
 from mlflow.exceptions import MlflowException
+from mlflow.store.model_registry.dbmodels.models import SqlModelVersion
+from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlLoggedModel, SqlRun
 
 from stpipe.core.errors import TrackingError
 from stpipe.tracking.settings import MlflowSection
@@ -38,6 +48,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROBE_TIMEOUT_S = 5.0
+ARTIFACTS_DIR = "mlartifacts"
+# Where MLflow's SQL schema keeps artifact locations: (table, column).
+_ARTIFACT_COLUMNS = (
+    (SqlExperiment, "artifact_location"),
+    (SqlRun, "artifact_uri"),
+    (SqlLoggedModel, "artifact_location"),
+    (SqlModelVersion, "source"),
+    (SqlModelVersion, "storage_location"),
+)
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 _fluent_lock = threading.RLock()
 
@@ -66,8 +85,9 @@ def connect(
 ) -> Tracking:
     """Reach the tracking backend of ``[mlflow]`` and get (or create) ``experiment``.
 
-    Without a ``tracking_uri`` the backend is SQLite in ``workdir``; ``model_name`` is the
-    registered model the pipeline's versions go to.
+    Without a ``tracking_uri`` the backend is SQLite in ``workdir``, its artifact
+    locations rewritten if the workdir was moved or copied (module docstring);
+    ``model_name`` is the registered model the pipeline's versions go to.
 
     A server is probed (``GET /health``) up to ``[mlflow] retries`` times, waiting
     ``retry_backoff_s`` · 2^k between attempts; then :class:`TrackingError`. Nothing is
@@ -97,13 +117,51 @@ def connect(
             )
         else:
             experiment_id = experiment.experiment_id
+            if not settings.tracking_uri:
+                _follow_workdir(uri, workdir, experiment)
     return Tracking(uri=uri, client=client, experiment_id=experiment_id, model_name=model_name)
 
 
 def _local_artifacts(workdir: Path, experiment: str) -> str:
     """Artifact root of a new local experiment: ``<workdir>/mlartifacts/<experiment>`` (a
     server keeps its own, ``--artifacts-destination``)."""
-    return (workdir.resolve() / "mlartifacts" / experiment).as_uri()
+    return (workdir.resolve() / ARTIFACTS_DIR / experiment).as_uri()
+
+
+def _follow_workdir(uri: str, workdir: Path, experiment: Experiment) -> None:
+    """Point the artifact locations of the SQLite store ``uri`` at ``workdir`` if they are
+    under the ``mlartifacts`` folder of another (a moved or copied workdir).
+
+    The old folder is read off ``experiment``'s location; every location under it (of any
+    experiment, run, logged model or model version in the store) is rewritten in one
+    transaction. Locations elsewhere are left alone.
+    """
+    root = (workdir.resolve() / ARTIFACTS_DIR).as_uri()
+    expected = _local_artifacts(workdir, experiment.name)
+    tail = expected.removeprefix(root)
+    location = experiment.artifact_location or ""
+    old_root = location.removesuffix(tail)
+    if location == expected or old_root == location or not old_root.endswith(f"/{ARTIFACTS_DIR}"):
+        return
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.begin() as connection:
+            rewritten = 0
+            for model, name in _ARTIFACT_COLUMNS:
+                column = model.__table__.c[name]
+                under_old = sqlalchemy.func.substr(column, 1, len(old_root) + 1) == f"{old_root}/"
+                rest = sqlalchemy.func.substr(column, len(old_root) + 1)
+                result = connection.execute(
+                    sqlalchemy.update(model.__table__)
+                    .where(under_old)
+                    .values({name: sqlalchemy.literal(root).concat(rest)})
+                )
+                rewritten += result.rowcount
+    finally:
+        engine.dispose()
+    log.info(
+        "the workdir moved from %s: %d artifact locations now under %s", old_root, rewritten, root
+    )
 
 
 def _probe(uri: str) -> None:

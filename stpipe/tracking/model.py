@@ -222,13 +222,15 @@ def _pickle_free_program(uri: str, model_dir: Path) -> Path:
     data_files = sorted(
         str(p.relative_to(model_dir)) for p in (model_dir / "data").rglob("*") if p.is_file()
     )
+    if not data_files:
+        raise TrackingError(f"{uri}: the model's artifacts hold no {PROGRAM_FILE} (nor any data)")
     others = [name for name in data_files if name != PROGRAM_FILE]
-    if others or not data_files:
-        found = ", ".join(others) or "nothing"
+    if others:
         raise TrackingError(
-            f"{uri}: refusing to load {found}: stpipe loads only the torch.export archive "
-            f"{PROGRAM_FILE} that it logs (a pickled model, data/model.pth, runs any code it "
-            "holds); train the model again with `stpipe train CONFIG`"
+            f"{uri}: refusing to load {', '.join(others)}: stpipe loads only the "
+            f"torch.export archive {PROGRAM_FILE} that it logs (a pickled model, "
+            "data/model.pth, runs any code it holds); train the model again with "
+            "`stpipe train CONFIG`"
         )
     try:
         _validate_pt2_archive_is_pickle_free(str(model_dir / PROGRAM_FILE))
