@@ -5,7 +5,9 @@
 - :func:`run_forecast`: the champion → the forecast store, then :func:`verify_forecasts`;
 - :func:`verify_forecasts`: score past forecasts whose truth has arrived;
 - :func:`compare_versions`: the registered versions side by side;
-- :func:`score_promotion`: the candidate against the champion (a stage of training).
+
+Training ends with :func:`stpipe.app.promotion.promote`: the candidate against the champion,
+serialised by a lock in the workdir, then the version registered with its alias.
 
 Each job connects to MLflow first (:func:`stpipe.tracking.connect`), so an unreachable
 server fails the job before any work is done or anything is written.
@@ -24,9 +26,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from mlflow.entities.model_registry import ModelVersion
-from torch import Tensor, nn
+from torch import Tensor
 
 from stpipe.app.config import Config
+from stpipe.app.promotion import promote
 from stpipe.core.card import ModelCard, card_for
 from stpipe.core.errors import StoreError, TrackingError
 from stpipe.core.patches import Splits
@@ -136,10 +139,6 @@ def train(
     )
 
 
-def _validate(model: nn.Module, config: Config, data: DataContext) -> Evaluation:
-    return evaluate_model(model, data, split="val", baselines=False, device=config.train.device)
-
-
 def run_training(
     config: Config, *, resume: bool = True, progress: bool = True
 ) -> TrainingOutcome | None:
@@ -180,17 +179,8 @@ def run_training(
             )
         card = model_card(config, data.ds)
         logged = log_model(tracking, run_id, result.model, example=_example_batch(data), card=card)
-        promotion = score_promotion(tracking, config, data, candidate_uri=logged.uri)
-        runs.log_scores(
-            tracking,
-            run_id,
-            scores=_promotion_scores(promotion),
-            step=0,
-            timestamp_ms=int(time.time() * 1000),
-            tags=promotion.tags(),
-        )
-        version = registry.register(
-            tracking, model_id=logged.model_id, run_id=run_id, promotion=promotion, tags=lineage
+        promotion, version = promote(
+            tracking, config, data, logged=logged, run_id=run_id, tags=lineage
         )
         failed = False
     finally:
@@ -209,44 +199,6 @@ def _end_quietly(tracking: Tracking, run_id: str, *, failed: bool) -> None:
         if not failed:
             raise
         log.warning("could not mark run %s as failed: %s", run_id, exc)
-
-
-def score_promotion(
-    tracking: Tracking, config: Config, data: DataContext, *, candidate_uri: str
-) -> Promotion:
-    """Score the logged candidate and the current champion on the same validation window
-    (the store as it is now) and decide (:func:`stpipe.tracking.registry.decide`)."""
-    metric = config.mlflow.metric
-    candidate = load_model(tracking, candidate_uri)
-    candidate_score = registry.promotion_score(_validate(candidate, config, data), metric)
-    current = registry.champion(tracking)
-    if current is None:
-        return registry.decide(metric=metric, candidate_score=candidate_score)
-    version = str(current.version)
-    champion = load_model(tracking, f"models:/{tracking.model_name}/{version}")
-    mismatch = champion.card.mismatch(model_card(config, data.ds))
-    if mismatch:
-        return registry.decide(
-            metric=metric,
-            candidate_score=candidate_score,
-            champion_version=version,
-            unscored=f"champion v{version} was trained for other inputs "
-            f"({'; '.join(mismatch)}) and cannot be scored on this window",
-        )
-    champion_score = registry.promotion_score(_validate(champion, config, data), metric)
-    return registry.decide(
-        metric=metric,
-        candidate_score=candidate_score,
-        champion_version=version,
-        champion_score=champion_score,
-    )
-
-
-def _promotion_scores(promotion: Promotion) -> dict[str, float]:
-    scores = {"promotion_candidate_score": promotion.candidate_score}
-    if promotion.champion_score is not None:
-        scores["promotion_champion_score"] = promotion.champion_score
-    return scores
 
 
 def _example_batch(data: DataContext) -> dict:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,9 @@ from stpipe.tracking.client import Tracking, fluent_scope, tracking_errors
 BATCH_INPUTS = ("x", "x_time", "y_time", "x_times", "y_times", "static", "row0", "col0")
 MODEL_ARTIFACT = "model"
 PROGRAM_FILE = "data/model.pt2"
+# torch.export.load keeps its deserializer in a global: two loads at once (flows run in
+# threads) fail with "_CURRENT_DESERIALIZER is already set".
+_export_load_lock = threading.Lock()
 EXAMPLE_FILE = "input_example.npz"
 CARD_KEY = "stpipe"
 
@@ -211,7 +215,9 @@ def load_model(tracking: Tracking, uri: str) -> RegisteredForecaster:
     with tempfile.TemporaryDirectory() as tmp, tracking_errors(tracking.uri, f"load {uri}"):
         with fluent_scope(tracking.uri):
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-        program = torch.export.load(str(_pickle_free_program(uri, local))).module()
+        archive = _pickle_free_program(uri, local)
+        with _export_load_lock:
+            program = torch.export.load(str(archive)).module()
         card = read_card(local)
     return RegisteredForecaster(program, card)
 
