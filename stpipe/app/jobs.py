@@ -4,28 +4,37 @@
 - :func:`run_evaluation`: the champion and the baselines on the test split;
 - :func:`run_forecast`: the champion → the forecast store, then :func:`verify_forecasts`;
 - :func:`verify_forecasts`: score past forecasts whose truth has arrived;
-- :func:`compare_versions`: the registered versions side by side;
+- :func:`compare_versions`: the registered versions side by side.
 
 Training ends with :func:`stpipe.app.promotion.promote`: the candidate against the champion,
 serialised by a lock in the workdir, then the version registered with its alias.
 
 Each job connects to MLflow first (:func:`stpipe.tracking.connect`), so an unreachable
-server fails the job before any work is done or anything is written.
+server fails the job before any work is done or anything is written; during the job each
+MLflow request is retried as ``[mlflow] retries`` and ``retry_backoff_s`` say
+(:func:`stpipe.tracking.client.request_retries`), not for MLflow's default minutes.
+
+A training holds a lease on its run in ``<workdir>/run-leases`` while its process lives;
+the next training of the workdir marks KILLED a run left RUNNING whose lease no process
+holds (its job was killed).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from torch import Tensor
 
 from stpipe.app.config import Config
@@ -42,14 +51,30 @@ from stpipe.learn.evaluate import Evaluation, evaluate_model
 from stpipe.learn.plots import plot_rmse_vs_lead, plot_sample_maps
 from stpipe.learn.train import EpochLog, TrainResult, train_model
 from stpipe.tracking import registry, runs
-from stpipe.tracking.client import Tracking, connect, tracking_errors
+from stpipe.tracking.client import Tracking, connect, request_retries, tracking_errors
 from stpipe.tracking.compare import VersionTable, version_table
+from stpipe.tracking.locks import abandoned, drop_lease, leased_runs, run_lease
 from stpipe.tracking.model import RegisteredForecaster, load_model, log_model
 from stpipe.tracking.registry import Promotion, per_lead_metric
 
 log = logging.getLogger(__name__)
 
 VERIFIED_TAG = "stpipe.verified."
+RUN_LEASES = "run-leases"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _job(fn: Callable[Concatenate[Config, P], R]) -> Callable[Concatenate[Config, P], R]:
+    """``fn(config, ...)`` with MLflow's request retries bounded by ``config``'s ``[mlflow]``."""
+
+    @functools.wraps(fn)
+    def job(config: Config, *args: P.args, **kwargs: P.kwargs) -> R:
+        with request_retries(config.mlflow):
+            return fn(config, *args, **kwargs)
+
+    return job
 
 
 @dataclass(frozen=True)
@@ -139,6 +164,7 @@ def train(
     )
 
 
+@_job
 def run_training(
     config: Config, *, resume: bool = True, progress: bool = True
 ) -> TrainingOutcome | None:
@@ -154,6 +180,8 @@ def run_training(
         return None
 
     tracking = tracking_for(config)
+    leases = config.workdir / RUN_LEASES
+    _end_abandoned_runs(tracking, leases)
     started = time.strftime("%Y%m%dT%H%M%S")
     run_id = runs.start_run(
         tracking,
@@ -161,35 +189,61 @@ def run_training(
         tags={"stpipe.pipeline": config.pipeline.name, "stpipe.model": config.model.name},
     )
     failed = True
-    try:
-        runs.log_config(tracking, run_id, params=config.flat_params(), toml_text=config.to_toml())
-        lineage = runs.log_lineage(tracking, run_id, data, name=f"{config.pipeline.name}-store")
-        result = train(
-            config,
-            data,
-            resume=resume,
-            progress=progress,
-            on_epoch_end=runs.epoch_logger(tracking, run_id, leads=data.spec.leads),
-        )
-        runs.log_system(tracking, run_id, result)
-        test = evaluate_model(result.model, data, split="test", device=config.train.device)
-        with tempfile.TemporaryDirectory() as tmp:
-            runs.log_evaluation(
-                tracking, run_id, test, plots=_plots(test, Path(tmp), metric=config.mlflow.metric)
+    with run_lease(leases, run_id):
+        try:
+            runs.log_config(
+                tracking, run_id, params=config.flat_params(), toml_text=config.to_toml()
             )
-        card = model_card(config, data.ds)
-        logged = log_model(tracking, run_id, result.model, example=_example_batch(data), card=card)
-        promotion, version = promote(
-            tracking, config, data, logged=logged, run_id=run_id, tags=lineage
-        )
-        failed = False
-    finally:
-        _end_quietly(tracking, run_id, failed=failed)
+            lineage = runs.log_lineage(tracking, run_id, data, name=f"{config.pipeline.name}-store")
+            result = train(
+                config,
+                data,
+                resume=resume,
+                progress=progress,
+                on_epoch_end=runs.epoch_logger(tracking, run_id, leads=data.spec.leads),
+            )
+            runs.log_system(tracking, run_id, result)
+            test = evaluate_model(result.model, data, split="test", device=config.train.device)
+            with tempfile.TemporaryDirectory() as tmp:
+                runs.log_evaluation(
+                    tracking,
+                    run_id,
+                    test,
+                    plots=_plots(test, Path(tmp), metric=config.mlflow.metric),
+                )
+            card = model_card(config, data.ds)
+            logged = log_model(
+                tracking, run_id, result.model, example=_example_batch(data), card=card
+            )
+            promotion, version = promote(
+                tracking, config, data, logged=logged, run_id=run_id, tags=lineage
+            )
+            failed = False
+        finally:
+            _end_quietly(tracking, run_id, failed=failed)
     outcome = TrainingOutcome(
         run_id=run_id, version=str(version.version), promotion=promotion, test=test
     )
     log.info(outcome.summary())
     return outcome
+
+
+def _end_abandoned_runs(tracking: Tracking, leases: Path) -> None:
+    """Mark KILLED each run still RUNNING whose lease in ``leases`` no process holds."""
+    for run_id in leased_runs(leases):
+        if not abandoned(leases, run_id):
+            continue
+        with tracking_errors(tracking.uri, f"end run {run_id}, left running by a dead job"):
+            try:
+                status = tracking.client.get_run(run_id).info.status
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                status = None  # a run of another tracking store (the workdir's old one)
+            if status == "RUNNING":
+                tracking.client.set_terminated(run_id, status="KILLED")
+                log.warning("run %s was left RUNNING by a job that died: marked KILLED", run_id)
+        drop_lease(leases, run_id)
 
 
 def _end_quietly(tracking: Tracking, run_id: str, *, failed: bool) -> None:
@@ -221,6 +275,7 @@ def _plots(evaluation: Evaluation, directory: Path, *, metric: str) -> list[Path
     return paths
 
 
+@_job
 def run_evaluation(config: Config, *, json_path: str | Path | None = None) -> Evaluation:
     """The champion and the baselines on the test split; written as JSON to ``json_path``."""
     tracking = tracking_for(config)
@@ -250,6 +305,7 @@ def _load_champion(
     return model, version
 
 
+@_job
 def run_forecast(
     config: Config, *, init_time: str | np.datetime64 | None = None
 ) -> ForecastOutcome:
@@ -299,6 +355,7 @@ def _overlap(config: Config, card: ModelCard) -> tuple[int, int]:
     return ((card.patch_shape[0] - 2 * card.halo) // 4, (card.patch_shape[1] - 2 * card.halo) // 4)
 
 
+@_job
 def verify_forecasts(config: Config, *, tracking: Tracking | None = None) -> list[Verification]:
     """Score every stored forecast whose valid times are all in the store now and that was
     not scored before; log the scores to the run of the model that made it (the champion
@@ -340,6 +397,7 @@ def verify_forecasts(config: Config, *, tracking: Tracking | None = None) -> lis
     return results
 
 
+@_job
 def compare_versions(config: Config) -> VersionTable:
     """The registered versions of ``[mlflow] model_name``: run, date, data range, the
     promotion metric per lead on each run's test split, aliases and decisions."""

@@ -10,6 +10,9 @@ so :func:`connect` rewrites those under another ``.../mlartifacts`` to this work
 it opens a workdir that has moved, or a copy (which then writes into its own artifacts, not
 the original's).
 
+A job bounds MLflow's own HTTP retries by ``[mlflow] retries`` and ``retry_backoff_s`` for
+its duration (:func:`request_retries`); MLflow's default retries a request for minutes.
+
 Everything goes through one ``MlflowClient(tracking_uri=..., registry_uri=...)`` per
 pipeline. The few MLflow calls that exist only as process-wide ("fluent") functions, such as
 ``mlflow.pytorch.log_model``, run inside :func:`fluent_scope`, which sets the URIs under a
@@ -48,6 +51,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROBE_TIMEOUT_S = 5.0
+MAX_HTTP_RETRIES = 10  # the most MLflow accepts (_MLFLOW_HTTP_REQUEST_MAX_RETRIES_LIMIT)
+_RETRY_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
 ARTIFACTS_DIR = "mlartifacts"
 # Where MLflow's SQL schema keeps artifact locations: (table, column).
 _ARTIFACT_COLUMNS = (
@@ -59,6 +64,9 @@ _ARTIFACT_COLUMNS = (
 )
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 _fluent_lock = threading.RLock()
+_retry_lock = threading.Lock()
+_retry_scopes: list[dict[str, str]] = []  # the open scopes' values, oldest first
+_retry_env_before: dict[str, str | None] = {}
 
 
 @dataclass(frozen=True)
@@ -214,6 +222,44 @@ def fluent_scope(uri: str) -> Iterator[None]:
             tracking_utils._tracking_uri = saved_tracking
             registry_utils._registry_uri = saved_registry
             for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def http_retry_env(settings: MlflowSection) -> dict[str, str]:
+    """MLflow's HTTP retry variables for ``[mlflow] retries`` attempts per request and
+    ``retry_backoff_s``: MLflow waits 0, 2f, 4f, … s between attempts for a whole-second
+    factor f, so f is ``retry_backoff_s / 2`` rounded (at most 10 retries)."""
+    return {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(min(settings.retries - 1, MAX_HTTP_RETRIES)),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(int(settings.retry_backoff_s / 2 + 0.5)),
+    }
+
+
+@contextlib.contextmanager
+def request_retries(settings: MlflowSection) -> Iterator[None]:
+    """Bound MLflow's retries of each HTTP request by ``settings`` for the block.
+
+    MLflow reads them from process-wide environment variables (:func:`http_retry_env`):
+    while scopes overlap (jobs in threads) the newest open one applies; when the last one
+    closes the variables are back exactly as they were.
+    """
+    values = http_retry_env(settings)
+    with _retry_lock:
+        if not _retry_scopes:
+            _retry_env_before.update({name: os.environ.get(name) for name in _RETRY_ENV})
+        _retry_scopes.append(values)
+        os.environ.update(values)
+    try:
+        yield
+    finally:
+        with _retry_lock:
+            _retry_scopes.remove(values)
+            restore = _retry_scopes[-1] if _retry_scopes else _retry_env_before
+            for name in _RETRY_ENV:
+                value = restore.get(name)
                 if value is None:
                     os.environ.pop(name, None)
                 else:

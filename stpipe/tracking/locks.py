@@ -69,8 +69,11 @@ def workdir_lock(path: Path, *, timeout_s: float, what: str) -> Iterator[None]:
         os.close(fd)
 
 
-def lease_path(directory: Path, run_id: str) -> Path:
-    return directory / f"{run_id}.lease"
+LEASE_SUFFIX = ".lease"
+
+
+def _lease(directory: Path, run_id: str) -> Path:
+    return directory / f"{run_id}{LEASE_SUFFIX}"
 
 
 @contextlib.contextmanager
@@ -78,7 +81,7 @@ def run_lease(directory: Path, run_id: str) -> Iterator[None]:
     """Hold the lease of run ``run_id`` (``<directory>/<run_id>.lease``) for the block; the
     file is removed when the block ends, and left (unlocked) if the process dies in it."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = lease_path(directory, run_id)
+    path = _lease(directory, run_id)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -91,18 +94,24 @@ def run_lease(directory: Path, run_id: str) -> Iterator[None]:
         os.close(fd)
 
 
+def leased_runs(directory: Path) -> list[str]:
+    """The ids of the runs with a lease file in ``directory``, held or abandoned."""
+    return sorted(p.name.removesuffix(LEASE_SUFFIX) for p in directory.glob(f"*{LEASE_SUFFIX}"))
+
+
 def abandoned(directory: Path, run_id: str) -> bool:
     """Whether run ``run_id`` has a lease in ``directory`` that no process holds: the job
     that ran it died. False without a lease (a run of another workdir, or one that ended)."""
-    path = lease_path(directory, run_id)
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(_lease(directory, run_id), os.O_RDWR)
     except FileNotFoundError:
         return False
     try:
-        if not _try_lock(fd):
-            return False
-        path.unlink(missing_ok=True)
-        return True
+        return _try_lock(fd)
     finally:
         os.close(fd)
+
+
+def drop_lease(directory: Path, run_id: str) -> None:
+    """Remove the (abandoned) lease of ``run_id``."""
+    _lease(directory, run_id).unlink(missing_ok=True)
