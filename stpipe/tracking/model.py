@@ -25,6 +25,7 @@ grid) travels as the :class:`~stpipe.core.card.ModelCard` in the MLmodel ``metad
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -241,9 +242,11 @@ def _pickle_free_program(uri: str, model_dir: Path) -> Path:
     try:
         _validate_pt2_archive_is_pickle_free(str(model_dir / PROGRAM_FILE))
     except MlflowException as exc:
-        reason = exc.message.split(". ")[0]
+        record = re.search(r"record '([^']+)'", exc.message)
+        what = f"its record {record.group(1)}" if record else "it"
         raise TrackingError(
-            f"{uri}: refusing to load {PROGRAM_FILE}: {reason}; train the model again with "
+            f"{uri}: refusing to load {PROGRAM_FILE}: {what} would be unpickled (not JSON, raw "
+            "tensors or tensors in plain containers); train the model again with "
             "`stpipe train CONFIG`"
         ) from None
     return model_dir / PROGRAM_FILE

@@ -79,11 +79,12 @@ class NightReport:
             f"Store holds {held} ({ingest.committed_length} steps, digest `{ingest.digest}`).",
         ]
         lines += [f"- refused `{p.name}`: {reason}" for p, reason in ingest.refused]
-        champion = (
-            "no champion before"
-            if promotion.champion_score is None
-            else f"champion v{promotion.champion_version} {promotion.champion_score:.4g}"
-        )
+        if promotion.champion_version is None:
+            champion = "no champion before"
+        elif promotion.champion_score is None:
+            champion = f"champion v{promotion.champion_version} not scored"
+        else:
+            champion = f"champion v{promotion.champion_version} {promotion.champion_score:.4g}"
         lines += [
             "",
             f"**Promotion**: v{self.training.version} → `{promotion.alias}` ({promotion.reason}); "
