@@ -119,6 +119,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         (args.plots or config.workdir / "plots") / f"evaluate-v{version}-{metric}_vs_lead.png",
         metric=metric,
         title=f"champion v{version} vs baselines, {evaluation.attrs['split']} split",
+        role="champion",
     )
     print(f"plot: {plot}")
     if args.json is not None:

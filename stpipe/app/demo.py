@@ -302,6 +302,8 @@ def _write_plots(report: NightReport, directory: Path, *, config: Config) -> tup
         directory / "rmse_vs_lead.png",
         metric=report.per_lead_metric,
         title=f"champion v{report.champion_version} vs baselines, test split",
+        role="champion",
+        model_version=report.champion_version,
     )
     tracking = tracking_for(config)
     run_id = report.forecast.run_id

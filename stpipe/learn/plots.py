@@ -51,10 +51,13 @@ def plot_rmse_vs_lead(
     *,
     metric: str = "rmse",
     title: str = "",
+    role: str = MODEL,
+    model_version: str | None = None,
     size: tuple[float, float] = (6.4, 4.0),
 ) -> Path:
     """Line plot of ``metric`` (pooled over variables) of each forecaster of ``evaluation``
-    (:mod:`stpipe.learn.scores`) against lead time (h).
+    (:mod:`stpipe.learn.scores`) against lead time (h). The model is named ``role`` and
+    version in the legend (e.g. "champion v3"; the version defaults to the evaluation's).
 
     The image is ``size`` inches at 100 dpi (640 × 400 pixels by default).
     """
@@ -62,7 +65,7 @@ def plot_rmse_vs_lead(
     table = per_lead(evaluation, metric)
     attrs = metric_attrs(evaluation, metric)
     hours = lead_hours(evaluation)
-    model = model_label(evaluation)
+    model = model_label(evaluation, role=role, version=model_version)
     fig, ax = plt.subplots(figsize=size, dpi=DPI)
     try:
         for name, values in table.items():

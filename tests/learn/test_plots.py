@@ -74,8 +74,10 @@ def test_rmse_vs_lead_names_the_forecasters_in_words(
     evaluation = hand_scores()
     evaluation.attrs["model_version"] = "7"
     plot_rmse_vs_lead(evaluation, tmp_path / "rmse.png")
+    plot_rmse_vs_lead(evaluation, tmp_path / "c.png", role="champion", model_version="8")
     assert legends == [
-        ["model v7", "persistence", "climatology", "persistence + climatological change"]
+        ["model v7", "persistence", "climatology", "persistence + climatological change"],
+        ["champion v8", "persistence", "climatology", "persistence + climatological change"],
     ]
 
 
