@@ -227,7 +227,6 @@ def run_training(
     outcome = TrainingOutcome(
         run_id=run_id, version=str(version.version), promotion=promotion, test=test
     )
-    log.info(outcome.summary())
     return outcome
 
 
@@ -359,7 +358,6 @@ def run_forecast(
         replaced=written.replaced,
         verified=tuple(verify_forecasts(config, tracking=tracking)),
     )
-    log.info(outcome.summary())
     return outcome
 
 
