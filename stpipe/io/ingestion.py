@@ -189,6 +189,8 @@ def _ingest_files(
                 continue
             try:
                 outcome = _ingest_one(client, state, path, decoded, decoded_future, job=job)
+            except st.StoreWriteError:
+                raise  # the store's file system failed, not the file: stop, keep the commits
             except StpipeError as exc:
                 reason = str(exc).removeprefix(f"{path}: ")
                 log.error("refused %s: %s", path.name, reason)
