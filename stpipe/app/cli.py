@@ -1,7 +1,8 @@
 """The ``stpipe`` command line: each verb loads the config and calls one library function.
 
-Verbs: ``demo``, ``generate``, ``ingest``, ``train``, ``evaluate``, ``forecast``, ``verify``,
-``compare``, ``nightly``, ``serve`` (``stpipe --help``; the README explains each).
+Verbs: ``demo``, ``generate``, ``ingest``, ``store rollback``, ``train``, ``evaluate``,
+``forecast``, ``verify``, ``compare``, ``nightly``, ``serve`` (``stpipe --help``; the README
+explains each).
 
 ``main(argv) -> int`` is the entry point (and what tests call). Errors a user can cause
 (:class:`stpipe.core.errors.StpipeError`) print one clear line and return a non-zero code.
@@ -16,6 +17,7 @@ import re
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -76,6 +78,32 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     report = ingest(config.ingest_job, progress=args.detail > QUIET)
     print(report.summary())
     return 0 if not report.refused else 1
+
+
+def _utc_time(text: str) -> datetime:
+    """An ISO time as naive UTC (a time with an offset is converted)."""
+    time = datetime.fromisoformat(text)
+    return time if time.tzinfo is None else time.astimezone(UTC).replace(tzinfo=None)
+
+
+def _cmd_store_rollback(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from stpipe.io.manifest import read_manifest
+    from stpipe.io.rollback import rollback
+
+    config = _config(args)
+    entry = rollback(config.workdir, files=args.files, to=args.to)
+    if entry is None:
+        print(f"{config.store_path}: no file appended steps after {args.to}; nothing to roll back")
+        return 0
+    names = ", ".join(f.name for f in entry.files)
+    end = np.datetime_as_string(read_manifest(config.store_path).end, "s")
+    print(
+        f"{config.store_path}: rolled back {len(entry.files)} file(s) ({names}): "
+        f"{entry.length_before} → {entry.length_after} steps, now ending at {end}"
+    )
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -284,6 +312,26 @@ def _verb(
     return p
 
 
+def _add_store_parser(sub: Any) -> None:
+    p = sub.add_parser("store", help="maintain the store: `stpipe store rollback`")
+    store_verbs = p.add_subparsers(dest="store_verb", metavar="STORE_VERB", required=True)
+    p = store_verbs.add_parser(
+        "rollback",
+        help="remove the newest committed files, atomically (the manifest records it)",
+        parents=[_verbosity("_after")],
+    )
+    _add_config_arg(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--files", type=int, metavar="N", help="the N newest files")
+    which.add_argument(
+        "--to",
+        type=_utc_time,
+        metavar="TIME",
+        help="every file that appended steps after TIME (ISO, UTC)",
+    )
+    p.set_defaults(func=_cmd_store_rollback)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stpipe",
@@ -321,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
 
     _verb(sub, "ingest", "new source files → Zarr store (idempotent, crash-safe)", _cmd_ingest)
+    _add_store_parser(sub)
     p = _verb(sub, "train", "train, log to MLflow, register, promote if better", _cmd_train)
     p.add_argument(
         "--restart", action="store_true", help="ignore a checkpoint of the same run; start over"

@@ -57,7 +57,7 @@ from stpipe.io.checksums import (
     save_checksums,
 )
 from stpipe.io.compute import dask_client, release_free_memory
-from stpipe.io.ingest_checks import check_compatible, check_on_step
+from stpipe.io.ingest_checks import check_compatible, check_gap, check_on_step
 from stpipe.io.ingest_report import IngestReport, finish_report
 from stpipe.io.manifest import FileEntry, Manifest
 from stpipe.io.settings import DaskSection, SourceSection, StoreSection
@@ -189,6 +189,8 @@ def _ingest_files(
                 continue
             try:
                 outcome = _ingest_one(client, state, path, decoded, decoded_future, job=job)
+            except st.StoreWriteError:
+                raise  # the store's file system failed, not the file: stop, keep the commits
             except StpipeError as exc:
                 reason = str(exc).removeprefix(f"{path}: ")
                 log.error("refused %s: %s", path.name, reason)
@@ -294,6 +296,7 @@ def _ingest_one(
         return _Outcome(0)
     if state.times.size:
         check_on_step(path, new_times, origin=state.times[0], step_s=manifest.time_step_s)
+        check_gap(path, new_times[0], end=state.times[-1], max_gap_s=job.source.max_gap_s)
     else:
         grid = tuple(template.sizes[d] for d in spatial_dims(template))
         layout = st.choose_layout(grid, time_step_s=manifest.time_step_s, store=job.store)
