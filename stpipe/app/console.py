@@ -24,10 +24,14 @@ NARRATOR = "stpipe.app.demo"
 # Per level of detail: logger name prefix → the lowest level shown ("" = every other logger).
 # BRIEF is the demo's default: its own narration, and warnings; NORMAL the other verbs':
 # what our stages and Prefect's runs say.
+# A Dask worker logs a failed task ("Compute Failed" and its traceback) although the error
+# reaches the caller through the task's future, which reports it in one line: below -v that
+# log only repeats it.
+_TASK_ERRORS = {"distributed.worker": logging.CRITICAL}
 DETAIL_LEVELS: tuple[Mapping[str, int], ...] = (
-    {"": logging.WARNING},
-    {"": logging.WARNING, NARRATOR: logging.INFO},
-    {"": logging.WARNING, "stpipe": logging.INFO, "prefect": logging.INFO},
+    {"": logging.WARNING, **_TASK_ERRORS},
+    {"": logging.WARNING, NARRATOR: logging.INFO, **_TASK_ERRORS},
+    {"": logging.WARNING, "stpipe": logging.INFO, "prefect": logging.INFO, **_TASK_ERRORS},
     {"": logging.INFO, "stpipe": logging.DEBUG},
     {"": logging.DEBUG},
 )

@@ -54,7 +54,7 @@ test_start = 2024-01-05
 
 [model]
 name = "convlstm"
-convlstm_hidden = [4]
+hidden = [4]
 
 [train]
 epochs = 1
