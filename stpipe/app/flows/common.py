@@ -76,7 +76,8 @@ def pipeline_lock(config: Config, *, wait: bool) -> Iterator[None]:
         except StoreError as exc:
             raise StoreError(
                 f"pipeline {config.pipeline.name!r} is already running; this run stops "
-                f"(pass wait_for_lock=True to queue behind it): {exc}"
+                f"(`stpipe nightly --wait`, or the flow parameter wait_for_lock, queues "
+                f"behind it): {exc}"
             ) from None
         yield
 
