@@ -1,6 +1,6 @@
 """Pipeline configuration: one TOML file per pipeline, validated when it is loaded.
 
-The sections and keys are the contract in ``shared/design.md``; every key is documented on
+The sections and keys are the documented config contract (README); every key is documented on
 its field. Relative paths (``workdir``, ``paths``, ``[forecast] store``) are resolved
 against the directory of the config file, so a config can be moved with its data.
 
