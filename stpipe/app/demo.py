@@ -32,6 +32,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stpipe.app.resources import EXAMPLE_CONFIGS
 from stpipe.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from stpipe.app.config import Config
     from stpipe.app.flows.nightly import NightReport
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "data" / "configs"
+CONFIG_DIR = EXAMPLE_CONFIGS
 CONFIG_NAME = "demo.toml"
 _QUIET_LOGGERS = ("distributed", "mlflow", "alembic")
 
