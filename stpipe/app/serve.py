@@ -9,8 +9,8 @@ with ``prefect.serve``, no work pool or worker needed.
 The file is read as ``prefect deploy`` reads it: validated by Prefect's own prefect.yaml
 schema, each schedule turned into Prefect's schedule by Prefect's own function, so every
 schedule key Prefect accepts (``cron``/``interval``/``rrule``, ``timezone``, ``anchor_date``,
-``day_or``, ``active``, ``parameters``, ``slug``, ``replaces``) means the same here. Those
-two live in Prefect's ``prefect.cli.deploy`` modules, which is why ``prefect>=3.6.17``.
+``day_or``, ``active``, ``parameters``, ``slug``, ``replaces``) means the same here. Both
+live in Prefect's ``prefect.cli.deploy`` package (there, with ``replaces``, since 3.6.17).
 
 Paths in the file (entrypoints, ``config_path``) are relative to the directory above the
 one holding ``prefect.yaml``: the repository root, as ``prefect deploy`` run from the root
@@ -179,7 +179,9 @@ def _problem(exc: ValidationError, raw: dict[str, Any]) -> str:
         if unknown := sorted(str(e["loc"][-1]) for e in same if e["type"] == "extra_forbidden"):
             schedule = raw["deployments"][loc[1]]["schedules"][path[1]]
             return f"{prefix}unknown schedule keys {unknown} in {schedule!r}"
-    return f"{prefix}{'.'.join(map(str, path))}: {errors[0]['msg']}"
+    # the field (and the schedule's index); deeper parts name union members, not fields
+    field = ".".join(map(str, path[:2] if path[:1] == ["schedules"] else path[:1]))
+    return f"{prefix}{field}: {errors[0]['msg']}" if field else f"{prefix}{errors[0]['msg']}"
 
 
 def _spec(entry: dict[str, Any], *, origin: str, root: Path) -> DeploymentSpec:

@@ -1,8 +1,8 @@
 """stpipe as a package outside the source tree: what the wheel holds, where the shipped
 example files come from, the floors of the dependencies, and the optional GRIB extra.
 
-(``.ci/run wheel`` installs the wheel into a fresh venv and runs the demo from another
-directory; ``.ci/run floors`` runs tests on the floor versions of ``.ci/floors.txt``.)
+(``bash .ci/run package`` installs the wheel, with the floor versions of ``.ci/floors.txt``,
+into a fresh venv, runs the demo from another directory and a fast subset of the tests.)
 """
 
 from __future__ import annotations
