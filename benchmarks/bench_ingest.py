@@ -22,7 +22,7 @@ ingests the same files into a fresh Zarr v3 store, in its own subprocess:
 :mod:`stpipe.io.ingest_workers`.
 
 MB are uncompressed float32 bytes of the ingested variables. Peak RSS is stpipe's process
-tree (its worker processes' RSS added, sampled every 20 ms; shared pages count in each, so
+tree (its worker processes' RSS added, sampled every 0.1 s; shared pages count in each, so
 it is an upper bound). Last line: ``stpipe_mb_per_s=… naive_mb_per_s=… mfdataset_mb_per_s=…
 ratio_naive=… ratio_mfdataset=… noop_rerun_s=… peak_rss_mb=…``.
 """
@@ -68,7 +68,7 @@ STPIPE_RUN = textwrap.dedent(
 
     def sample():
         me = psutil.Process()
-        while not done.wait(0.02):
+        while not done.wait(0.1):
             tree = [me, *me.children(recursive=True)]
             rss = 0
             for p in tree:

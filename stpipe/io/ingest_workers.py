@@ -1,39 +1,47 @@
 """Where ingest decodes and writes source files: a pool of workers sized to the machine.
 
-A worker takes one file at a time: it checksums and decodes it (float32 ``(time, y, x)``
-arrays) and keeps it until the ingest loop (:mod:`stpipe.io.ingestion`) has checked it
-against the store, then writes its new steps into the store's arrays (zarr compresses the
-chunks on its threads) or drops it. The loop sees only a file's description (times, an
-empty-time copy, checksum), writes the time coordinate itself and commits, one file at a
-time in file order. Each worker holds at most one decoded file, so a pool holds at most
-``workers`` (this module's pools) or ``threads + 1`` (a Dask cluster, :mod:`stpipe.io.
-ingest_dask`) decoded files at once, however many files there are.
+A worker takes one file at a time (:mod:`stpipe.io.ingest_tasks`): it checksums and decodes
+it and keeps it until the ingest loop (:mod:`stpipe.io.ingestion`) has checked it against
+the store, then writes its new steps into the store's arrays (zarr compresses the chunks on
+its threads) or drops it, and only then takes its next file. The loop sees descriptions
+(times, an empty-time copy, checksum), writes the time coordinate and commits, file by file
+in file order. A pool of ``workers`` holds at most ``workers + 1`` decoded files at once
+(the one more: the thread that bridges the start of worker processes), however many files.
 
 Threads or processes
 --------------------
-netCDF-C and HDF5 are not thread-safe: in one process, decodes take turns under xarray's
-locks (netCDF decoding here is mostly numpy unpacking, which the lock also covers), and
-only compression runs in parallel. Worker processes decode in parallel. They start from a
-``forkserver`` that imports the reader once (about 1 s of CPU), started in the background
-while a worker thread in this process begins on the first files, so the start-up delays
-nothing but costs that CPU. :func:`plan_workers` therefore uses
+In one process the decodes take turns under the netCDF/HDF5 locks (netCDF-C and HDF5 are
+not thread-safe) and zarr's Python runs under the GIL: about :data:`SERIAL_SHARE` of a
+file's CPU runs one file at a time, however many threads, while compression and file I/O
+run in parallel. Threads therefore keep every core busy up to about ``1 / SERIAL_SHARE``
+cores. Worker processes share no lock, but they come from a launcher process that first
+imports numpy, xarray, zarr and the reader (1.4-1.6 s of CPU, :data:`LAUNCH_MB`), then
+forks them (no import each); a worker thread here works until they are ready. With ``c``
+the CPU per MB, ``workers`` threads take ``MB · c · max(SERIAL_SHARE, 1 / workers)`` and as
+many processes ``(MB + LAUNCH_MB) · c / workers``. :func:`plan_workers` takes
 
-- one worker thread per file, at most one per core, when there is one core, one file, or
-  less than :data:`PROCESS_MIN_BYTES` of input to ingest;
-- otherwise one worker thread here plus ``workers - 1`` worker processes, ``workers`` being
-  the cores (``[dask] n_workers`` when set), the files to ingest, and what memory allows
-  (half the available memory over :data:`DECODED_BYTES_PER_FILE_BYTE` × the largest file),
-  whichever is least.
+- ``workers``: the cores (``[dask] n_workers`` when set), the files to ingest, and what
+  memory allows (half the available memory over :data:`DECODED_BYTES_PER_FILE_BYTE` × the
+  largest file), whichever is least;
+- worker processes when the input exceeds :func:`processes_pay_off_mb` (never on 2 cores;
+  on 16, above 26 MB), else that many worker threads (one per file for a nightly run).
 
-``STPIPE_INGEST_WORKERS=threads`` or ``=processes`` overrides the choice (benchmarks, tests).
-Measured (benchmarks/bench_ingest.py, 256×256 hourly daily NetCDF files of 18.9 MB float32,
-on a shared 2-core machine whose load average was 6-10, so ranges over repeated runs): see
-the figures in :data:`PROCESS_MIN_BYTES`.
+Measured on a shared 2-core machine (load average 4-11, so ranges over runs alternated
+with the previous code; ``benchmarks/bench_ingest.py``, 256×256 hourly ERA5-like daily
+NetCDF files, int16-packed, 18.9 MB of float32 each), CPU per float32 MB ingested: threads
+5.8-6.8 ms (decode and checksum 2.3-2.5 of it, under the lock; the zarr write 3.5 with
+:func:`stpipe.io.compute.keep_freed_memory`, 5.8 without), the previous single-worker Dask
+pipeline 8.1-9.5 ms, the naive per-file ``to_zarr`` append 10.6-12.1 ms. 60 files on the 2
+cores: threads 48-53 MB/s, processes 38-42 MB/s (the launcher's CPU, and nothing left to
+run in parallel). ``STPIPE_INGEST_WORKERS=threads`` or ``=processes`` (processes only, no
+bridging thread) overrides the rule, for benchmarks and tests; ``bench_ingest.py
+--compare`` measures both on the machine at hand, to check :data:`SERIAL_SHARE` where more
+cores than 2 are at hand.
 
-A worker process dies with the ingest: it gets SIGKILL when its parent (the forkserver,
-which exits with the ingest process) dies, and it holds the store's data-write lock shared
-for its whole life, so recovery after a killed ingest (:func:`stpipe.io.store.recover`,
-which takes that lock exclusively) waits until no orphaned write can still land.
+A worker process dies with the ingest: the launcher gets SIGKILL when the ingest process
+dies, and its workers when it dies. Each worker holds the store's data-write lock shared for
+its whole life, so recovery after a killed ingest (:func:`stpipe.io.store.recover`, which
+takes that lock exclusively) waits until no orphaned write can still land.
 """
 
 from __future__ import annotations
@@ -68,14 +76,14 @@ from stpipe.io.settings import SourceSection
 log = logging.getLogger(__name__)
 
 MODE_ENV = "STPIPE_INGEST_WORKERS"
-SERIAL_SHARE = 0.43
-"""Share of a file's CPU that one process runs one file at a time, whatever its threads:
-the decode under the netCDF lock (2.4 of 10.5 ms/MB) and zarr's and the loop's Python
-under the GIL (about 2 ms/MB more); the rest, compression and file writes, runs in parallel."""
-LAUNCH_MB = 100.0
+SERIAL_SHARE = 0.45
+"""Share of a file's CPU that one process runs one file at a time, whatever its threads: the
+decode under the netCDF lock (2.4 of 6.2 ms per float32 MB, measured) and the Python of
+zarr's writes and of the loop under the GIL (estimated, 0.4 ms)."""
+LAUNCH_MB = 160.0
 """The worker launcher's start-up CPU (1.4-1.6 s: importing numpy, xarray, zarr and the
-reader) in MB of input files' ingest work (15 ms of CPU per MB of int16-packed NetCDF,
-10 ms per float32 MB, in threads)."""
+reader) as MB of input files' ingest work (9.3 ms of CPU per MB of these int16-packed
+NetCDF files, 6.2 ms per float32 MB, in threads)."""
 DECODED_BYTES_PER_FILE_BYTE = 4
 """Memory a worker needs per byte of its file: packed int16 decodes to twice its size in
 float32, and zarr holds the compressed chunks and a chunk being compressed besides."""
@@ -312,6 +320,11 @@ class _LocalDecoding:
         self.worker: _Worker | None = None
         self.reply: _Reply | None = None
 
+    @property
+    def started(self) -> bool:
+        """Whether a worker has taken the file (it holds it until written or released)."""
+        return self.worker is not None
+
     def _wait(self, reply: _Reply) -> Any:
         self.pool.pump(lambda: reply.done)
         return reply.get()
@@ -403,14 +416,14 @@ def launch(argv: list[str]) -> None:
     importlib.import_module(reader)
     keep_freed_memory()
     children = []
-    for fd in map(int, fds):
+    sockets = [int(fd) for fd in fds]
+    for i, fd in enumerate(sockets):
         pid = os.fork()
         if pid == 0:
-            for other in map(int, fds):
-                if other != fd:
-                    os.close(other)
-            _die_with_parent()
-            try:
+            try:  # a worker never returns into the launcher's loop
+                for later in sockets[i + 1 :]:  # the earlier ones are closed here already
+                    os.close(later)
+                _die_with_parent()
                 serve(Connection(fd), Path(store_path))
             finally:
                 os._exit(0)

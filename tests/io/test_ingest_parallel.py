@@ -22,12 +22,14 @@ from stpipe.io.ingest_workers import (
     LAUNCH_MB,
     MODE_ENV,
     SERIAL_SHARE,
+    LocalPool,
     WorkerPlan,
     plan_workers,
     processes_pay_off_mb,
 )
 from stpipe.io.ingestion import ingest
 from stpipe.io.manifest import read_manifest
+from stpipe.io.settings import SourceSection
 from stpipe.io.store import CRASH_ENV, open_store, staging_path
 
 STEPS_PER_FILE = 6
@@ -108,7 +110,7 @@ def test_plan_picks_threads_while_they_keep_every_core_busy(tmp_path, monkeypatc
 
     assert plan_workers(files, cores=2) == WorkerPlan(threads=2, processes=0)
     assert plan_workers(files, cores=16) == WorkerPlan(threads=1, processes=16)
-    assert plan_workers(files[:4], cores=16) == WorkerPlan(threads=1, processes=4)
+    assert plan_workers(files[:5], cores=16) == WorkerPlan(threads=1, processes=5)
     assert plan_workers(files[:1], cores=16) == WorkerPlan(threads=1, processes=0)
     assert plan_workers(files[:2], cores=8) == WorkerPlan(threads=2, processes=0)
     assert plan_workers(files[:3], cores=3) == WorkerPlan(threads=3, processes=0), (
@@ -141,6 +143,36 @@ def test_plan_fits_the_decoded_files_in_memory(tmp_path, monkeypatch):
 
     # Half of 24 GB over 4 × 1 GB per decoded file: 3 workers, not 64.
     assert plan_workers(files, cores=64) == WorkerPlan(threads=1, processes=3)
+
+
+def test_a_worker_takes_its_next_file_only_once_it_has_written_or_dropped_one(feed_files, tmp_path):
+    source = SourceSection(kind="netcdf", paths="feed/*.nc", variables=["t2m", "u10"])
+    with LocalPool(source, tmp_path / "store.zarr", threads=2, processes=0) as pool:
+        decodings = [pool.decode(path) for path in feed_files]
+        for decoding in decodings[:2]:
+            assert decoding.described().times.size == STEPS_PER_FILE
+        assert [d.started for d in decodings] == [True, True] + [False] * (N_FILES - 2)
+
+        decodings[1].release()
+        decodings[2].described()
+        assert [d.started for d in decodings[:4]] == [True, True, True, False]
+        decodings[0].release()
+        assert decodings[3].described().times[0] == np.datetime64("2024-01-01T18:00")
+        assert [d.started for d in decodings[:5]] == [True] * 4 + [False]
+
+
+def test_every_worker_process_takes_a_file(feed_files, tmp_path):
+    source = SourceSection(kind="netcdf", paths="feed/*.nc", variables=["t2m", "u10"])
+    with LocalPool(source, tmp_path / "store.zarr", threads=0, processes=3) as pool:
+        decodings = [pool.decode(path) for path in feed_files[:4]]
+        deadline = time.monotonic() + 120
+        while not all(d.started for d in decodings[:3]) and time.monotonic() < deadline:
+            pool.pump(lambda: False, block=False)
+            time.sleep(0.01)
+        # Each holds an undecided file: three files taken means three workers alive.
+        assert [d.started for d in decodings] == [True, True, True, False]
+        times = [d.described().times[0] for d in decodings[:3]]
+        assert times == [np.datetime64(f"2024-01-01T{h:02d}:00") for h in (0, 6, 12)]
 
 
 # --- a parallel ingest killed mid-way ---
