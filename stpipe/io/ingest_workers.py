@@ -26,17 +26,19 @@ many processes ``(MB + LAUNCH_MB) · c / workers``. :func:`plan_workers` takes
 - worker processes when the input exceeds :func:`processes_pay_off_mb` (never on 2 cores;
   on 16, above 26 MB), else that many worker threads (one per file for a nightly run).
 
-Measured on a shared 2-core machine (load average 4-11, so ranges over runs alternated
-with the previous code; ``benchmarks/bench_ingest.py``, 256×256 hourly ERA5-like daily
-NetCDF files, int16-packed, 18.9 MB of float32 each), CPU per float32 MB ingested: threads
-5.8-6.8 ms (decode and checksum 2.3-2.5 of it, under the lock; the zarr write 3.5 with
-:func:`stpipe.io.compute.keep_freed_memory`, 5.8 without), the previous single-worker Dask
-pipeline 8.1-9.5 ms, the naive per-file ``to_zarr`` append 10.6-12.1 ms. 60 files on the 2
-cores: threads 48-53 MB/s, processes 38-42 MB/s (the launcher's CPU, and nothing left to
-run in parallel). ``STPIPE_INGEST_WORKERS=threads`` or ``=processes`` (processes only, no
-bridging thread) overrides the rule, for benchmarks and tests; ``bench_ingest.py
---compare`` measures both on the machine at hand, to check :data:`SERIAL_SHARE` where more
-cores than 2 are at hand.
+Measured on a shared 2-core machine (other work kept its load average at 1-11, so the
+figures are ranges over runs; ``benchmarks/bench_ingest.py``, 256×256 hourly ERA5-like
+daily NetCDF files, int16-packed, 18.9 MB of float32 each). CPU per float32 MB, 31 files:
+threads 5.3-7.8 ms (decode 2.3-2.5 ms of it under the lock, checksum 0.6 ms; the zarr write
+3.5 ms with :func:`stpipe.io.compute.keep_freed_memory`, 5.8 ms without), the previous
+pipeline (one Dask worker in this process) 8.0-10.6 ms, the naive per-file ``to_zarr``
+append 10.6-12.1 ms. 60 files at load 1.3-3.4: threads 162 MB/s, worker processes 153 MB/s,
+the same tasks on a Dask ``LocalCluster`` of 2 single-thread processes 65 MB/s. With two
+cores the threads use about 1.5 of them and are bound by CPU, not by the lock, so
+processes only add their launcher there. ``STPIPE_INGEST_WORKERS=threads`` or
+``=processes`` (processes only, no bridging thread) overrides the rule, for benchmarks and
+tests; ``bench_ingest.py --compare`` measures both on the machine at hand (to check
+:data:`SERIAL_SHARE` on more than 2 cores).
 
 A worker process dies with the ingest: the launcher gets SIGKILL when the ingest process
 dies, and its workers when it dies. Each worker holds the store's data-write lock shared for
