@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 CHECKSUM_CACHE = ".sha256-cache.json"
 _HASH_BLOCK = 1 << 22
+
+log = logging.getLogger(__name__)
 
 Signature = list[int]
 """(size, mtime_ns, ctime_ns, inode, device) of a file."""
@@ -37,7 +40,11 @@ def cached_checksums(paths: Iterable[Path], *, cache: Path) -> dict[Path, tuple[
 
 
 def save_checksums(cache: Path, checksums: dict[Path, tuple[Signature, str]]) -> None:
-    """Replace the cache with ``checksums`` (atomically; files gone from the feed drop out)."""
+    """Replace the cache with ``checksums`` (atomically; files gone from the feed drop out).
+
+    A cache that cannot be written (disk full, read-only) is logged, not raised: it saves
+    reading files again, it holds no data.
+    """
     blob = json.dumps({str(p): [sig, sha] for p, (sig, sha) in checksums.items()})
     try:
         if cache.read_text() == blob:
@@ -45,8 +52,12 @@ def save_checksums(cache: Path, checksums: dict[Path, tuple[Signature, str]]) ->
     except OSError:
         pass
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
-    tmp.write_text(blob)
-    os.replace(tmp, cache)
+    try:
+        tmp.write_text(blob)
+        os.replace(tmp, cache)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        log.warning("cannot write the checksum cache %s: %s", cache, exc.strerror or exc)
 
 
 def file_signature(path: Path) -> Signature:

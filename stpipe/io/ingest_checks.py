@@ -2,8 +2,9 @@
 
 The file's dataset (or an empty-time copy of it) is compared with the store's: the same
 variables in the same order, grid dims and coordinates, units and time step, and times on the
-store's grid of steps. Each problem is a :class:`stpipe.core.errors.SourceError` naming the
-file and both values.
+store's grid of steps; and its new times do not start more than ``[source] max_gap`` after
+the store's end. Each problem is a :class:`stpipe.core.errors.SourceError` naming the file
+and both values.
 """
 
 from __future__ import annotations
@@ -26,6 +27,29 @@ def check_on_step(path: Path, times: np.ndarray, *, origin: np.datetime64, step_
             path,
             f"time {times[off[0]]} is not on the store's grid of {step_s} s steps from {origin}",
         )
+
+
+def check_gap(path: Path, first: np.datetime64, *, end: np.datetime64, max_gap_s: int) -> None:
+    """SourceError if ``first``, the file's first new time, lies more than ``max_gap_s``
+    seconds after ``end``, the store's last time.
+
+    The store is append-only: a mis-dated file (a wrong year, units or calendar) accepted
+    after a long gap would make every later real file a refused backfill, night after night.
+    """
+    gap_s = (first - end) // np.timedelta64(1, "s")
+    if gap_s > max_gap_s:
+        raise SourceError(
+            path,
+            f"its first new time {np.datetime_as_string(first, 's')} is {_duration(gap_s)} "
+            f"after the store's end {np.datetime_as_string(end, 's')}, more than [source] "
+            f"max_gap ({_duration(max_gap_s)}); if the file is dated right, raise max_gap",
+        )
+
+
+def _duration(seconds: int) -> str:
+    days, rest = divmod(int(seconds), 86400)
+    parts = [f"{days} d"] if days else []
+    return " ".join([*parts, f"{rest / 3600:g} h"] if rest or not days else parts)
 
 
 def check_compatible(path: Path, file: xr.Dataset, store: xr.Dataset, *, step_s: int) -> None:

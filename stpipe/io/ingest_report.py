@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stpipe.core.patches import TimeRange
+from stpipe.core.splits import TimeRange
 from stpipe.io.manifest import Manifest, manifest_digest
 
 

@@ -46,11 +46,11 @@ import xarray as xr
 
 from stpipe.core.errors import SourceError, StoreError, StpipeError
 from stpipe.core.grid import spatial_dims
-from stpipe.core.patches import TimeRange, time_gaps
+from stpipe.core.splits import TimeRange, time_gaps
 from stpipe.io import store as st
 from stpipe.io.checksums import CHECKSUM_CACHE, Signature, cached_checksums, save_checksums
 from stpipe.io.compute import dask_context, keep_freed_memory, release_free_memory
-from stpipe.io.ingest_checks import check_compatible, check_on_step
+from stpipe.io.ingest_checks import check_compatible, check_gap, check_on_step
 from stpipe.io.ingest_dask import DaskPool
 from stpipe.io.ingest_report import IngestReport, finish_report
 from stpipe.io.ingest_tasks import Decoded, DecodePool, Decoding, Writing
@@ -243,8 +243,8 @@ def _ingest_files(
                 continue
             try:
                 outcome = _ingest_one(state, commits, path, decoded, decoding, job=job)
-            except WorkerDied:
-                raise
+            except (st.StoreWriteError, WorkerDied):
+                raise  # the store's file system or a worker failed, not the file: stop
             except StpipeError as exc:
                 decoding.release()
                 reason = str(exc).removeprefix(f"{path}: ")
@@ -331,6 +331,7 @@ def _ingest_one(
         return _Outcome(0)
     if state.times.size:
         check_on_step(path, new_times, origin=state.times[0], step_s=manifest.time_step_s)
+        check_gap(path, new_times[0], end=state.times[-1], max_gap_s=job.source.max_gap_s)
     else:
         _create_staging(state, template, job=job, step_s=manifest.time_step_s)
     offset = manifest.committed_length

@@ -15,13 +15,18 @@ the conventions of :mod:`stpipe.core.grid` in one place (lat/lon readers first g
   positive step in seconds, when the file has at least two times).
 
 Any problem with the file raises :class:`stpipe.core.errors.SourceError` naming the file; nothing
-partial is returned.
+partial is returned. Besides the layout, the times must be plausible (none later than now:
+the store holds observations and reanalyses) and, checked by :func:`check_values` on every
+decoded file, so must the values: none infinite, none outside the variable's bounds (see
+:func:`value_bounds`). NaN is the missing value and is always allowed: the readers turn
+declared fill values (NetCDF ``_FillValue``/``missing_value``, GRIB bitmaps) into NaN.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,6 +56,40 @@ class SourceOptions(Protocol):
 
     @property
     def longitude(self) -> str: ...
+
+    @property
+    def bounds(self) -> Mapping[str, tuple[float, float]]: ...
+
+
+@dataclass(frozen=True)
+class PhysicalBounds:
+    """Values no real field of a variable reaches, in the ``units`` it is given in (None:
+    any units, as for counts)."""
+
+    low: float
+    high: float
+    units: frozenset[str] | None
+
+
+_KELVIN = frozenset({"K", "degK", "kelvin", "Kelvin"})
+_SPEED = frozenset({"m s-1", "m s**-1", "m/s", "m s^-1"})
+_TEMPERATURE = PhysicalBounds(150.0, 350.0, _KELVIN)
+_WIND = PhysicalBounds(-150.0, 150.0, _SPEED)
+_COUNT = PhysicalBounds(0.0, np.inf, None)
+PHYSICAL_BOUNDS: dict[str, PhysicalBounds] = {
+    "t2m": _TEMPERATURE,
+    "2t": _TEMPERATURE,
+    "u10": _WIND,
+    "v10": _WIND,
+    "10u": _WIND,
+    "10v": _WIND,
+    "msl": PhysicalBounds(80000.0, 110000.0, frozenset({"Pa"})),
+    "inflow": _COUNT,
+    "outflow": _COUNT,
+}
+"""Store name → the bounds used when neither ``[source] bounds`` nor the file give any:
+2 m temperature 150–350 K, 10 m wind components ±150 m/s, mean sea level pressure
+800–1100 hPa, crowd flows ≥ 0."""
 
 
 _LAT_ATTRS = {
@@ -250,12 +289,103 @@ def _check_times(path: Path, time: np.ndarray) -> None:
         raise SourceError(path, "the file has no time steps")
     if np.isnat(time).any():
         raise SourceError(path, "time has missing values (NaT)")
+    now = np.datetime64(datetime.now(UTC).replace(tzinfo=None), "s")
+    if time.max() > now:
+        raise SourceError(
+            path,
+            f"time {time.max().astype('datetime64[s]')} is later than now ({now} UTC): the "
+            "store holds observations, so the file is mis-dated (check its time units and "
+            "calendar)",
+        )
     bad = np.flatnonzero(np.diff(time) <= np.timedelta64(0))
     if bad.size:
         i = int(bad[0])
         what = "duplicate time" if time[i] == time[i + 1] else "times not increasing"
         here, after = (str(t.astype("datetime64[s]")) for t in time[i : i + 2])
         raise SourceError(path, f"{what}: {here} at position {i} is followed by {after}")
+
+
+def value_bounds(
+    name: str, attrs: Mapping[str, Any], configured: Mapping[str, tuple[float, float]]
+) -> tuple[float, float, str] | None:
+    """(lowest, highest, where they come from) of variable ``name``, or None if unknown.
+
+    In order: ``configured`` (``[source] bounds``); the ``valid_min``/``valid_max`` in
+    ``attrs`` (CF, in the stored units: see :func:`cf_valid_range`; one of them alone
+    bounds one side); :data:`PHYSICAL_BOUNDS` when ``attrs["units"]`` is among its units.
+    """
+    if name in configured:
+        low, high = configured[name]
+        return float(low), float(high), "[source] bounds"
+    if "valid_min" in attrs or "valid_max" in attrs:
+        low, high = attrs.get("valid_min", -np.inf), attrs.get("valid_max", np.inf)
+        return float(low), float(high), "the file's valid range"
+    physical = PHYSICAL_BOUNDS.get(name)
+    units = attrs.get("units")
+    if physical is not None and (physical.units is None or units in physical.units):
+        where = f" in {units}" if physical.units is not None else ""
+        return physical.low, physical.high, f"the physical bounds of {name}{where}"
+    return None
+
+
+def check_values(
+    path: Path, ds: xr.Dataset, bounds: Mapping[str, tuple[float, float]]
+) -> xr.Dataset:
+    """``ds`` if its values are plausible, else SourceError naming the first bad variable,
+    how many values are bad and where the first is (time, row, column).
+
+    Refused: infinite values, and values outside :func:`value_bounds` (``bounds`` are
+    ``[source] bounds``). NaN (missing) is allowed. Costs two reductions per variable
+    when all is well.
+    """
+    for name, var in ds.data_vars.items():
+        values = var.values
+        # fmin/fmax skip NaN; an infinite value shows up as ±inf among them.
+        lowest, highest = np.fmin.reduce(values, axis=None), np.fmax.reduce(values, axis=None)
+        limits = value_bounds(str(name), var.attrs, bounds)
+        low, high, origin = limits if limits is not None else (-np.inf, np.inf, "")
+        if np.isfinite(lowest) and np.isfinite(highest) and low <= lowest and highest <= high:
+            continue
+        infinite = np.isinf(values)
+        if infinite.any():
+            bad, what = infinite, "infinite value(s)"
+        else:
+            bad = (values < low) | (values > high)
+            units = var.attrs.get("units", "1")
+            unit = "" if units == "1" else f" {units}"
+            what = f"value(s) outside [{low:g}, {high:g}]{unit} ({origin})"
+        t, row, col = np.unravel_index(np.argmax(bad), bad.shape)
+        when = np.datetime_as_string(ds["time"].values[t], "s")
+        raise SourceError(
+            path,
+            f"variable {name!r} has {int(bad.sum())} {what}, the first {values[t, row, col]:g} "
+            f"at time {when}, row {row}, col {col}",
+        )
+    return ds
+
+
+def cf_valid_range(attrs: Mapping[str, Any], packed: np.dtype) -> dict[str, float]:
+    """The CF ``valid_range``, or ``valid_min``/``valid_max``, of a variable stored as
+    ``packed`` with ``attrs``, as ``valid_min``/``valid_max`` in unpacked units (only
+    those declared).
+
+    CF gives them in the packed type: when they have the type of the packed data and the
+    variable is packed (``scale_factor``/``add_offset``), they are unpacked like the data;
+    otherwise they are taken as unpacked values.
+    """
+    if "valid_range" in attrs:
+        low, high = np.asarray(attrs["valid_range"]).reshape(-1)[:2]
+        declared = {"valid_min": low, "valid_max": high}
+    else:
+        keys = [k for k in ("valid_min", "valid_max") if k in attrs]
+        declared = {k: np.asarray(attrs[k]).reshape(-1)[0] for k in keys}
+    if "scale_factor" in attrs or "add_offset" in attrs:
+        scale, offset = attrs.get("scale_factor", 1), attrs.get("add_offset", 0)
+        declared = {k: v * scale + offset if v.dtype == packed else v for k, v in declared.items()}
+    out = {k: float(v) for k, v in declared.items()}
+    if len(out) == 2 and out["valid_min"] > out["valid_max"]:  # a negative scale_factor
+        out = {"valid_min": out["valid_max"], "valid_max": out["valid_min"]}
+    return out
 
 
 def _most_common_step_s(time: np.ndarray) -> int:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import xarray as xr
 
 from stpipe.core.errors import SourceError
-from stpipe.io.sources.canonical import SourceOptions
+from stpipe.io.sources.canonical import SourceOptions, check_values
 
 Reader = Callable[[Path, SourceOptions], xr.Dataset]
 """``reader(path, source)``: one file → the canonical dataset, or SourceError naming it."""
@@ -88,12 +88,13 @@ def read_source_file(path: str | Path, source: SourceOptions) -> xr.Dataset:
     """Decode one source file with the reader of ``source.kind`` (numpy-backed, not lazy).
 
     Raises :class:`SourceError` (naming the file) for a file that is missing, unreadable,
-    truncated, of the wrong format, or lacks what ``source`` asks for.
+    truncated, of the wrong format, lacks what ``source`` asks for, or holds implausible
+    values (:func:`stpipe.io.sources.canonical.check_values`).
     """
     path = Path(path)
     if not path.is_file():
         raise SourceError(path, "file not found")
-    return SOURCE_KINDS[source.kind].load_reader()(path, source)
+    return check_values(path, SOURCE_KINDS[source.kind].load_reader()(path, source), source.bounds)
 
 
 @cache

@@ -12,14 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from stpipe.core.errors import ConfigError
-from stpipe.core.patches import (
-    PatchIndex,
-    PatchSpec,
-    SplitName,
-    Splits,
-    check_not_empty,
-    is_global_lon,
-)
+from stpipe.core.patches import PatchIndex, PatchSpec, check_not_empty, is_global_lon
+from stpipe.core.splits import SplitName, Splits
 from stpipe.learn.loader.dataset import PatchDataset
 from stpipe.learn.loader.plan import plan_blocks
 from stpipe.learn.loader.reader import Batch, LoaderCounters, ReaderOptions
