@@ -51,13 +51,17 @@ def _store_contents(config) -> tuple[list, xr.Dataset]:
 
 
 def test_processes_build_the_same_store_as_threads(
-    source_data, write_feed, make_config, monkeypatch, tmp_path, assert_same_values
+    source_data, write_feed, make_config, monkeypatch, snapshot, assert_same_values
 ):
     write_feed(source_data, steps_per_file=STEPS_PER_FILE)
     # Files that take the paths the loop must order: one overlapping two files with the
-    # same values (compared once the files before it are committed), a copy of a file
-    # under another name (same sha256: skipped), a broken one (refused).
+    # same values (compared once the files before it are committed), one overlapping with
+    # another value (refused), a copy of a file under another name (same sha256: skipped),
+    # a broken one (refused).
     (recut,) = write_feed(source_data.isel(time=slice(4, 16)), steps_per_file=12, suffix="_r")
+    changed = source_data.isel(time=slice(30, 36)).copy(deep=True)
+    changed["t2m"][2, 3, 4] += 1.0
+    (conflicting,) = write_feed(changed, steps_per_file=STEPS_PER_FILE, suffix="_v2")
     feed = recut.parent
     copy = shutil.copy(feed / "day_2024010212.nc", feed / "day_2024010212_copy.nc")
     (feed / "day_2024010300_broken.nc").write_bytes(b"not netcdf")
@@ -79,6 +83,10 @@ def test_processes_build_the_same_store_as_threads(
         results[mode] = (report.ingested, report.skipped, report.refused, report.steps_added)
         results[mode, "store"] = _store_contents(config)
         assert_same_values(open_store(config.store_path).load(), source_data)
+        before = snapshot(config.store_path)
+        rerun = ingest(config.ingest_job, progress=False)
+        assert (rerun.ingested, rerun.steps_added) == ([], 0)
+        assert snapshot(config.store_path) == before, f"{mode}: a re-run must be a no-op"
 
     assert results["processes"] == results["threads"] == results["bridged"]
     ingested, skipped, refused, steps = results["processes"]
@@ -86,7 +94,8 @@ def test_processes_build_the_same_store_as_threads(
     assert recut in ingested, "its steps 06-15 after the first file's 00-05"
     assert (feed / "day_2024010106.nc", "identical to stored data") in skipped
     assert (Path(copy), "already ingested (same sha256)") in skipped
-    assert [p.name for p, _ in refused] == ["day_2024010300_broken.nc"]
+    assert [p for p, _ in refused] == [conflicting, feed / "day_2024010300_broken.nc"]
+    assert "with different values (first in 't2m' at 2024-01-02T08:00:00)" in refused[0][1]
     files_t, values_t = results["threads", "store"]
     for mode in ("processes", "bridged"):
         files, values = results[mode, "store"]
