@@ -32,7 +32,10 @@ import resource
 import shutil
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from datetime import date, timedelta
+from functools import partial
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parent / "_data"
@@ -84,10 +87,22 @@ def write_config(workdir: Path, *, grid: tuple[int, int], quick: bool) -> Path:
 
 
 def build_archive(workdir: Path, *, days: int, grid: tuple[int, int]) -> list[Path]:
-    """``days + 1`` daily files in ``workdir/archive`` (kept between runs of the same shape)."""
+    """``days + 1`` daily files in ``workdir/archive`` (kept between runs of the same shape),
+    written by one process per core: each day depends only on its date and the seed."""
+    starts = [date(2024, 1, 1) + timedelta(days=k) for k in range(days + 1)]
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+        files = list(pool.map(partial(write_day, workdir / "archive", grid), starts))
+    print(f"archive: {len(files)} files in {time.perf_counter() - started:.1f} s", flush=True)
+    return sorted(files)
+
+
+def write_day(outdir: Path, grid: tuple[int, int], day: date) -> Path:
+    """The synthetic weather file of ``day`` in ``outdir`` (kept if it exists)."""
     from stpipe.io.sources.synthetic import generate_weather_files
 
-    return sorted(generate_weather_files(workdir / "archive", days=days + 1, grid=grid))
+    (path,) = generate_weather_files(outdir, days=1, start=day, grid=grid)
+    return path
 
 
 def arrive(files: list[Path], feed: Path) -> int:
