@@ -52,7 +52,13 @@ from stpipe.forecast.store import (
 from stpipe.forecast.verify import Verification, verifiable_inits, verify_forecast
 from stpipe.io.store import open_store, store_digest
 from stpipe.learn import scores
-from stpipe.learn.context import DataContext, Distributed, load_data_context, make_split_loader
+from stpipe.learn.context import (
+    DataContext,
+    Distributed,
+    check_split_windows,
+    load_data_context,
+    make_split_loader,
+)
 from stpipe.learn.evaluate import SampleMaps, evaluate_model, sample_maps
 from stpipe.learn.plots import plot_rmse_vs_lead, plot_sample_maps
 from stpipe.learn.train import EpochLog, TrainResult, train_model
@@ -181,6 +187,7 @@ def run_training(
     """
     registry.check_metric(config.mlflow.metric)
     data = data_context(config)
+    check_split_windows(data)  # an empty window fails here, not after the training
     if not Distributed.from_env().is_main:
         train(config, data, resume=resume, progress=False)
         return None
