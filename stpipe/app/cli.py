@@ -226,7 +226,7 @@ def _waiting_for_truth(config: Config, truth: xr.Dataset) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from stpipe.app.jobs import compare_versions
 
-    table = compare_versions(_config(args))
+    table = compare_versions(_config(args), rescore=args.rescore)
     table_console().print(table.to_rich())
     if args.csv is not None:
         print(f"wrote {table.to_csv(args.csv)}")
@@ -387,6 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _verb(sub, "compare", "table of registered versions, metrics and aliases", _cmd_compare)
     p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
     p.add_argument("--json", type=Path, default=None, help="also write the table as JSON")
+    p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score every version on today's test window, beside the baselines there",
+    )
     p = _verb(sub, "nightly", "the Prefect nightly flow: ingest → train → forecast", _cmd_nightly)
     p.add_argument(
         "--wait", action="store_true", help="queue behind a running flow of this pipeline"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,6 +33,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 Alias = Literal["champion", "challenger"]
 TAG_PREFIX = "stpipe."
+# The windows of the split a version was trained, validated and tested on (Splits.describe).
+WINDOW_KEYS = ("train_end", "val_window", "test_window")
 
 
 @dataclass(frozen=True)
@@ -225,3 +227,9 @@ def versions(tracking: Tracking) -> list[ModelVersion]:
 
 def _quote(name: str) -> str:
     return name.replace("'", "\\'")
+
+
+def window_tags(windows: Mapping[str, str]) -> dict[str, str]:
+    """The split's windows (:meth:`stpipe.core.splits.Splits.describe`: ``train_end``,
+    ``val_window``, ``test_window``) as version/run tags ``stpipe.<key>``."""
+    return {TAG_PREFIX + key: windows[key] for key in WINDOW_KEYS}
