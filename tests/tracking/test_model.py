@@ -13,7 +13,7 @@ import torch
 
 from stpipe.core.errors import TrackingError
 from stpipe.tracking.client import Tracking, fluent_scope
-from stpipe.tracking.model import BATCH_INPUTS, EXAMPLE_FILE, load_model
+from stpipe.tracking.model import BATCH_INPUTS, PROGRAM_FILE, load_model
 from tests.tracking.conftest import CARD, batch
 
 
@@ -40,15 +40,15 @@ def test_the_logged_model_is_a_pt2_archive_with_signature_and_input_example(
     _, info = logged
     with fluent_scope(tracking.uri):
         local = Path(mlflow.artifacts.download_artifacts(info.uri, dst_path=str(tmp_path)))
-    assert (local / "data" / "model.pt2").is_file()
+    assert (local / PROGRAM_FILE).is_file()
     assert not list(local.rglob("*.pth")) and not list(local.rglob("*.pkl"))
     mlmodel = mlflow.models.Model.load(str(local))
     assert [s.name for s in mlmodel.signature.inputs.inputs] == list(BATCH_INPUTS)
     assert mlmodel.signature.inputs.inputs[0].shape == (-1, 4, 2, 8, 8)
     assert mlmodel.signature.outputs.inputs[0].shape == (-1, 2, 1, 8, 8)
-    with np.load(local / "extra_files" / EXAMPLE_FILE, allow_pickle=False) as example:
-        assert sorted(example.files) == sorted(BATCH_INPUTS)
-        assert example["x"].shape == (2, 4, 2, 8, 8)
+    example = mlmodel.load_input_example(str(local))
+    assert sorted(example) == sorted(BATCH_INPUTS)
+    assert example["x"].shape == (2, 4, 2, 8, 8)
 
 
 def test_a_model_not_logged_by_stpipe_is_refused(tracking: Tracking, tmp_path: Path) -> None:
