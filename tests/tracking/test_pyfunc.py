@@ -45,8 +45,8 @@ from stpipe.tracking.model import (
     log_model,
 )
 from tests.app.test_jobs import pipeline
+from tests.tracking.conftest import CARD, batch
 from tests.tracking.test_tampered_artifacts import pickle_into_archive
-from tests.tracking.test_tracking import CARD, batch
 
 CHAMPION = "models:/tiny-t2m@champion"
 Arrays = dict[str, np.ndarray]
