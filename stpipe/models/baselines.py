@@ -8,8 +8,12 @@ t0 the last input time and t the valid time of a lead:
 - ``climatology``:              C(t)
 - ``persistence_clim_change``:  p + C(t) − C(t0)
 
-Each is a linear combination w_p·p + w_c·C(t) + w_0·C(t0); :func:`baseline_weights` gives
-those weights per lead, which is how residual models start from a baseline.
+Each is a linear combination w_p·p + w_c·C(t) + w_0·C(t0) of the terms
+(:func:`reference_terms`) with the weights of :data:`BASELINE_WEIGHTS`, computed by
+:func:`reference_forecast`: a calibrated model (:mod:`stpipe.models.scnn`) that falls back to
+a baseline computes it with the same function from the same terms, so it forecasts exactly
+what the baseline does. :func:`baseline_weights` gives the weights per lead that residual
+models start from.
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ from stpipe.models.common import Batch, Forecaster, last_valid
 
 BaselineName = Literal["persistence", "climatology", "persistence_clim_change"]
 BASELINES: tuple[BaselineName, ...] = ("persistence", "climatology", "persistence_clim_change")
+BASELINE_WEIGHTS: dict[BaselineName, tuple[float, float, float]] = {
+    "persistence": (1.0, 0.0, 0.0),
+    "climatology": (0.0, 1.0, 0.0),
+    "persistence_clim_change": (1.0, 1.0, -1.0),
+}
 
 
 def baseline_terms(
@@ -45,6 +54,37 @@ def baseline_terms(
     times = torch.cat([batch["x_times"], batch["y_times"]], dim=1)
     clim = climatology(times, batch["row0"], batch["col0"], height=height, width=width)
     return persistence, clim[:, :steps], clim[:, steps:]
+
+
+def reference_terms(
+    persistence: Tensor, clim_inputs: Tensor | None, clim_valid: Tensor | None, *, n_leads: int
+) -> Tensor:
+    """The terms of :func:`baseline_terms` per lead, stacked last: p, C(t), C(t0)
+    [B, L, V, H, W, 3], physical units.
+
+    NaN where a term has no value: p outside the grid, C where its slot had no train data,
+    and both C terms without a climatology.
+    """
+    p = persistence.expand(-1, n_leads, -1, -1, -1)
+    if clim_inputs is None or clim_valid is None:
+        missing = torch.full_like(p, torch.nan)
+        return torch.stack([p, missing, missing], dim=-1)
+    return torch.stack([p, clim_valid, clim_inputs[:, -1:].expand_as(clim_valid)], dim=-1)
+
+
+def reference_forecast(terms: Tensor, weights: Tensor) -> Tensor:
+    """Σ_k w_k·term_k: ``terms`` [B, L, V, H, W, 3] (:func:`reference_terms`), ``weights``
+    [L, V, 3] → [B, L, V, H, W].
+
+    Added in the order p, C(t), C(t0), a term of weight 0 skipped (its NaN too): the
+    weights of :data:`BASELINE_WEIGHTS` give each baseline bit for bit, e.g.
+    (p + C(t)) − C(t0) for persistence plus the climatological change.
+    """
+    out = torch.zeros_like(terms[..., 0])
+    for k in range(terms.shape[-1]):
+        w = weights[None, :, :, None, None, k]
+        out = out + torch.where(w != 0, w * terms[..., k], 0.0)
+    return out
 
 
 def baseline_weights(
@@ -67,10 +107,8 @@ def baseline_weights(
         return weights
     if climatology is None:
         raise ConfigError(f"[model] baseline {name!r} needs a climatology, none was given")
-    if name == "climatology":
-        weights[..., 1] = 1.0
-    elif name == "persistence_clim_change":
-        weights[...] = (1.0, 1.0, -1.0)
+    if name != "auto":
+        weights[...] = BASELINE_WEIGHTS[name]
     else:
         for i, lead in enumerate(leads):
             for j, var in enumerate(variables):
@@ -91,13 +129,10 @@ class Baseline(Forecaster):
             if kind == "persistence"
             else ClimatologyLookup(climatology, variables=self.target_variables, step_s=self.step_s)
         )
+        weights = torch.tensor(BASELINE_WEIGHTS[kind])
+        shape = (len(self.leads), len(self.target_variables), 3)
+        self.register_buffer("weights", weights.expand(shape).clone())  # [L, V, 3]
 
     def forward(self, batch: Batch) -> Tensor:
-        persistence, clim_inputs, clim_valid = baseline_terms(
-            batch, target_index=self.target_index, climatology=self.climatology
-        )
-        if self.kind == "persistence":
-            return persistence.expand(-1, len(self.leads), -1, -1, -1).clone()
-        if self.kind == "climatology":
-            return clim_valid
-        return persistence + clim_valid - clim_inputs[:, -1:]
+        terms = baseline_terms(batch, target_index=self.target_index, climatology=self.climatology)
+        return reference_forecast(reference_terms(*terms, n_leads=len(self.leads)), self.weights)
