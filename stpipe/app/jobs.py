@@ -214,14 +214,19 @@ def _end_quietly(tracking: Tracking, run_id: str, *, failed: bool) -> None:
 def score_promotion(
     tracking: Tracking, config: Config, data: DataContext, *, candidate_uri: str
 ) -> Promotion:
-    """Score the logged candidate and the current champion on the same validation window
-    (the store as it is now) and decide (:func:`stpipe.tracking.registry.decide`)."""
+    """Score the logged candidate (with the baselines) and the current champion on the same
+    validation window (the store as it is now) and decide
+    (:func:`stpipe.tracking.registry.decide`)."""
     metric = config.mlflow.metric
     candidate = load_model(tracking, candidate_uri)
-    candidate_score = registry.promotion_score(_validate(candidate, config, data), metric)
+    validation = evaluate_model(candidate, data, split="val", device=config.train.device)
+    candidate_score = registry.promotion_score(validation, metric)
+    baselines = registry.baseline_margins(
+        validation, metric, tolerance=config.mlflow.baseline_tolerance
+    )
     current = registry.champion(tracking)
     if current is None:
-        return registry.decide(metric=metric, candidate_score=candidate_score)
+        return registry.decide(metric=metric, candidate_score=candidate_score, baselines=baselines)
     version = str(current.version)
     champion = load_model(tracking, f"models:/{tracking.model_name}/{version}")
     mismatch = champion.card.mismatch(model_card(config, data.ds))
@@ -232,6 +237,7 @@ def score_promotion(
             champion_version=version,
             unscored=f"champion v{version} was trained for other inputs "
             f"({'; '.join(mismatch)}) and cannot be scored on this window",
+            baselines=baselines,
         )
     champion_score = registry.promotion_score(_validate(champion, config, data), metric)
     return registry.decide(
@@ -239,6 +245,7 @@ def score_promotion(
         candidate_score=candidate_score,
         champion_version=version,
         champion_score=champion_score,
+        baselines=baselines,
     )
 
 
