@@ -87,7 +87,7 @@ def side_stpipe(days: int, workers: int) -> dict:
 
     cfg = config(days)
     loader = make_loader(
-        cfg,
+        cfg.patch_spec(),
         cfg.store_path,
         split="all",
         batch_size=64,

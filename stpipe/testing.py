@@ -15,6 +15,9 @@ import xarray as xr
 from stpipe.core.grid import spatial_dims
 
 UNITS = {"t2m": "K", "u10": "m s-1", "v10": "m s-1", "msl": "Pa", "inflow": "1", "outflow": "1"}
+TYPICAL = {"t2m": 280.0, "msl": 101325.0, "inflow": 20.0, "outflow": 20.0}
+"""A plausible level of each known variable, in ``UNITS``: ingest refuses values outside
+the physical bounds of a known variable (2 m temperature near 0 K, say)."""
 
 
 def make_dataset(
@@ -32,8 +35,8 @@ def make_dataset(
 ) -> xr.Dataset:
     """A canonical dataset with distinct, reproducible values.
 
-    Every value is different (a random field plus a per-variable offset), so slicing
-    mistakes show up as mismatches. ``gap_after=k`` leaves out ``gap_steps`` steps after the
+    Every value is different (a random field plus a per-variable offset, around the
+    variable's ``TYPICAL`` level), so slicing mistakes show up as mismatches. ``gap_after=k`` leaves out ``gap_steps`` steps after the
     k-th, so the time axis has one gap.
     """
     rng = np.random.default_rng(seed)
@@ -61,7 +64,8 @@ def make_dataset(
         coords = {"y": ("y", np.arange(ny)), "x": ("x", np.arange(nx))}
     data_vars = {}
     for i, name in enumerate(variables):
-        values = rng.standard_normal((len(times), ny, nx)).astype(np.float32) + 10 * i
+        noise = rng.standard_normal((len(times), ny, nx)).astype(np.float32)
+        values = noise + np.float32(10 * i + TYPICAL.get(name, 0.0))
         data_vars[name] = (("time", *dims), values, {"units": UNITS.get(name, "1")})
     ds = xr.Dataset(data_vars, coords={"time": ("time", times), **coords})
     ds["time"].attrs["standard_name"] = "time"

@@ -89,9 +89,8 @@ def test_no_import_cycle_between_modules() -> None:
         state[node] = 2
         return None
 
-    for start in sorted(graph):
-        if start not in state and (cycle := visit(start, [])):
-            pytest.fail("import cycle: " + " -> ".join(cycle))
+    cycles = [c for s in sorted(graph) if s not in state and (c := visit(s, []))]
+    assert not cycles, "import cycle: " + " -> ".join(cycles[0])
 
 
 def test_only_the_app_layer_reads_the_config_file_or_prefect() -> None:

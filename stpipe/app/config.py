@@ -1,6 +1,6 @@
 """Pipeline configuration: one TOML file per pipeline, validated when it is loaded.
 
-The sections and keys are the contract in ``shared/design.md``; every key is documented on
+The sections and keys are the documented config contract (README); every key is documented on
 its field. Relative paths (``workdir``, ``paths``, ``[forecast] store``) are resolved
 against the directory of the config file, so a config can be moved with its data.
 
@@ -11,15 +11,20 @@ Errors name the file, the key and the problem::
 
 from __future__ import annotations
 
+import copy
+import difflib
 import json
 import os
 import re
 import tomllib
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 from pydantic import (
+    BaseModel,
     Field,
     ValidationError,
     field_validator,
@@ -31,10 +36,10 @@ from stpipe.core.patches import PatchSpec
 from stpipe.core.settings import PatchesSection, Settings, SplitSection
 from stpipe.forecast.settings import ForecastSection
 from stpipe.io.ingestion import IngestJob
-from stpipe.io.settings import FILE_KINDS, DaskSection, SourceSection, StoreSection
+from stpipe.io.settings import DaskSection, SourceSection, StoreSection
 from stpipe.io.store import store_location
 from stpipe.learn.settings import TrainSection
-from stpipe.models.registry import ModelUnion, model_settings
+from stpipe.models.registry import MODELS, ModelUnion, model_settings
 from stpipe.tracking.settings import MlflowSection
 
 
@@ -81,6 +86,7 @@ class Config(Settings):
                 f"[patches] target_variables {self.patches.target_variables} must be a subset "
                 f"of the input variables {self.input_variables}"
             )
+        self.forecast.check_overlap(self.patches.size)
         return self
 
     @property
@@ -160,6 +166,65 @@ def _format_location(loc: tuple[Any, ...]) -> str:
     return f"[{parts[0]}] " + ".".join(parts[1:])
 
 
+def _model_class(annotation: Any) -> type[BaseModel] | None:
+    """The settings class a field holds (through ``Annotated`` and ``X | None``), if any."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _model_class(typing.get_args(annotation)[0])
+    if isinstance(annotation, type):
+        return annotation if issubclass(annotation, BaseModel) else None
+    classes = [c for a in typing.get_args(annotation) if (c := _model_class(a)) is not None]
+    return classes[0] if len(classes) == 1 else None
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the table at ``loc[:-1]`` accepts (the sections at the top level); a
+    ``[model]`` location names the family (``("model", "scnn_lstm", key)``)."""
+    section: type[BaseModel] | None = Config
+    for part in map(str, loc[:-1]):
+        if section is None:
+            return []
+        if part in section.model_fields:
+            section = _model_class(section.model_fields[part].annotation)
+        elif part in MODELS:
+            section = MODELS[part].settings
+        else:
+            return []
+    if section is None:
+        return []
+    return [name for name, field in section.model_fields.items() if not field.exclude]
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> str:
+    """``unknown key``, and the closest known key of that table if one is close."""
+    close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1) if loc else []
+    return f"unknown key (did you mean `{close[0]}`?)" if close else "unknown key"
+
+
+def apply_overrides(
+    raw: Mapping[str, Any], overrides: Mapping[str, Any], *, origin: str
+) -> dict[str, Any]:
+    """A copy of ``raw`` with the dotted keys of ``overrides`` set (``{"train.epochs": 2}``,
+    ``{"source.synthetic.days": 5}``); tables on the way are created as needed.
+
+    ConfigError naming ``origin`` for a key without a section or through a non-table value.
+    """
+    out = copy.deepcopy(dict(raw))
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(f"{origin}: override {dotted!r} must be 'section.key'")
+        table = out
+        for depth, part in enumerate(parts[:-1], start=1):
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ConfigError(
+                    f"{origin}: override {dotted!r}: {'.'.join(parts[:depth])} is a value, "
+                    "not a table"
+                )
+        table[parts[-1]] = value
+    return out
+
+
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     def rel(p: str) -> str:
         return p if "://" in p or Path(p).is_absolute() else os.path.normpath(base / p)
@@ -196,10 +261,10 @@ def config_from_dict(
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = "unknown key"
+                msg = _unknown_key(err["loc"])
             problems.append(f"{_format_location(err['loc'])}: {msg}")
         raise ConfigError(f"{origin}: " + "; ".join(problems)) from None
-    if check_paths and config.source.kind in FILE_KINDS and not config.source_files():
+    if check_paths and config.source.kind_spec.needs_paths and not config.source_files():
         raise ConfigError(f"{origin}: [source] paths: no file matches {config.source.path_globs}")
     return config
 
@@ -210,8 +275,9 @@ def load_config(
     """Read and validate a TOML config file.
 
     ``check_paths`` also requires the source globs to match at least one file (ingest does).
-    ``overrides`` are dotted keys (``{"train.epochs": 2}``) applied before validation, as the
-    CLI's ``--set`` and the flows' parameters do.
+    ``overrides`` are dotted keys (``{"train.epochs": 2}``, ``{"source.synthetic.days": 5}``)
+    applied before validation (:func:`apply_overrides`), as the CLI's ``--set`` and the
+    flows' parameters do.
     """
     path = Path(path)
     try:
@@ -224,11 +290,7 @@ def load_config(
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    for dotted, value in (overrides or {}).items():
-        section, _, key = dotted.partition(".")
-        if not key:
-            raise ConfigError(f"{path}: override {dotted!r} must be 'section.key'")
-        raw.setdefault(section, {})[key] = value
+    raw = apply_overrides(raw, overrides or {}, origin=str(path))
     config = config_from_dict(
         raw, origin=str(path), base=path.resolve().parent, check_paths=check_paths
     )

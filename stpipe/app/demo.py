@@ -10,19 +10,23 @@
    The config's ``[split] val_days``/``test_days`` roll the split forward with the data: the
    newest ``test_days`` are the test split, the ``val_days`` before them the validation
    window on which promotion compares the candidate with the champion.
-4. A summary (rich) shows each night, the champion per lead beside every baseline with
-   its margin over the best (:func:`stpipe.learn.lead_table.lead_table`), where the
-   forecast store and plots are, and how to open the MLflow and Prefect UIs on them.
+4. A summary (rich, on the given console) shows each night, the champion per lead beside
+   every baseline with its margin over the best (:func:`stpipe.learn.lead_table.lead_table`),
+   where the forecast store and plots are, and the commands that open the MLflow and
+   Prefect UIs on them (the tools of this interpreter's environment, by absolute path).
 
-Training uses the GPU when there is one (``[train] device = "auto"``).
+Progress (the start and one line per night) is logged by ``stpipe.app.demo``. Prefect keeps
+the demo's flow runs in ``<workdir>/.prefect`` (its ``PREFECT_HOME`` for the run), with
+its telemetry off. Training uses the GPU when there is one (``[train] device = "auto"``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import shlex
 import shutil
+import sys
 import tempfile
 import time
 import tomllib
@@ -32,6 +36,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stpipe.app.config import apply_overrides
 from stpipe.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,9 +45,12 @@ if TYPE_CHECKING:
     from stpipe.app.config import Config
     from stpipe.app.flows.nightly import NightReport
 
+log = logging.getLogger(__name__)
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "data" / "configs"
 CONFIG_NAME = "demo.toml"
-_QUIET_LOGGERS = ("distributed", "mlflow", "alembic")
+PREFECT_HOME = ".prefect"  # in the workdir
+PREFECT_UI_PORT = 4200
 
 
 @dataclass(frozen=True)
@@ -104,8 +112,8 @@ class DemoSummary:
     config: Path
     nights: tuple[NightReport, ...]
     plots: tuple[Path, ...]
-    mlflow_ui: str
-    prefect_ui: str
+    mlflow_ui: str  # a command, or the tracking server's URL
+    prefect_ui: str  # a command, or the Prefect server's URL
     seconds: float
 
     @property
@@ -149,9 +157,12 @@ def run_demo(
     synthetic = base["source"]["synthetic"]
     start = date.fromisoformat(str(synthetic["start"]))
     generate = generate_traffic_files if traffic else generate_weather_files
-    console.print(
-        f"[bold]stpipe demo[/]: {plan.feed} feed, {plan.history_days} days of history then "
-        f"{nights} night(s) of one new day, in {workdir}"
+    log.info(
+        "stpipe demo: %s feed, %d days of history then %d night(s) of one new day, in %s",
+        plan.feed,
+        plan.history_days,
+        nights,
+        workdir,
     )
     archive = sorted(
         generate(
@@ -166,14 +177,15 @@ def run_demo(
     feed.mkdir()
     config_path = _write_config(workdir, base, plan, overrides or {})
     reports = []
-    with _prefect_settings(), _quiet_logs():
+    with _prefect_settings(workdir / PREFECT_HOME):
         for night in range(nights + 1):
             for f in archive[: plan.history_days + night]:
                 if not (feed / f.name).exists():
                     shutil.copy(f, feed / f.name)
             report = nightly_flow(str(config_path))
             reports.append(report)
-            console.print(_night_line(night, nights, report))
+            log.info("%s", _night_line(night, nights, report))
+        prefect_ui = _prefect_ui(workdir / PREFECT_HOME)
     config = _load(config_path)
     plots = _write_plots(reports[-1], workdir / "plots", config=config)
     summary = DemoSummary(
@@ -181,8 +193,8 @@ def run_demo(
         config=config_path,
         nights=tuple(reports),
         plots=plots,
-        mlflow_ui=f"mlflow ui --backend-store-uri sqlite:///{(workdir / 'mlflow.db').resolve()}",
-        prefect_ui=_prefect_ui(),
+        mlflow_ui=_mlflow_ui(config),
+        prefect_ui=prefect_ui,
         seconds=time.perf_counter() - started,
     )
     print_summary(summary, console=console)
@@ -251,9 +263,7 @@ def _write_config(
     for section, values in plan.settings.items():
         raw.setdefault(section, {}).update(values)
     raw["split"] = {"val_days": plan.val_days, "test_days": plan.test_days}
-    for dotted, value in overrides.items():
-        section, _, key = dotted.partition(".")
-        raw.setdefault(section, {})[key] = value
+    raw = apply_overrides(raw, overrides, origin="stpipe demo --set")
     path = workdir / CONFIG_NAME
     header = (
         f"# stpipe demo: {CONFIG_DIR / plan.base_config} with demo-sized settings, reading the\n"
@@ -292,6 +302,8 @@ def _write_plots(report: NightReport, directory: Path, *, config: Config) -> tup
         directory / "rmse_vs_lead.png",
         metric=report.per_lead_metric,
         title=f"champion v{report.champion_version} vs baselines, test split",
+        role="champion",
+        model_version=report.champion_version,
     )
     tracking = tracking_for(config)
     run_id = report.forecast.run_id
@@ -304,40 +316,48 @@ def _write_plots(report: NightReport, directory: Path, *, config: Config) -> tup
     return per_lead, maps
 
 
-def _prefect_ui() -> str:
-    from prefect.settings import PREFECT_API_URL
+def _tool(name: str) -> list[str]:
+    """The command that runs ``name`` of this interpreter's environment as printed (its
+    script beside ``sys.executable``; else ``python -m name``), whatever the PATH holds."""
+    script = Path(sys.executable).parent / name
+    return [str(script)] if script.is_file() else [sys.executable, "-m", name]
 
-    api = PREFECT_API_URL.value()
+
+def _mlflow_ui(config: Config) -> str:
+    from stpipe.tracking.client import tracking_uri
+
+    uri = tracking_uri(config.mlflow, config.workdir)
+    if uri.startswith(("http://", "https://")):
+        return uri
+    return shlex.join([*_tool("mlflow"), "ui", "--backend-store-uri", uri])
+
+
+def _prefect_ui(home: Path) -> str:
+    """The Prefect server the runs went to, or how to start one on the demo's home."""
+    from prefect.settings import get_current_settings
+
+    api = get_current_settings().api.url
     if api:
         return api.removesuffix("/api")
-    home = os.environ.get("PREFECT_HOME")
-    prefix = f"PREFECT_HOME={home} " if home else ""
-    return f"{prefix}prefect server start, then open http://127.0.0.1:4200 (flow 'nightly')"
-
-
-@contextlib.contextmanager
-def _prefect_settings() -> Iterator[None]:
-    # Prefect's ephemeral API starts on the first flow run; on two busy cores it can take
-    # longer than Prefect's 20 s default.
-    from prefect.settings import (
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-        temporary_settings,
+    start = shlex.join([*_tool("prefect"), "server", "start", "--port", str(PREFECT_UI_PORT)])
+    return (
+        f"PREFECT_HOME={shlex.quote(str(home))} {start}, then open "
+        f"http://127.0.0.1:{PREFECT_UI_PORT} (flow 'nightly')"
     )
 
-    with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 180}):
-        yield
-
 
 @contextlib.contextmanager
-def _quiet_logs() -> Iterator[None]:
-    import mlflow  # noqa: F401  (it sets its loggers' levels on import: import it first)
+def _prefect_settings(home: Path) -> Iterator[None]:
+    """Prefect keeps the demo's runs under ``home``, sends no telemetry, and waits long
+    enough for its ephemeral API: on two busy cores it can take longer than the 20 s
+    default to start."""
+    from prefect.settings import temporary_settings
 
-    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
-    try:
+    with temporary_settings(
+        {
+            "home": home,
+            "server.analytics_enabled": False,
+            "server.ephemeral.startup_timeout_seconds": 180,
+        }
+    ):
         yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)

@@ -4,33 +4,51 @@
 - :func:`run_evaluation`: the champion and the baselines on the test split;
 - :func:`run_forecast`: the champion → the forecast store, then :func:`verify_forecasts`;
 - :func:`verify_forecasts`: score past forecasts whose truth has arrived;
-- :func:`compare_versions`: the registered versions side by side;
-- :func:`score_promotion`: the candidate against the champion (a stage of training).
+- :func:`compare_versions`: the registered versions side by side.
+
+Training ends with :func:`stpipe.app.promotion.promote`: the candidate against the champion,
+serialised by a lock in the workdir, then the version registered with its alias.
 
 Each job connects to MLflow first (:func:`stpipe.tracking.connect`), so an unreachable
-server fails the job before any work is done or anything is written.
+server fails the job before any work is done or anything is written; during the job each
+MLflow request is retried as ``[mlflow] retries`` and ``retry_backoff_s`` say
+(:func:`stpipe.tracking.client.request_retries`), not for MLflow's default minutes.
+
+A training holds a lease on its run in ``<workdir>/run-leases`` while its process lives;
+the next training of the workdir marks KILLED a run left RUNNING whose lease no process
+holds (its job was killed).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 from mlflow.entities.model_registry import ModelVersion
-from torch import Tensor, nn
+from mlflow.exceptions import MlflowException
+from torch import Tensor
 
 from stpipe.app.config import Config
+from stpipe.app.promotion import promote
 from stpipe.core.card import ModelCard, card_for
-from stpipe.core.errors import StoreError, TrackingError
+from stpipe.core.errors import ConfigError, TrackingError
+from stpipe.forecast.access import check_forecast_store
 from stpipe.forecast.predict import forecast_grid, input_window_end
-from stpipe.forecast.store import forecast_attrs, open_forecasts, write_forecast
+from stpipe.forecast.store import (
+    MissingForecastStore,
+    forecast_attrs,
+    open_forecasts,
+    write_forecast,
+)
 from stpipe.forecast.verify import Verification, verifiable_inits, verify_forecast
 from stpipe.io.store import open_store, store_digest
 from stpipe.learn import scores
@@ -39,14 +57,30 @@ from stpipe.learn.evaluate import SampleMaps, evaluate_model, sample_maps
 from stpipe.learn.plots import plot_rmse_vs_lead, plot_sample_maps
 from stpipe.learn.train import EpochLog, TrainResult, train_model
 from stpipe.tracking import registry, runs
-from stpipe.tracking.client import Tracking, connect, tracking_errors
+from stpipe.tracking.client import Tracking, connect, request_retries, tracking_errors
 from stpipe.tracking.compare import VersionTable, version_table
+from stpipe.tracking.locks import abandoned, drop_lease, leased_runs, run_lease
 from stpipe.tracking.model import RegisteredForecaster, load_model, log_model
 from stpipe.tracking.registry import Promotion, per_lead_metric
 
 log = logging.getLogger(__name__)
 
 VERIFIED_TAG = "stpipe.verified."
+RUN_LEASES = "run-leases"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _job(fn: Callable[Concatenate[Config, P], R]) -> Callable[Concatenate[Config, P], R]:
+    """``fn(config, ...)`` with MLflow's request retries bounded by ``config``'s ``[mlflow]``."""
+
+    @functools.wraps(fn)
+    def job(config: Config, *args: P.args, **kwargs: P.kwargs) -> R:
+        with request_retries(config.mlflow):
+            return fn(config, *args, **kwargs)
+
+    return job
 
 
 @dataclass(frozen=True)
@@ -136,10 +170,7 @@ def train(
     )
 
 
-def _validate(model: nn.Module, config: Config, data: DataContext) -> xr.Dataset:
-    return evaluate_model(model, data, split="val", baselines=False, device=config.train.device)
-
-
+@_job
 def run_training(
     config: Config, *, resume: bool = True, progress: bool = True
 ) -> TrainingOutcome | None:
@@ -155,6 +186,8 @@ def run_training(
         return None
 
     tracking = tracking_for(config)
+    leases = config.workdir / RUN_LEASES
+    _end_abandoned_runs(tracking, leases)
     started = time.strftime("%Y%m%dT%H%M%S")
     run_id = runs.start_run(
         tracking,
@@ -162,44 +195,57 @@ def run_training(
         tags={"stpipe.pipeline": config.pipeline.name, "stpipe.model": config.model.name},
     )
     failed = True
-    try:
-        runs.log_config(tracking, run_id, params=config.flat_params(), toml_text=config.to_toml())
-        lineage = runs.log_lineage(tracking, run_id, data, name=f"{config.pipeline.name}-store")
-        result = train(
-            config,
-            data,
-            resume=resume,
-            progress=progress,
-            on_epoch_end=runs.epoch_logger(tracking, run_id, leads=data.spec.leads),
-        )
-        runs.log_system(tracking, run_id, result)
-        test = evaluate_model(result.model, data, split="test", device=config.train.device)
-        sample = sample_maps(result.model, data, split="test", device=config.train.device)
-        with tempfile.TemporaryDirectory() as tmp:
-            plots = _plots(test, sample, Path(tmp), metric=config.mlflow.metric)
-            runs.log_evaluation(tracking, run_id, test, plots=plots)
-        card = model_card(config, data.ds)
-        logged = log_model(tracking, run_id, result.model, example=_example_batch(data), card=card)
-        promotion = score_promotion(tracking, config, data, candidate_uri=logged.uri)
-        runs.log_scores(
-            tracking,
-            run_id,
-            scores=_promotion_scores(promotion),
-            step=0,
-            timestamp_ms=int(time.time() * 1000),
-            tags=promotion.tags(),
-        )
-        version = registry.register(
-            tracking, model_id=logged.model_id, run_id=run_id, promotion=promotion, tags=lineage
-        )
-        failed = False
-    finally:
-        _end_quietly(tracking, run_id, failed=failed)
+    with run_lease(leases, run_id):
+        try:
+            runs.log_config(
+                tracking, run_id, params=config.flat_params(), toml_text=config.to_toml()
+            )
+            lineage = runs.log_lineage(tracking, run_id, data, name=f"{config.pipeline.name}-store")
+            result = train(
+                config,
+                data,
+                resume=resume,
+                progress=progress,
+                on_epoch_end=runs.epoch_logger(tracking, run_id, leads=data.spec.leads),
+            )
+            runs.log_system(tracking, run_id, result)
+            test = evaluate_model(result.model, data, split="test", device=config.train.device)
+            sample = sample_maps(result.model, data, split="test", device=config.train.device)
+            with tempfile.TemporaryDirectory() as tmp:
+                plots = _plots(test, sample, Path(tmp), metric=config.mlflow.metric)
+                runs.log_evaluation(tracking, run_id, test, plots=plots)
+            card = model_card(config, data.ds)
+            logged = log_model(
+                tracking, run_id, result.model, example=_example_batch(data), card=card
+            )
+            promotion, version = promote(
+                tracking, config, data, logged=logged, run_id=run_id, tags=lineage
+            )
+            failed = False
+        finally:
+            _end_quietly(tracking, run_id, failed=failed)
     outcome = TrainingOutcome(
         run_id=run_id, version=str(version.version), promotion=promotion, test=test
     )
-    log.info(outcome.summary())
     return outcome
+
+
+def _end_abandoned_runs(tracking: Tracking, leases: Path) -> None:
+    """Mark KILLED each run still RUNNING whose lease in ``leases`` no process holds."""
+    for run_id in leased_runs(leases):
+        if not abandoned(leases, run_id):
+            continue
+        with tracking_errors(tracking.uri, f"end run {run_id}, left running by a dead job"):
+            try:
+                status = tracking.client.get_run(run_id).info.status
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                status = None  # a run of another tracking store (the workdir's old one)
+            if status == "RUNNING":
+                tracking.client.set_terminated(run_id, status="KILLED")
+                log.warning("run %s was left RUNNING by a job that died: marked KILLED", run_id)
+        drop_lease(leases, run_id)
 
 
 def _end_quietly(tracking: Tracking, run_id: str, *, failed: bool) -> None:
@@ -209,51 +255,6 @@ def _end_quietly(tracking: Tracking, run_id: str, *, failed: bool) -> None:
         if not failed:
             raise
         log.warning("could not mark run %s as failed: %s", run_id, exc)
-
-
-def score_promotion(
-    tracking: Tracking, config: Config, data: DataContext, *, candidate_uri: str
-) -> Promotion:
-    """Score the logged candidate (with the baselines) and the current champion on the same
-    validation window (the store as it is now) and decide
-    (:func:`stpipe.tracking.registry.decide`)."""
-    metric = config.mlflow.metric
-    candidate = load_model(tracking, candidate_uri)
-    validation = evaluate_model(candidate, data, split="val", device=config.train.device)
-    candidate_score = registry.promotion_score(validation, metric)
-    baselines = registry.baseline_margins(
-        validation, metric, tolerance=config.mlflow.baseline_tolerance
-    )
-    current = registry.champion(tracking)
-    if current is None:
-        return registry.decide(metric=metric, candidate_score=candidate_score, baselines=baselines)
-    version = str(current.version)
-    champion = load_model(tracking, f"models:/{tracking.model_name}/{version}")
-    mismatch = champion.card.mismatch(model_card(config, data.ds))
-    if mismatch:
-        return registry.decide(
-            metric=metric,
-            candidate_score=candidate_score,
-            champion_version=version,
-            unscored=f"champion v{version} was trained for other inputs "
-            f"({'; '.join(mismatch)}) and cannot be scored on this window",
-            baselines=baselines,
-        )
-    champion_score = registry.promotion_score(_validate(champion, config, data), metric)
-    return registry.decide(
-        metric=metric,
-        candidate_score=candidate_score,
-        champion_version=version,
-        champion_score=champion_score,
-        baselines=baselines,
-    )
-
-
-def _promotion_scores(promotion: Promotion) -> dict[str, float]:
-    scores = {"promotion_candidate_score": promotion.candidate_score}
-    if promotion.champion_score is not None:
-        scores["promotion_champion_score"] = promotion.champion_score
-    return scores
 
 
 def _example_batch(data: DataContext) -> dict:
@@ -277,6 +278,7 @@ def _plots(
     return paths
 
 
+@_job
 def run_evaluation(config: Config, *, json_path: str | Path | None = None) -> xr.Dataset:
     """The champion and the baselines on the test split (attr ``model_version``: the
     champion's); written as JSON to ``json_path``."""
@@ -308,21 +310,27 @@ def _load_champion(
     return model, version
 
 
+@_job
 def run_forecast(
     config: Config, *, init_time: str | np.datetime64 | None = None
 ) -> ForecastOutcome:
     """Forecast the whole grid with the champion from the latest complete input window (or
     the one ending at ``init_time``), write it to the forecast store, then verify past
-    forecasts whose truth has arrived."""
+    forecasts whose truth has arrived.
+
+    The init time, MLflow and the forecast store are checked before the forecast is
+    computed, so a bad ``init_time``, an unreachable server or store, or a store that cannot
+    be written fails the job at once (one-line errors naming what and why).
+    """
+    wanted = None if init_time is None else _init_time(init_time)
     tracking = tracking_for(config)
+    options = config.forecast.storage_options
+    check_forecast_store(config.forecast_store, storage_options=options)
     ds = open_store(config.store_path)
     model, version = _load_champion(tracking, config, ds)
     card = model.card
     end = input_window_end(
-        ds["time"].values,
-        input_steps=card.input_steps,
-        step_s=card.step_s,
-        init_time=None if init_time is None else np.datetime64(pd.Timestamp(init_time), "ns"),
+        ds["time"].values, input_steps=card.input_steps, step_s=card.step_s, init_time=wanted
     )
     forecast = forecast_grid(model, ds, card=card, end=end, overlap=_overlap(config, card))
     forecast.attrs.update(
@@ -337,7 +345,10 @@ def run_forecast(
         source=f"stpipe, MLflow model {tracking.model_name}",
     )
     written = write_forecast(
-        forecast, config.forecast_store, storage_options=config.forecast.storage_options
+        forecast,
+        config.forecast_store,
+        storage_options=options,
+        lock_timeout_s=config.forecast.lock_timeout_s,
     )
     outcome = ForecastOutcome(
         init_time=written.init_time,
@@ -347,8 +358,23 @@ def run_forecast(
         replaced=written.replaced,
         verified=tuple(verify_forecasts(config, tracking=tracking)),
     )
-    log.info(outcome.summary())
     return outcome
+
+
+def _init_time(text: str | np.datetime64) -> np.datetime64:
+    """``text`` as datetime64[ns] (a time zone is converted to UTC); ConfigError if it is
+    not a date-time."""
+    try:
+        stamp = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        stamp = pd.NaT
+    if pd.isna(stamp):
+        raise ConfigError(
+            f"init time {str(text)!r} is not a date-time; give one like 2024-01-05T12:00"
+        )
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_convert("UTC").tz_localize(None)
+    return np.datetime64(stamp, "ns")
 
 
 def _overlap(config: Config, card: ModelCard) -> tuple[int, int]:
@@ -357,6 +383,7 @@ def _overlap(config: Config, card: ModelCard) -> tuple[int, int]:
     return ((card.patch_shape[0] - 2 * card.halo) // 4, (card.patch_shape[1] - 2 * card.halo) // 4)
 
 
+@_job
 def verify_forecasts(config: Config, *, tracking: Tracking | None = None) -> list[Verification]:
     """Score every stored forecast whose valid times are all in the store now and that was
     not scored before; log the scores to the run of the model that made it (the champion
@@ -366,7 +393,7 @@ def verify_forecasts(config: Config, *, tracking: Tracking | None = None) -> lis
         forecasts = open_forecasts(
             config.forecast_store, storage_options=config.forecast.storage_options
         )
-    except StoreError:
+    except MissingForecastStore:
         return []
     truth = open_store(config.store_path)
     step_s = int(truth.attrs["time_step_s"])
@@ -398,6 +425,7 @@ def verify_forecasts(config: Config, *, tracking: Tracking | None = None) -> lis
     return results
 
 
+@_job
 def compare_versions(config: Config) -> VersionTable:
     """The registered versions of ``[mlflow] model_name``: run, date, data range, the
     promotion metric per lead on each run's test split, aliases and decisions."""

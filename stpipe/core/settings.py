@@ -10,15 +10,52 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import CoreSchema
+
+SCALARS = ("int", "float", "bool")
+
+
+def _strict_scalars(schema: Any) -> None:
+    """Mark every int/float/bool schema inside the core schema ``schema`` strict, in place."""
+    if isinstance(schema, dict):
+        if schema.get("type") in SCALARS:
+            schema["strict"] = True
+        for key, value in schema.items():
+            if key != "default":  # a default value is data, not schema
+                _strict_scalars(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            _strict_scalars(item)
 
 
 class Settings(BaseModel):
-    """A config section: frozen, unknown keys refused."""
+    """A config section: frozen, unknown keys refused, numbers and booleans strict.
+
+    Pydantic's lax mode reads ``true`` as 1 and ``1`` or ``"yes"`` as True; a config file
+    that says ``batch_size = true`` is a mistake, so every int, float and bool of a section
+    (nested in lists and tuples too) validates strictly: ints take ints, floats take ints and
+    floats, bools take booleans. Everything else stays lax, as TOML needs: dates and strings
+    become datetimes, strings Paths, lists tuples.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        schema = handler(source)
+        _strict_scalars(schema)
+        return schema
 
 
 class PatchesSection(Settings):

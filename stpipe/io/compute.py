@@ -65,7 +65,9 @@ def dask_client(cfg: DaskSection | None, *, processes: bool = False) -> Iterator
         threads_per_worker=1 if processes else n,
         processes=processes,
         dashboard_address=":0",  # an HTTP server starts anyway; a free port avoids clashes
-        silence_logs=logging.WARNING,
+        # A failed task's error reaches the caller through its future; the worker's own
+        # ERROR log of it ("Compute Failed" and a traceback) would only repeat it on stderr.
+        silence_logs=logging.CRITICAL,
     )
     with cluster, Client(cluster, set_as_default=False) as client:
         yield client

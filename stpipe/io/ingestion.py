@@ -26,20 +26,15 @@ processes, scheduler and client share the 2 cores), so threads are the default. 
 ``threads + 1`` decoded files are held at a time: memory does not grow with the number
 of files.
 
-Checksums are cached in ``workdir/.sha256-cache.json`` under the file's (path, size,
-mtime_ns, ctime_ns, inode, device). Any rewrite or replacement of the file changes its
-ctime, which no tool can set back, so a cached checksum is never used for changed content;
-it makes a no-op re-run cost one ``stat`` per file.
+Checksums are cached under each file's stat signature (:mod:`stpipe.io.checksums`), so a
+no-op re-run costs one ``stat`` per file.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,67 +46,28 @@ from xarray.backends.locks import HDF5_LOCK, NETCDFC_LOCK, combine_locks
 
 from stpipe.core.errors import SourceError, StoreError, StpipeError
 from stpipe.core.grid import spatial_dims
-from stpipe.core.patches import TimeRange, time_gaps
+from stpipe.core.splits import TimeRange, time_gaps
 from stpipe.io import store as st
+from stpipe.io.checksums import (
+    CHECKSUM_CACHE,
+    Signature,
+    cached_checksums,
+    file_sha256,
+    file_signature,
+    save_checksums,
+)
 from stpipe.io.compute import dask_client, release_free_memory
-from stpipe.io.manifest import FileEntry, Manifest, manifest_digest
+from stpipe.io.ingest_checks import check_compatible, check_gap, check_on_step
+from stpipe.io.ingest_report import IngestReport, finish_report
+from stpipe.io.manifest import FileEntry, Manifest
 from stpipe.io.settings import DaskSection, SourceSection, StoreSection
+from stpipe.io.sources.kinds import read_source_file
 
 log = logging.getLogger(__name__)
 
-CHECKSUM_CACHE = ".sha256-cache.json"
 ALREADY_INGESTED = "already ingested (same sha256)"
 GROWTH_FILES = 7
-_HASH_BLOCK = 1 << 22
 _HDF5_LOCKS = combine_locks([HDF5_LOCK, NETCDFC_LOCK])
-
-
-@dataclass(frozen=True)
-class IngestReport:
-    """What one ingest did. ``refused`` holds (file, reason); MB are float32 bytes / 1e6."""
-
-    store: Path
-    ingested: list[Path] = field(default_factory=list)
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
-    refused: list[tuple[Path, str]] = field(default_factory=list)
-    not_attempted: list[Path] = field(default_factory=list)
-    steps_added: int = 0
-    bytes_ingested: int = 0
-    committed_length: int = 0
-    time_range: TimeRange | None = None
-    gaps: list[TimeRange] = field(default_factory=list)
-    digest: str | None = None
-    seconds: float = 0.0
-
-    def summary(self) -> str:
-        lines = [
-            f"{self.store}: {len(self.ingested)} file(s) ingested ({self.steps_added} steps, "
-            f"{self.bytes_ingested / 1e6:.1f} MB), {len(self.skipped)} skipped, "
-            f"{len(self.refused)} refused in {self.seconds:.1f} s"
-        ]
-        lines += [f"  refused {path.name}: {reason}" for path, reason in self.refused]
-        if self.not_attempted:
-            lines.append(
-                f"  stopped at the refused file (on_bad_file = 'fail'): files before it are "
-                f"committed; {len(self.not_attempted)} file(s) after it not attempted"
-            )
-        if self.time_range is None:
-            lines.append("  store is empty")
-        else:
-            a, b = (np.datetime_as_string(t, "s") for t in self.time_range)
-            gaps = ", ".join(
-                f"{np.datetime_as_string(x, 's')} → {np.datetime_as_string(y, 's')}"
-                for x, y in self.gaps
-            )
-            lines.append(
-                f"  store holds {a} … {b} ({self.committed_length} steps), "
-                + (f"gaps after: {gaps}" if gaps else "no gaps")
-                + f"; digest {self.digest}"
-            )
-        return "\n".join(lines)
-
-
-Signature = list[int]
 
 
 @dataclass(frozen=True)
@@ -164,7 +120,8 @@ class _StoreState:
 def ingest(job: IngestJob, *, progress: bool = True) -> IngestReport:
     """Ingest the new files of ``job.source`` into ``job.store_path``.
 
-    For ``synthetic-*`` sources, the daily files are generated first into
+    For generated source kinds (``synthetic-*``: a ``generator`` in
+    :data:`stpipe.io.sources.kinds.SOURCE_KINDS`), the daily files are generated first into
     ``workdir/feed`` (existing files kept). Takes the store's lock (StoreError if another
     writer holds it); per-file problems go to the report, not exceptions.
     """
@@ -190,7 +147,7 @@ def ingest(job: IngestJob, *, progress: bool = True) -> IngestReport:
                 st.resize(state.path, manifest.committed_length)
             save_checksums(cache, checksums)
             release_free_memory()
-    report = _finish(report, manifest, started)
+    report = finish_report(report, manifest, started)
     log.info(
         "%d file(s) ingested, %d skipped, %d refused; %s",
         len(report.ingested),
@@ -232,6 +189,8 @@ def _ingest_files(
                 continue
             try:
                 outcome = _ingest_one(client, state, path, decoded, decoded_future, job=job)
+            except st.StoreWriteError:
+                raise  # the store's file system failed, not the file: stop, keep the commits
             except StpipeError as exc:
                 reason = str(exc).removeprefix(f"{path}: ")
                 log.error("refused %s: %s", path.name, reason)
@@ -311,11 +270,11 @@ def _ingest_one(
         step = template.attrs.get("time_step_s")
         if step is None:
             raise SourceError(path, "cannot tell the time step: one time and no time_step_s")
-        _check_on_step(path, times, origin=times[0], step_s=int(step))
+        check_on_step(path, times, origin=times[0], step_s=int(step))
         manifest = Manifest(time_step_s=int(step), variables=tuple(template.data_vars))
     else:
         manifest = state.manifest
-        _check_compatible(path, template, state.template, step_s=manifest.time_step_s)
+        check_compatible(path, template, state.template, step_s=manifest.time_step_s)
     first = int(np.searchsorted(times, state.times[-1], side="right")) if state.times.size else 0
     if first:
         _check_identical(client, state, path, times[:first], data)
@@ -336,7 +295,8 @@ def _ingest_one(
         state.manifest = manifest
         return _Outcome(0)
     if state.times.size:
-        _check_on_step(path, new_times, origin=state.times[0], step_s=manifest.time_step_s)
+        check_on_step(path, new_times, origin=state.times[0], step_s=manifest.time_step_s)
+        check_gap(path, new_times[0], end=state.times[-1], max_gap_s=job.source.max_gap_s)
     else:
         grid = tuple(template.sizes[d] for d in spatial_dims(template))
         layout = st.choose_layout(grid, time_step_s=manifest.time_step_s, store=job.store)
@@ -368,52 +328,6 @@ def _ingest_one(
     state.manifest = manifest
     state.times = np.concatenate([state.times, new_times])
     return _Outcome(new_times.size, nbytes, (new_times[0], new_times[-1]))
-
-
-def _check_on_step(path: Path, times: np.ndarray, *, origin: np.datetime64, step_s: int) -> None:
-    offsets = (times - origin) % np.timedelta64(step_s, "s")
-    off = np.flatnonzero(offsets != np.timedelta64(0))
-    if off.size:
-        raise SourceError(
-            path,
-            f"time {times[off[0]]} is not on the store's grid of {step_s} s steps from {origin}",
-        )
-
-
-def _check_compatible(path: Path, file: xr.Dataset, store: xr.Dataset, *, step_s: int) -> None:
-    """SourceError naming both values if ``file`` cannot be appended to ``store``."""
-    if list(file.data_vars) != list(store.data_vars):
-        raise SourceError(
-            path,
-            f"variables {list(file.data_vars)} differ from the store's {list(store.data_vars)}",
-        )
-    if spatial_dims(file) != spatial_dims(store):
-        raise SourceError(
-            path, f"grid dims {spatial_dims(file)} differ from the store's {spatial_dims(store)}"
-        )
-    for dim in spatial_dims(store):
-        a, b = file[dim].values, store[dim].values
-        if a.shape != b.shape or not np.array_equal(a, b):
-            raise SourceError(
-                path,
-                f"grid differs from the store's: {dim} {_describe_axis(a)} in the file, "
-                f"{_describe_axis(b)} in the store",
-            )
-    for name, var in file.data_vars.items():
-        units, stored = var.attrs.get("units"), store[name].attrs.get("units")
-        if units != stored:
-            raise SourceError(
-                path, f"variable {name!r} has units {units!r}, the store has {stored!r}"
-            )
-    file_step = file.attrs.get("time_step_s")
-    if file_step is not None and int(file_step) != step_s:
-        raise SourceError(path, f"time step is {file_step} s, the store's is {step_s} s")
-
-
-def _describe_axis(values: np.ndarray) -> str:
-    if values.size == 0:
-        return "(empty)"
-    return f"[{values[0]} … {values[-1]}] ({values.size} values)"
 
 
 def _check_identical(
@@ -461,10 +375,8 @@ def _first_difference(
 
 def _decode(path: Path, source: SourceSection) -> _Loaded:
     """Checksum and decode ``path`` (a task: runs on a worker)."""
-    from stpipe.io.sources import read_source_file
-
     try:
-        signature, sha256 = _signature(path), _sha256(path)
+        signature, sha256 = file_signature(path), file_sha256(path)
     except OSError as exc:
         return _Loaded(None, f"cannot read the file: {exc.strerror}", [], "")
     try:
@@ -532,72 +444,13 @@ def _history(what: str) -> str:
     return f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} stpipe ingest: {what}"
 
 
-def _finish(report: IngestReport, manifest: Manifest | None, started: datetime) -> IngestReport:
-    seconds = (datetime.now(UTC) - started).total_seconds()
-    if manifest is None or manifest.start is None:
-        return replace(report, seconds=seconds)
-    return replace(
-        report,
-        committed_length=manifest.committed_length,
-        time_range=(manifest.start, manifest.end),
-        gaps=list(manifest.gaps),
-        digest=manifest_digest(manifest),
-        seconds=seconds,
-    )
-
-
 def _input_files(job: IngestJob) -> list[Path]:
-    source = job.source
-    if not source.kind.startswith("synthetic-"):
+    """The source files: ``[source] paths``, or those the kind's generator writes into
+    ``workdir/feed``."""
+    generate = job.source.kind_spec.load_generator()
+    if generate is None:
         return job.source.files()
-    from stpipe.io.sources import synthetic
-
-    generate = (
-        synthetic.generate_weather_files
-        if source.kind == "synthetic-weather"
-        else synthetic.generate_traffic_files
-    )
-    s = source.synthetic
+    s = job.source.synthetic
     return sorted(
         generate(job.workdir / "feed", days=s.days, start=s.start, seed=s.seed, grid=s.grid)
     )
-
-
-def cached_checksums(paths: Iterable[Path], *, cache: Path) -> dict[Path, tuple[Signature, str]]:
-    """(stat signature, sha256) of the ``paths`` whose cached signature still matches."""
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        return {}
-    found = {}
-    for path in paths:
-        entry = known.get(str(path))
-        if entry is not None and entry[0] == _signature(path):
-            found[path] = (entry[0], entry[1])
-    return found
-
-
-def save_checksums(cache: Path, checksums: dict[Path, tuple[Signature, str]]) -> None:
-    """Replace the cache with ``checksums`` (atomically; files gone from the feed drop out)."""
-    blob = json.dumps({str(p): [sig, sha] for p, (sig, sha) in checksums.items()})
-    try:
-        if cache.read_text() == blob:
-            return
-    except OSError:
-        pass
-    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
-    tmp.write_text(blob)
-    os.replace(tmp, cache)
-
-
-def _signature(path: Path) -> Signature:
-    s = path.stat()
-    return [s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino, s.st_dev]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()

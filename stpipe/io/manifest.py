@@ -1,4 +1,5 @@
-"""The store's manifest: which files made the committed data, and where its time has gaps.
+"""The store's manifest: which files made the committed data, where its time has gaps, and
+which files rollbacks removed.
 
 The manifest lives in the attributes of the store's root ``zarr.json`` (key ``"stpipe"``),
 the single commit point of the store (see :mod:`stpipe.io.store`), so it always describes
@@ -10,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from stpipe.core.errors import StoreError
-from stpipe.core.patches import TimeRange
+from stpipe.core.splits import TimeRange
 
 MANIFEST_KEY = "stpipe"
 MANIFEST_FORMAT = 1
@@ -44,8 +45,23 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class RollbackEntry:
+    """One ``stpipe store rollback``: when (UTC), the committed length before and after,
+    and the file entries it removed, oldest first."""
+
+    time: np.datetime64
+    length_before: int
+    length_after: int
+    files: tuple[FileEntry, ...]
+
+
+@dataclass(frozen=True)
 class Manifest:
-    """What the committed store holds: ``committed_length`` steps of ``time_step_s`` seconds."""
+    """What the committed store holds: ``committed_length`` steps of ``time_step_s`` seconds.
+
+    ``rollbacks`` is the store's record of rolled-back files; it does not count as content
+    (:func:`manifest_digest`).
+    """
 
     time_step_s: int
     variables: tuple[str, ...]
@@ -54,6 +70,7 @@ class Manifest:
     end: np.datetime64 | None = None
     gaps: tuple[TimeRange, ...] = ()
     files: tuple[FileEntry, ...] = field(default=())
+    rollbacks: tuple[RollbackEntry, ...] = field(default=())
 
     @property
     def checksums(self) -> frozenset[str]:
@@ -65,8 +82,10 @@ class Manifest:
         out["variables"] = list(self.variables)
         out["start"], out["end"] = _iso(self.start), _iso(self.end)
         out["gaps"] = [[_iso(a), _iso(b)] for a, b in self.gaps]
-        out["files"] = [
-            asdict(f) | {"start": _iso(f.start), "end": _iso(f.end)} for f in self.files
+        out["files"] = [_file_json(f) for f in self.files]
+        out["rollbacks"] = [
+            asdict(r) | {"time": _iso(r.time), "files": [_file_json(f) for f in r.files]}
+            for r in self.rollbacks
         ]
         return out
 
@@ -85,13 +104,56 @@ class Manifest:
                 start=_time(raw["start"]),
                 end=_time(raw["end"]),
                 gaps=tuple((_time(a), _time(b)) for a, b in raw["gaps"]),
-                files=tuple(
-                    FileEntry(**(f | {"start": _time(f["start"]), "end": _time(f["end"])}))
-                    for f in raw["files"]
+                files=tuple(_file_entry(f) for f in raw["files"]),
+                rollbacks=tuple(
+                    RollbackEntry(
+                        time=_time(r["time"]),
+                        length_before=int(r["length_before"]),
+                        length_after=int(r["length_after"]),
+                        files=tuple(_file_entry(f) for f in r["files"]),
+                    )
+                    for r in raw.get("rollbacks", [])
                 ),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{origin}: manifest is malformed: {exc!r}") from None
+
+
+def files_after(manifest: Manifest, time: np.datetime64) -> int:
+    """How many of the newest files must go for the store to end at or before ``time``:
+    from the first file that appended a step after ``time`` on."""
+    for i, entry in enumerate(manifest.files):
+        if entry.appended and entry.end > time:
+            return len(manifest.files) - i
+    return 0
+
+
+def rolled_back(manifest: Manifest, count: int, *, when: np.datetime64, origin: str) -> Manifest:
+    """``manifest`` without its ``count`` newest files and the steps they appended, and
+    with a :class:`RollbackEntry` saying so (StoreError naming ``origin``, the store, if
+    that would empty the store)."""
+    if not 0 < count <= len(manifest.files):
+        raise StoreError(
+            f"{origin}: cannot roll back {count} file(s): the store holds {len(manifest.files)}"
+        )
+    kept, removed = manifest.files[:-count], manifest.files[-count:]
+    length = removed[0].offset
+    if length == 0:
+        raise StoreError(
+            f"{origin}: rolling back {count} file(s) would remove every committed step; to "
+            "start over, delete the store instead"
+        )
+    # A file appends the tail of its times, so the last file that appended ends the store.
+    end = next(f.end for f in reversed(kept) if f.appended)
+    entry = RollbackEntry(when, manifest.committed_length, length, removed)
+    return replace(
+        manifest,
+        committed_length=length,
+        end=end,
+        gaps=tuple(gap for gap in manifest.gaps if gap[1] <= end),
+        files=kept,
+        rollbacks=(*manifest.rollbacks, entry),
+    )
 
 
 def read_root_metadata(path: str | Path) -> dict[str, Any]:
@@ -137,6 +199,14 @@ def manifest_digest(manifest: Manifest) -> str:
 def store_digest(path: str | Path) -> str:
     """Short hash of the store's committed content, for caching and lineage."""
     return manifest_digest(read_manifest(path))
+
+
+def _file_json(entry: FileEntry) -> dict[str, Any]:
+    return asdict(entry) | {"start": _iso(entry.start), "end": _iso(entry.end)}
+
+
+def _file_entry(raw: dict[str, Any]) -> FileEntry:
+    return FileEntry(**(raw | {"start": _time(raw["start"]), "end": _time(raw["end"])}))
 
 
 def _iso(t: np.datetime64 | None) -> str | None:

@@ -45,6 +45,12 @@ rename of a staging store. :func:`recover` truncates arrays back to the committe
 after a crash. This protects against a killed process; against power loss the chunk files
 would also need fsync, which the store does not do.
 
+A write the file system refuses (disk full, file size limit, read-only) raises
+:class:`StoreWriteError` naming the path and the cause; the committed state is unchanged.
+A rollback (:mod:`stpipe.io.rollback`) removes the newest committed files by the same
+protocol: commit the shorter manifest, then truncate the arrays (a kill in between leaves
+arrays that recovery truncates).
+
 Set ``STPIPE_CRASH_AT_WRITE=N`` to make the process SIGKILL itself just before its N-th
 store write (crash tests).
 """
@@ -52,6 +58,7 @@ store write (crash tests).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -85,6 +92,7 @@ from stpipe.io.settings import StoreSection
 
 __all__ = [
     "Layout",
+    "StoreWriteError",
     "choose_layout",
     "open_store",
     "read_manifest",
@@ -103,6 +111,28 @@ MAX_CHUNK_DAYS = 8
 FLOAT32_BYTES = 4
 
 CRASH_ENV = "STPIPE_CRASH_AT_WRITE"
+
+
+class StoreWriteError(StoreError):
+    """The file system refused a write to the store or its workdir (disk full, file size
+    limit, read-only): a problem of the store, not of the file being ingested, so ingest
+    stops. What was committed before stays committed."""
+
+
+@contextlib.contextmanager
+def _os_errors(path: Path, doing: str) -> Iterator[None]:
+    """Raise OSErrors inside as one-line StoreWriteErrors naming ``path`` and the cause."""
+    try:
+        yield
+    except OSError as exc:
+        code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
+        # zarr writes through temporary ``*.partial`` files that are gone by now: not named.
+        name = str(exc.filename or "")
+        where = f" at {name}" if name not in ("", str(path)) and ".partial" not in name else ""
+        raise StoreWriteError(
+            f"{path}: cannot {doing}: {exc.strerror or exc}{code}{where}; the committed "
+            "store is unchanged"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -167,9 +197,10 @@ def store_lock(workdir: Path, *, wait: bool = False) -> Iterator[None]:
     is an ``flock``: the kernel releases it when the holder dies, even by SIGKILL.
     """
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     lock_path = workdir / "store.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    with _os_errors(workdir, "take the store's writer lock (a writable workdir is needed)"):
+        workdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -216,7 +247,7 @@ def recover(store_path: Path) -> Manifest | None:
     past the committed length. None if there is no committed store yet.
     """
     store_path = Path(store_path)
-    with _data_write_lock(store_path):
+    with _os_errors(store_path, "recover the store"), _data_write_lock(store_path):
         staging = staging_path(store_path)
         if staging.exists():
             shutil.rmtree(staging)
@@ -268,6 +299,14 @@ def create_staging(
 ) -> Path:
     """Empty arrays (0 steps) shaped like ``template`` in the staging store; its path."""
     staging = staging_path(store_path)
+    with _os_errors(staging, "create the store"):
+        _create_arrays(staging, template=template, layout=layout, attrs=attrs)
+    return staging
+
+
+def _create_arrays(
+    staging: Path, *, template: xr.Dataset, layout: Layout, attrs: Mapping[str, Any]
+) -> None:
     store = _local_store(staging)
     root = zarr.create_group(store=store, attributes=dict(attrs), zarr_format=3)
     codecs = _codecs(layout.compression_level)
@@ -308,7 +347,6 @@ def create_staging(
             dimension_names=["time", rows, cols],
             compressors=codecs,
         )
-    return staging
 
 
 def resize(store_path: Path, length: int) -> None:
@@ -317,10 +355,11 @@ def resize(store_path: Path, length: int) -> None:
     Steps past the committed length are invisible to readers; an ingest grows the arrays
     ahead of its appends and truncates them to the committed length when it ends.
     """
-    group = zarr.open_group(store=_local_store(store_path), mode="r+", use_consolidated=False)
-    for _, array in group.arrays():
-        if _is_timed(array) and array.shape[0] != length:
-            array.resize((length, *array.shape[1:]))
+    with _os_errors(store_path, f"resize the arrays to {length} steps"):
+        group = zarr.open_group(store=_local_store(store_path), mode="r+", use_consolidated=False)
+        for _, array in group.arrays():
+            if _is_timed(array) and array.shape[0] != length:
+                array.resize((length, *array.shape[1:]))
 
 
 def write_steps(store_path: Path, ds: xr.Dataset, *, first: int, offset: int) -> int:
@@ -334,7 +373,8 @@ def write_steps(store_path: Path, ds: xr.Dataset, *, first: int, offset: int) ->
 
     def write(name: str) -> int:
         values = seconds if name == "time" else ds[name].values[first:]
-        group[name][offset : offset + len(values)] = values
+        with _os_errors(store_path / name, f"write steps {offset}…{offset + len(values) - 1}"):
+            group[name][offset : offset + len(values)] = values
         return 0 if name == "time" else values.nbytes
 
     # A thread per array keeps all their chunks in zarr's codec pipeline at once.
@@ -364,6 +404,15 @@ def commit(store_path: Path, manifest: Manifest, *, history: str) -> None:
     """
     staging = staging_path(store_path)
     target = staging if staging.exists() else store_path
+    with _os_errors(target, "commit"):
+        _commit(target, manifest, history=history)
+    if target == staging:
+        crash_point()
+        with _os_errors(store_path, "commit the new store"):
+            os.rename(staging, store_path)
+
+
+def _commit(target: Path, manifest: Manifest, *, history: str) -> None:
     root = json.loads((target / ROOT_METADATA).read_bytes())
     attrs = dict(root.get("attributes", {}))
     attrs["history"] = "\n".join(filter(None, [attrs.get("history", ""), history]))
@@ -382,19 +431,19 @@ def commit(store_path: Path, manifest: Manifest, *, history: str) -> None:
         "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": metadata},
     }
     _atomic_write(target / ROOT_METADATA, json.dumps(root, indent=1).encode())
-    if target == staging:
-        _crash_point()
-        os.rename(staging, store_path)
 
 
 def _atomic_write(path: Path, blob: bytes) -> None:
-    _crash_point()
+    crash_point()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(tmp, "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _is_timed(array: zarr.Array) -> bool:
@@ -405,7 +454,7 @@ class _CrashingStore(LocalStore):
     """A LocalStore whose writes count toward ``STPIPE_CRASH_AT_WRITE``."""
 
     async def set(self, key: str, value: Any) -> None:
-        _crash_point()
+        crash_point()
         await super().set(key, value)
 
 
@@ -417,7 +466,8 @@ _writes = 0
 _writes_lock = threading.Lock()
 
 
-def _crash_point() -> None:
+def crash_point() -> None:
+    """Count one store write; SIGKILL this process at the ``STPIPE_CRASH_AT_WRITE``-th."""
     limit = os.environ.get(CRASH_ENV)
     if not limit:
         return

@@ -22,8 +22,9 @@ from torch import Tensor
 
 from stpipe.core.errors import ConfigError
 from stpipe.core.grid import is_latlon, spatial_dims
-from stpipe.core.patches import PatchSpec, SplitName, Splits
+from stpipe.core.patches import PatchSpec
 from stpipe.core.settings import SplitSection
+from stpipe.core.splits import SplitName, Splits
 from stpipe.io.settings import DaskSection
 from stpipe.io.store import open_store, store_digest
 from stpipe.learn.loader import PatchLoader, make_loader
@@ -74,7 +75,8 @@ class DataContext:
     """The store as the models see it.
 
     ``norm_mean``/``norm_std`` are per input variable (train split, physical units);
-    ``climatology`` is fitted on the train split's steps; ``ds`` is the lazy store;
+    ``climatology`` is fitted on the train split's steps (its ``description`` says which
+    slots; the evaluation carries it); ``ds`` is the lazy store;
     ``dask`` is the cluster that scans it (None: a local one).
     """
 
@@ -115,7 +117,8 @@ def load_data_context(
     """Open the store and derive what the models need (see the module doc), once per job.
 
     ``splits``: fixed splits, or ``[split]`` (rolling windows are resolved against the
-    store's times here); ``climatology_period`` is ``[model] climatology_period``; ``dask``
+    store's times here); ``climatology_period`` is ``[model] climatology_period`` ('auto'
+    resolved on the train split: day of year once it spans a year); ``dask``
     the cluster that computes the statistics (cached beside the store).
     """
     ds = open_store(store_path)
@@ -125,10 +128,11 @@ def load_data_context(
     norm = compute_stats(store_path, variables=spec.input_variables, split=splits, dask=dask)
     mean, std = norm.arrays(spec.input_variables)
     a, b = splits.index_range("train", ds["time"].values)
+    train = ds.isel(time=slice(a, b))
     climatology = Climatology.fit(
-        ds.isel(time=slice(a, b)),
+        train,
         variables=spec.target_variables,
-        period=resolve_climatology_period(climatology_period, ds),
+        period=resolve_climatology_period(climatology_period, train, step_s=step_s),
         step_s=step_s,
     )
     return DataContext(

@@ -6,7 +6,9 @@ default; the job layer also scores candidates on ``"val"``) on non-overlapping p
 every window counts exactly once) with each metric of :data:`stpipe.core.metrics.METRICS`
 (or those passed), and returns the scores as an ``xarray.Dataset`` with dims (forecaster,
 lead, variable), laid out and written as JSON by :mod:`stpipe.learn.scores`. The
-baselines (:mod:`stpipe.models.baselines`) use the climatology of the train split only.
+baselines (:mod:`stpipe.models.baselines`) use the climatology of the train split only;
+the Dataset's attr ``climatology`` says which (e.g. ``"day of year × hour, ±30-day
+smoothing"``, :attr:`stpipe.models.climatology.Climatology.description`).
 
 ``sample_maps(model, data)`` is one sample of the same split for a map panel
 (:func:`stpipe.learn.plots.plot_sample_maps`).
@@ -36,7 +38,7 @@ from stpipe.core.metrics import (
     metric_units,
     patch_weights,
 )
-from stpipe.core.patches import SplitName
+from stpipe.core.splits import SplitName
 from stpipe.learn.context import (
     DataContext,
     build_baselines,
@@ -185,7 +187,7 @@ def _dataset(
             units=", ".join(dict.fromkeys(metric_units(metric.units, u) for u in units)),
             better=metric.better,
         )
-    return scores_dataset(
+    evaluation = scores_dataset(
         scores,
         forecasters=forecasters,
         lead_hours=[lead * data.step_s / 3600 for lead in spec.leads],
@@ -196,6 +198,8 @@ def _dataset(
         n_samples=n_samples,
         headline=headline_metric(latlon=data.latlon),
     )
+    evaluation.attrs["climatology"] = data.climatology.description  # the baselines' slots
+    return evaluation
 
 
 def _openstl_range(data: DataContext) -> tuple[float, float]:

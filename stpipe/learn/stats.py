@@ -27,8 +27,8 @@ import xarray as xr
 from dask import compute as dask_compute
 
 from stpipe.core.errors import StoreError
-from stpipe.core.patches import Splits
 from stpipe.core.settings import SplitSection
+from stpipe.core.splits import Splits
 from stpipe.io.compute import dask_context
 from stpipe.io.settings import DaskSection
 from stpipe.io.store import open_store, store_digest

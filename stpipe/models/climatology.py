@@ -1,26 +1,47 @@
 """Climatology: per-cell mean by time slot, fitted on the train split, and its batch lookup.
 
-A slot is the time of day (period ``"day"``: 86400 / step_s slots, 24 for hourly data) or the
-time of day × day of week (period ``"week"``: 48 × 7 = 336 slots for half-hourly traffic),
-computed from UTC valid times. :meth:`Climatology.fit` is the one place the models touch
-xarray; :class:`ClimatologyLookup` carries the table as a buffer and crops it to patches.
+A slot is computed from UTC valid times (int64 ns since 1970, numpy or torch alike):
 
-It also fits, per lead, the least-squares blend of the baselines that residual models start
-from (:func:`stpipe.models.baselines.baseline_weights`): with p = x(t0) the last value and
-C̃ the climatology *leaving out the sample itself* (what a climatology fitted on other days
-would say, as on the test split), the weights (w_p, w_c, w_0) minimise
+- period ``"day"``: the time of day, 86400 / step_s slots (24 for hourly data);
+- ``"week"``: time of day × day of week (48 × 7 = 336 slots for half-hourly traffic);
+- ``"doy"``: time of day × day of year, 366 × 86400 / step_s slots (8784 for hourly data),
+  for train splits of a year or more. The day of year is the calendar date's place in a
+  leap year (:func:`day_of_year`): Jan 1 → 0, Feb 29 → 59 (its own day, seen in leap years
+  only), Mar 1 → 60 in every year, Dec 31 → 365, so a date keeps its slot in every year.
+  The means are smoothed along the day of year as WeatherBench 2 does: per time of day and
+  cell, the mean of every train value within ±30 days (:data:`DOY_HALF_WINDOW_DAYS`),
+  circular over the year, i.e. window sums of values over window sums of counts (NaN-aware,
+  so each slot weighs by how many values it has).
+
+Memory: the table is float32 [slot, variable, row, col]; it lives on the model's device and
+in its logged program. For ``"doy"`` that is 366 × steps per day × V × H × W × 4 bytes:
+hourly, per variable, 69 MiB on a 32 × 64 grid (5.625°), 275 MiB on 64 × 128, 973 MiB on
+121 × 240 (1.5°) and 34 GiB on 721 × 1440 (0.25°; 6-hourly steps there: 5.7 GiB). The fit
+holds float64 slot sums and counts of the cells it works on besides.
+
+:meth:`Climatology.fit` is the one place the models touch xarray, and one pass of dask over
+the train split: each time-contiguous block of cells gives its slot sums and counts, its
+region of the table and its share of the baseline blend's normal equations (below).
+:class:`ClimatologyLookup` carries the table as a buffer and crops it to patches.
+
+The blend, per lead, of the baselines that residual models start from
+(:func:`stpipe.models.baselines.baseline_weights`): with p = x(t0) the last value and C̃ the
+climatology *leaving out the sample itself* (what a climatology fitted on other days would
+say, as on the test split), the weights (w_p, w_c, w_0) minimise
 
     Σ [x(t0 + k) − w_p·p − w_c·C̃(t0 + k) − w_0·C̃(t0)]²
 
 over all train pairs and cells, in units centred on the train mean. They cover
 persistence (1, 0, 0), climatology (0, 1, 0), persistence plus the climatological change
 (1, 1, −1) and damped anomaly persistence (r, 1, −r); a noisy climatology (few weeks of
-data) gets little weight because it is held out.
+data) gets little weight because it is held out. For ``"doy"``, C̃ leaves out only the
+sample, not the rest of its year's ±30-day window, so it is a little closer to x than a
+climatology of other years would be.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -35,39 +56,110 @@ from torch import Tensor, nn
 from stpipe.core.errors import ConfigError, StoreError
 from stpipe.core.grid import is_latlon, spatial_dims
 
-Period = Literal["day", "week"]
+Period = Literal["day", "week", "doy"]
 Times = TypeVar("Times", np.ndarray, Tensor)
 
 DAY_NS = 86_400 * 10**9
 EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday = 0, as pandas counts)
+DOY_HALF_WINDOW_DAYS = 30
+MIN_DOY_SPAN = np.timedelta64(365, "D")  # 'auto' picks "doy" for train splits this long
+
+
+def day_of_year(days: Times) -> Times:
+    """Place of each date in a leap year, 0..365 (Feb 29 → 59, Mar 1 → 60 in every year).
+
+    ``days``: int64 days since 1970-01-01 (numpy or torch). Integer civil-from-days
+    arithmetic (H. Hinnant's ``civil_from_days``): years counted from March 1 of 0000 in
+    400-year eras; the day of that March-based year, 0 (Mar 1)..365 (Feb 29), shifted by 60.
+    """
+    z = days + 719_468  # days since 0000-03-01
+    era = z // 146_097
+    day_of_era = z - era * 146_097  # 0..146096
+    year_of_era = (
+        day_of_era - day_of_era // 1460 + day_of_era // 36_524 - day_of_era // 146_096
+    ) // 365  # 0..399
+    from_march = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
+    return (from_march + 60) % 366
+
+
+def _day_of_week(days: Times) -> Times:
+    return (days + EPOCH_WEEKDAY) % 7
+
+
+def _same_day(days: Times) -> Times:
+    return days * 0
+
+
+@dataclass(frozen=True)
+class _Calendar:
+    """The day part of a period's slots: how many, the day index of a date, the smoothing."""
+
+    days: int
+    day_index: Callable[[Times], Times]
+    label: str
+    half_window_days: int = 0
+
+
+CALENDARS: dict[Period, _Calendar] = {
+    "day": _Calendar(1, _same_day, "{tod} of day"),
+    "week": _Calendar(7, _day_of_week, "day of week × {tod}"),
+    "doy": _Calendar(
+        366,
+        day_of_year,
+        f"day of year × {{tod}}, ±{DOY_HALF_WINDOW_DAYS}-day smoothing",
+        DOY_HALF_WINDOW_DAYS,
+    ),
+}
 
 
 def slots_per_period(*, period: Period, step_s: int) -> int:
-    """Number of climatology slots: 86400/step_s per day, × 7 for a week."""
+    """Number of climatology slots: 86400/step_s per day, × 7 for a week, × 366 for a year."""
     if step_s < 1 or 86_400 % step_s:
         raise ConfigError(f"climatology needs a time step dividing one day, got step_s={step_s}")
-    per_day = 86_400 // step_s
-    return per_day * 7 if period == "week" else per_day
+    return CALENDARS[period].days * (86_400 // step_s)
 
 
 def time_slots(times_ns: Times, *, period: Period, step_s: int) -> Times:
     """Slot index of each time (int64 ns since 1970 UTC; numpy array or torch tensor).
 
-    slot = (t mod day) // step, plus ``day_of_week × slots_per_day`` for period ``"week"``.
+    slot = day index × slots per day + (t mod day) // step, the day index being 0
+    (``"day"``), the day of week (``"week"``, Monday = 0) or :func:`day_of_year` (``"doy"``).
     """
-    step_ns = step_s * 10**9
-    slot = (times_ns % DAY_NS) // step_ns
-    if period == "week":
-        weekday = (times_ns // DAY_NS + EPOCH_WEEKDAY) % 7
-        slot = weekday * (86_400 // step_s) + slot
-    return slot
+    time_of_day = (times_ns % DAY_NS) // (step_s * 10**9)
+    day = CALENDARS[period].day_index(times_ns // DAY_NS)
+    return day * (86_400 // step_s) + time_of_day
 
 
-def climatology_period(setting: Literal["auto", "day", "week"], ds: xr.Dataset) -> Period:
-    """Resolve ``[model] climatology_period``: 'auto' is 'day' on lat/lon grids, else 'week'."""
+def climatology_period(
+    setting: Literal["auto", "day", "week", "doy"], train: xr.Dataset, *, step_s: int
+) -> Period:
+    """Resolve ``[model] climatology_period`` for the train split ``train``: 'auto' is
+    'doy' when it spans a year (365 days, its last step included), else 'day' on lat/lon
+    grids and 'week' on cell grids."""
     if setting != "auto":
         return setting
-    return "day" if is_latlon(ds) else "week"
+    times = train["time"].values
+    if times.size and times[-1] - times[0] + np.timedelta64(step_s, "s") >= MIN_DOY_SPAN:
+        return "doy"
+    return "day" if is_latlon(train) else "week"
+
+
+def _circular_window_sum(values: np.ndarray, *, half_window: int) -> np.ndarray:
+    """Σ values[(d + k) mod D] over |k| ≤ half_window along axis 0 (D entries), by cumsum."""
+    n = values.shape[0]
+    if 2 * half_window + 1 > n:
+        raise ConfigError(f"a ±{half_window} window does not fit a circle of {n}")
+    wrapped = values[np.arange(-half_window, n + half_window) % n]
+    cum = np.concatenate([np.zeros_like(values[:1]), np.cumsum(wrapped, axis=0)])
+    return cum[2 * half_window + 1 :] - cum[:n]
+
+
+def _time_of_day_label(step_s: int) -> str:
+    if step_s == 3600:
+        return "hour"
+    if step_s % 3600 == 0:
+        return f"{step_s // 3600}-h slot"
+    return f"{step_s // 60}-min slot" if step_s % 60 == 0 else f"{step_s}-s slot"
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,8 +167,8 @@ class Climatology:
     """Slot-mean table of the train split and the baseline blend per lag.
 
     ``table`` float32 [slot, variable, row, col] in physical units (NaN where a slot had no
-    data); ``blend_weights`` float32 [variable, lag, 3]: (w_p, w_c, w_0) for lags
-    0..max_lag steps (see the module doc; lag 0 is (1, 0, 0)).
+    data; for ``"doy"`` smoothed, see the module doc); ``blend_weights`` float32
+    [variable, lag, 3]: (w_p, w_c, w_0) for lags 0..max_lag steps (lag 0 is (1, 0, 0)).
     """
 
     variables: tuple[str, ...]
@@ -88,6 +180,12 @@ class Climatology:
     @property
     def n_slots(self) -> int:
         return self.table.shape[0]
+
+    @property
+    def description(self) -> str:
+        """What a slot is, e.g. ``"hour of day"``, ``"day of week × 30-min slot"`` or
+        ``"day of year × hour, ±30-day smoothing"``."""
+        return CALENDARS[self.period].label.format(tod=_time_of_day_label(self.step_s))
 
     def blend(self, variable: str, lag: int) -> tuple[float, float, float]:
         """(w_p, w_c, w_0) of ``variable`` at ``lag`` steps; past max_lag, the last lag's."""
@@ -107,9 +205,8 @@ class Climatology:
     ) -> Climatology:
         """Fit on a (lazy) canonical dataset of the train split, dims (time, row, col).
 
-        Slot means and counts come from one xarray groupby; the blend's normal equations
-        from one pass over time-contiguous blocks. Times lie on a ``step_s`` grid, possibly
-        with gaps (pairs never straddle a gap).
+        One dask pass over time-contiguous blocks of cells (see the module doc). Times lie
+        on a ``step_s`` grid, possibly with gaps (pairs never straddle a gap).
         """
         n_slots = slots_per_period(period=period, step_s=step_s)
         missing = [v for v in variables if v not in ds.data_vars]
@@ -121,93 +218,152 @@ class Climatology:
             raise StoreError("climatology: the train split has no time steps")
         rows, cols = spatial_dims(ds)
         times = ds["time"].values.astype("datetime64[ns]")
-        slots = time_slots(times.astype(np.int64), period=period, step_s=step_s)
-        data = ds[list(variables)].transpose("time", rows, cols).assign_coords(slot=("time", slots))
-        grouped = data.groupby("slot")
-        means, counts = dask.compute(
-            grouped.mean("time").reindex(slot=np.arange(n_slots)),
-            grouped.count("time").reindex(slot=np.arange(n_slots), fill_value=0),
-        )
-        table = np.stack([means[v].values for v in variables], axis=1).astype(np.float32)
-        count = np.stack([counts[v].values for v in variables], axis=1).astype(np.float64)
-
         regular = pd.date_range(times[0], times[-1], freq=pd.Timedelta(seconds=step_s))
-        regular_slots = time_slots(regular.as_unit("ns").asi8, period=period, step_s=step_s)
-        on_grid = data.drop_vars("slot").reindex(time=regular)
-        sums = []
-        for i, name in enumerate(variables):
-            centre = np.nansum(count[:, i] * table[:, i]) / max(count[:, i].sum(), 1.0)
-            sums.append(
-                _normal_equations_lazy(
-                    on_grid[name].data, table[:, i], count[:, i], regular_slots, centre, max_lag
-                )
-            )
-        (sums,) = dask.compute(sums)
-        weights = np.stack([_solve_blend(s) for s in sums]).astype(np.float32)
+        groups = _SlotGroups.of(regular.as_unit("ns").asi8, period=period, step_s=step_s)
+        on_grid = ds[list(variables)].transpose("time", rows, cols).reindex(time=regular)
+        (blocks,) = dask.compute([_fit_lazy(on_grid[v].data, groups, max_lag) for v in variables])
+        shape = (n_slots, len(variables), ds.sizes[rows], ds.sizes[cols])
+        table = np.full(shape, np.nan, dtype=np.float32)
+        weights = []
+        for i, parts in enumerate(blocks):
+            for (block_rows, block_cols), part in parts:
+                table[:, i, block_rows, block_cols] = part.table
+            weights.append(_solve_blend(_blend_moments([part for _, part in parts])))
         return cls(
             variables=tuple(variables),
             period=period,
             step_s=int(step_s),
             table=table,
-            blend_weights=weights,
+            blend_weights=np.stack(weights).astype(np.float32),
         )
 
 
-def _normal_equations_lazy(
-    values: np.ndarray | da.Array,
-    table: np.ndarray,
-    count: np.ndarray,
-    slots: np.ndarray,
-    centre: float,
-    max_lag: int,
-) -> object:
-    """Delayed sum over time-contiguous blocks of :func:`_normal_equations`: [K+1, 3, 4]."""
+@dataclass(frozen=True, eq=False)
+class _SlotGroups:
+    """The times of a regular grid grouped by slot, to sum [T, ...] arrays per slot."""
+
+    slots: np.ndarray  # [T] slot of each time
+    order: np.ndarray  # [T] the times sorted by slot
+    starts: np.ndarray  # where each slot that has times starts in that order
+    n_slots: int
+    days: int
+    half_window_days: int
+
+    @classmethod
+    def of(cls, times_ns: np.ndarray, *, period: Period, step_s: int) -> _SlotGroups:
+        n_slots = slots_per_period(period=period, step_s=step_s)
+        slots = time_slots(times_ns, period=period, step_s=step_s)
+        order = np.argsort(slots, kind="stable")
+        starts = np.flatnonzero(np.diff(slots[order], prepend=-1))
+        calendar = CALENDARS[period]
+        return cls(slots, order, starts, n_slots, calendar.days, calendar.half_window_days)
+
+    def sums(self, values: np.ndarray) -> np.ndarray:
+        """Σ of ``values`` [T, ...] per slot: float64 [n_slots, ...], 0 where no time."""
+        out = np.zeros((self.n_slots, *values.shape[1:]))
+        present = self.slots[self.order[self.starts]]
+        out[present] = np.add.reduceat(values[self.order], self.starts, axis=0)
+        return out
+
+    def smooth(self, per_slot: np.ndarray) -> np.ndarray:
+        """Window sums of [n_slots, ...] along the day, per time of day (none: as is)."""
+        if not self.half_window_days:
+            return per_slot
+        by_day = per_slot.reshape(self.days, -1, *per_slot.shape[1:])
+        smoothed = _circular_window_sum(by_day, half_window=self.half_window_days)
+        return smoothed.reshape(per_slot.shape)
+
+
+@dataclass(frozen=True, eq=False)
+class _BlockFit:
+    """What one block of cells gives: its table region float32 [slot, rows, cols], the sum
+    and count of its values, and its lag moments (:func:`_lag_moments`) about ``shift``."""
+
+    table: np.ndarray
+    total: float
+    count: float
+    shift: float
+    moments: np.ndarray
+
+
+def _fit_lazy(
+    values: np.ndarray | da.Array, groups: _SlotGroups, max_lag: int
+) -> list[tuple[tuple[slice, slice], object]]:
+    """((rows, cols) of the block, delayed :func:`_fit_block`) per time-contiguous block."""
     values = da.asarray(values).rechunk({0: -1, 1: "auto", 2: "auto"})
     row_edges = np.cumsum((0, *values.chunks[1]))
     col_edges = np.cumsum((0, *values.chunks[2]))
-    parts = []
-    for (_, i, j), block in np.ndenumerate(values.to_delayed()):
-        region = np.s_[:, row_edges[i] : row_edges[i + 1], col_edges[j] : col_edges[j + 1]]
-        parts.append(
-            dask.delayed(_normal_equations)(
-                block, table[region], count[region], slots, centre, max_lag
-            )
+    shared = dask.delayed(groups)  # one task holds the slot arrays, not each block's
+    return [
+        (
+            (slice(row_edges[i], row_edges[i + 1]), slice(col_edges[j], col_edges[j + 1])),
+            dask.delayed(_fit_block)(block, shared, max_lag),
         )
-    return sum(parts)
+        for (_, i, j), block in np.ndenumerate(values.to_delayed())
+    ]
 
 
-def _normal_equations(
+def _fit_block(x: np.ndarray, groups: _SlotGroups, max_lag: int) -> _BlockFit:
+    """Slot means (smoothed by ``groups``) and lag moments of one block ``x`` [T, h, w]."""
+    x = np.asarray(x, dtype=np.float64)
+    finite = np.isfinite(x)
+    sums = groups.sums(np.where(finite, x, 0.0))
+    counts = groups.sums(finite.astype(np.float64))
+    total, count = float(sums.sum()), float(counts.sum())
+    sums, counts = groups.smooth(sums), groups.smooth(counts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        table = np.where(counts > 0, sums / counts, np.nan)
+    shift = total / count if count else 0.0
+    moments = _lag_moments(x, table, counts, groups.slots, shift, max_lag)
+    return _BlockFit(table.astype(np.float32), total, count, shift, moments)
+
+
+def _lag_moments(
     x: np.ndarray,
     table: np.ndarray,
     count: np.ndarray,
     slots: np.ndarray,
-    centre: float,
+    shift: float,
     max_lag: int,
 ) -> np.ndarray:
-    """[K+1, 3, 4]: per lag k, [G | b] with G = Σ f fᵀ, b = Σ f·y, f = (p, C̃(t0+k), C̃(t0)),
-    y = x(t0 + k), all centred; C̃(t) = (N·C − x(t)) / (N − 1), the slot mean without x(t)."""
-    x = np.asarray(x, dtype=np.float64)
+    """[K+1, 5, 5]: per lag k, Σ u uᵀ over the pairs where u is finite, with
+    u = (p, C̃(t0+k), C̃(t0), y, 1) − (s, s, s, s, 0), p = x(t0), y = x(t0 + k), s = ``shift``
+    and C̃(t) = (N·C − x(t)) / (N − 1) the slot mean without x(t) (N values in C)."""
     n = count[slots]
     with np.errstate(invalid="ignore", divide="ignore"):
-        held_out = np.where(n > 1, (n * table[slots] - x) / (n - 1), np.nan) - centre
-    z = x - centre
-    out = np.zeros((max_lag + 1, 3, 4))
+        held_out = np.where(n > 1, (n * table[slots] - x) / (n - 1), np.nan) - shift
+    z = x - shift
+    out = np.zeros((max_lag + 1, 5, 5))
     for k in range(1, min(max_lag, x.shape[0] - 1) + 1):
-        f = np.stack([z[:-k], held_out[k:], held_out[:-k]]).reshape(3, -1)
-        y = z[k:].reshape(-1)
-        ok = np.isfinite(f).all(axis=0) & np.isfinite(y)
-        f, y = f[:, ok], y[ok]
-        out[k, :, :3] = f @ f.T
-        out[k, :, 3] = f @ y
+        u = np.stack([z[:-k], held_out[k:], held_out[:-k], z[k:]]).reshape(4, -1)
+        u = u[:, np.isfinite(u).all(axis=0)]
+        u = np.concatenate([u, np.ones((1, u.shape[1]))])
+        out[k] = u @ u.T
     return out
 
 
-def _solve_blend(sums: np.ndarray) -> np.ndarray:
-    """Least-squares weights [K+1, 3] from normal equations; (1, 0, 0) where undetermined."""
-    weights = np.zeros((sums.shape[0], 3))
+def _blend_moments(parts: Sequence[_BlockFit]) -> np.ndarray:
+    """The blocks' lag moments summed about the train mean c: [K+1, 5, 5].
+
+    Moving a block's moments from its shift s to c is u ↦ T·u with T = [[I, −(c − s)·1],
+    [0, 1]], so they become T M Tᵀ.
+    """
+    centre = sum(p.total for p in parts) / max(sum(p.count for p in parts), 1.0)
+    total = np.zeros_like(parts[0].moments)
+    for part in parts:
+        move = np.eye(5)
+        move[:4, 4] = part.shift - centre
+        total += move @ part.moments @ move.T
+    return total
+
+
+def _solve_blend(moments: np.ndarray) -> np.ndarray:
+    """Least-squares weights [K+1, 3] from centred lag moments (G = M[:3, :3], b = M[:3, 3]);
+    (1, 0, 0) where undetermined."""
+    weights = np.zeros((moments.shape[0], 3))
     weights[:, 0] = 1.0
-    for k in range(1, sums.shape[0]):
-        gram, rhs = sums[k, :, :3], sums[k, :, 3]
+    for k in range(1, moments.shape[0]):
+        gram, rhs = moments[k, :3, :3], moments[k, :3, 3]
         if np.trace(gram) > 0 and np.linalg.cond(gram) < 1e8:
             weights[k] = np.linalg.solve(gram, rhs)
     return weights

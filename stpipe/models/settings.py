@@ -57,10 +57,12 @@ class ModelSection(Settings):
     """What every ``[model]`` family has; the families below add their own keys."""
 
     name: str = Field(description="Learned model, or a baseline (evaluation).")
-    climatology_period: Literal["auto", "day", "week"] = Field(
+    climatology_period: Literal["auto", "day", "week", "doy"] = Field(
         default="auto",
-        description="Climatology slots: hour of day ('day') or time of day × day of week "
-        "('week'); 'auto': 'day' on lat/lon grids, 'week' on cell grids (traffic).",
+        description="Climatology slots: hour of day ('day'), time of day × day of week "
+        "('week') or time of day × day of year smoothed over ±30 days ('doy'); 'auto': "
+        "'doy' when the train split spans 365 days or more, else 'day' on lat/lon grids "
+        "and 'week' on cell grids (traffic).",
     )
 
 

@@ -4,6 +4,15 @@ Default backend: SQLite in the workdir (``sqlite:///<workdir>/mlflow.db``, artif
 ``<workdir>/mlartifacts``; MLflow 3 deprecates its file store); ``[mlflow] tracking_uri``
 points at a server instead, which also holds the registry.
 
+The default layout moves and copies with its workdir (``mv``, ``cp -a``): MLflow records
+absolute artifact locations (of the experiment, each run, logged model and model version),
+so :func:`connect` rewrites those under another ``.../mlartifacts`` to this workdir's when
+it opens a workdir that has moved, or a copy (which then writes into its own artifacts, not
+the original's).
+
+A job bounds MLflow's own HTTP retries by ``[mlflow] retries`` and ``retry_backoff_s`` for
+its duration (:func:`request_retries`); MLflow's default retries a request for minutes.
+
 Everything goes through one ``MlflowClient(tracking_uri=..., registry_uri=...)`` per
 pipeline. The few MLflow calls that exist only as process-wide ("fluent") functions, such as
 ``mlflow.pytorch.log_model``, run inside :func:`fluent_scope`, which sets the URIs under a
@@ -27,8 +36,12 @@ import mlflow
 import mlflow.tracking._model_registry.utils as registry_utils
 import mlflow.tracking._tracking_service.utils as tracking_utils
 import requests
+import sqlalchemy
 from mlflow import MlflowClient
+from mlflow.entities import Experiment
 from mlflow.exceptions import MlflowException
+from mlflow.store.model_registry.dbmodels.models import SqlModelVersion
+from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlLoggedModel, SqlRun
 
 from stpipe.core.errors import TrackingError
 from stpipe.tracking.settings import MlflowSection
@@ -38,8 +51,22 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROBE_TIMEOUT_S = 5.0
+MAX_HTTP_RETRIES = 10  # the most MLflow accepts (_MLFLOW_HTTP_REQUEST_MAX_RETRIES_LIMIT)
+_RETRY_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
+ARTIFACTS_DIR = "mlartifacts"
+# Where MLflow's SQL schema keeps artifact locations: (table, column).
+_ARTIFACT_COLUMNS = (
+    (SqlExperiment, "artifact_location"),
+    (SqlRun, "artifact_uri"),
+    (SqlLoggedModel, "artifact_location"),
+    (SqlModelVersion, "source"),
+    (SqlModelVersion, "storage_location"),
+)
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 _fluent_lock = threading.RLock()
+_retry_lock = threading.Lock()
+_retry_scopes: list[dict[str, str]] = []  # the open scopes' values, oldest first
+_retry_env_before: dict[str, str | None] = {}
 
 
 @dataclass(frozen=True)
@@ -66,8 +93,9 @@ def connect(
 ) -> Tracking:
     """Reach the tracking backend of ``[mlflow]`` and get (or create) ``experiment``.
 
-    Without a ``tracking_uri`` the backend is SQLite in ``workdir``; ``model_name`` is the
-    registered model the pipeline's versions go to.
+    Without a ``tracking_uri`` the backend is SQLite in ``workdir``, its artifact
+    locations rewritten if the workdir was moved or copied (module docstring);
+    ``model_name`` is the registered model the pipeline's versions go to.
 
     A server is probed (``GET /health``) up to ``[mlflow] retries`` times, waiting
     ``retry_backoff_s`` · 2^k between attempts; then :class:`TrackingError`. Nothing is
@@ -97,13 +125,51 @@ def connect(
             )
         else:
             experiment_id = experiment.experiment_id
+            if not settings.tracking_uri:
+                _follow_workdir(uri, workdir, experiment)
     return Tracking(uri=uri, client=client, experiment_id=experiment_id, model_name=model_name)
 
 
 def _local_artifacts(workdir: Path, experiment: str) -> str:
     """Artifact root of a new local experiment: ``<workdir>/mlartifacts/<experiment>`` (a
     server keeps its own, ``--artifacts-destination``)."""
-    return (workdir.resolve() / "mlartifacts" / experiment).as_uri()
+    return (workdir.resolve() / ARTIFACTS_DIR / experiment).as_uri()
+
+
+def _follow_workdir(uri: str, workdir: Path, experiment: Experiment) -> None:
+    """Point the artifact locations of the SQLite store ``uri`` at ``workdir`` if they are
+    under the ``mlartifacts`` folder of another (a moved or copied workdir).
+
+    The old folder is read off ``experiment``'s location; every location under it (of any
+    experiment, run, logged model or model version in the store) is rewritten in one
+    transaction. Locations elsewhere are left alone.
+    """
+    root = (workdir.resolve() / ARTIFACTS_DIR).as_uri()
+    expected = _local_artifacts(workdir, experiment.name)
+    tail = expected.removeprefix(root)
+    location = experiment.artifact_location or ""
+    old_root = location.removesuffix(tail)
+    if location == expected or old_root == location or not old_root.endswith(f"/{ARTIFACTS_DIR}"):
+        return
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.begin() as connection:
+            rewritten = 0
+            for model, name in _ARTIFACT_COLUMNS:
+                column = model.__table__.c[name]
+                under_old = sqlalchemy.func.substr(column, 1, len(old_root) + 1) == f"{old_root}/"
+                rest = sqlalchemy.func.substr(column, len(old_root) + 1)
+                result = connection.execute(
+                    sqlalchemy.update(model.__table__)
+                    .where(under_old)
+                    .values({name: sqlalchemy.literal(root).concat(rest)})
+                )
+                rewritten += result.rowcount
+    finally:
+        engine.dispose()
+    log.info(
+        "the workdir moved from %s: %d artifact locations now under %s", old_root, rewritten, root
+    )
 
 
 def _probe(uri: str) -> None:
@@ -156,6 +222,44 @@ def fluent_scope(uri: str) -> Iterator[None]:
             tracking_utils._tracking_uri = saved_tracking
             registry_utils._registry_uri = saved_registry
             for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def http_retry_env(settings: MlflowSection) -> dict[str, str]:
+    """MLflow's HTTP retry variables for ``[mlflow] retries`` attempts per request and
+    ``retry_backoff_s``: MLflow waits 0, 2f, 4f, … s between attempts for a whole-second
+    factor f, so f is ``retry_backoff_s / 2`` rounded (at most 10 retries)."""
+    return {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(min(settings.retries - 1, MAX_HTTP_RETRIES)),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(int(settings.retry_backoff_s / 2 + 0.5)),
+    }
+
+
+@contextlib.contextmanager
+def request_retries(settings: MlflowSection) -> Iterator[None]:
+    """Bound MLflow's retries of each HTTP request by ``settings`` for the block.
+
+    MLflow reads them from process-wide environment variables (:func:`http_retry_env`):
+    while scopes overlap (jobs in threads) the newest open one applies; when the last one
+    closes the variables are back exactly as they were.
+    """
+    values = http_retry_env(settings)
+    with _retry_lock:
+        if not _retry_scopes:
+            _retry_env_before.update({name: os.environ.get(name) for name in _RETRY_ENV})
+        _retry_scopes.append(values)
+        os.environ.update(values)
+    try:
+        yield
+    finally:
+        with _retry_lock:
+            _retry_scopes.remove(values)
+            restore = _retry_scopes[-1] if _retry_scopes else _retry_env_before
+            for name in _RETRY_ENV:
+                value = restore.get(name)
                 if value is None:
                     os.environ.pop(name, None)
                 else:

@@ -4,11 +4,15 @@ without stpipe's config.
 ``mlflow.pytorch.log_model(..., serialization_format="pt2")`` (MLflow 3's default outside
 Databricks) traces ``forward`` with ``torch.export`` and saves a PT2 archive: the graph as
 JSON, every weight and buffer (normalisation statistics, climatology) as raw tensor bytes
-(``use_pickle: false``), and the sample inputs as a ``torch.save`` record. Loading runs no
-unrestricted unpickler: unless ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` is set, MLflow checks
-every record first and accepts only JSON, raw tensors, and records that torch's restricted
-``weights_only`` unpickler (tensors and primitive containers) can read. A pickled
-``torch.save`` model, in contrast, runs arbitrary code when loaded.
+(``use_pickle: false``), and the sample inputs as a ``torch.save`` record.
+
+Loading never unpickles, whatever ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` says (MLflow
+unpickles unless it is false, and it defaults to true): :func:`load_model` refuses a model
+directory holding anything but ``data/model.pt2`` (a pickled ``data/model.pth`` runs
+arbitrary code when loaded), checks every record of the archive with MLflow's own
+validator (only JSON, raw tensors, and records that torch's restricted ``weights_only``
+unpickler reads: tensors and primitive containers), and only then hands it to
+``torch.export.load``, which would otherwise fall back to unrestricted unpickling.
 
 ``torch.export`` takes positional tensors, not the batch dict of
 :mod:`stpipe.models.common`, so the logged program is the forecaster behind
@@ -21,7 +25,9 @@ grid) travels as the :class:`~stpipe.core.card.ModelCard` in the MLmodel ``metad
 from __future__ import annotations
 
 import json
+import re
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +37,12 @@ import mlflow
 import mlflow.pytorch
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
+
+# MLflow's check that a PT2 archive holds no pickle payload; its public loader runs it only
+# when MLFLOW_ALLOW_PICKLE_DESERIALIZATION is false, stpipe runs it always.
+from mlflow.pytorch import _validate_pt2_archive_is_pickle_free
 from mlflow.types.schema import Schema, TensorSpec
 from torch import Tensor, nn
 
@@ -41,6 +52,10 @@ from stpipe.tracking.client import Tracking, fluent_scope, tracking_errors
 
 BATCH_INPUTS = ("x", "x_time", "y_time", "x_times", "y_times", "static", "row0", "col0")
 MODEL_ARTIFACT = "model"
+PROGRAM_FILE = "data/model.pt2"
+# torch.export.load keeps its deserializer in a global: two loads at once (flows run in
+# threads) fail with "_CURRENT_DESERIALIZER is already set".
+_export_load_lock = threading.Lock()
 EXAMPLE_FILE = "input_example.npz"
 CARD_KEY = "stpipe"
 
@@ -192,13 +207,49 @@ def _spec(name: str, tensor: Tensor) -> TensorSpec:
 
 
 def load_model(tracking: Tracking, uri: str) -> RegisteredForecaster:
-    """Load a logged or registered model (``models:/...`` URI) as a forecaster, pickle-free."""
+    """Load a logged or registered model (``models:/...`` URI) as a forecaster.
+
+    Never unpickles (see the module docstring): a model directory that holds anything but
+    the PT2 archive :data:`PROGRAM_FILE`, or an archive with a record that is not
+    pickle-free, is refused with a TrackingError naming ``uri`` and the file.
+    """
     with tempfile.TemporaryDirectory() as tmp, tracking_errors(tracking.uri, f"load {uri}"):
         with fluent_scope(tracking.uri):
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-        program = mlflow.pytorch.load_model(local)
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        archive = _pickle_free_program(uri, local)
+        with _export_load_lock:
+            program = torch.export.load(str(archive)).module()
         card = read_card(local)
     return RegisteredForecaster(program, card)
+
+
+def _pickle_free_program(uri: str, model_dir: Path) -> Path:
+    """The checked PT2 archive of the downloaded model ``model_dir``; TrackingError if the
+    model holds any other data file or the archive a record that would be unpickled."""
+    data_files = sorted(
+        str(p.relative_to(model_dir)) for p in (model_dir / "data").rglob("*") if p.is_file()
+    )
+    if not data_files:
+        raise TrackingError(f"{uri}: the model's artifacts hold no {PROGRAM_FILE} (nor any data)")
+    others = [name for name in data_files if name != PROGRAM_FILE]
+    if others:
+        raise TrackingError(
+            f"{uri}: refusing to load {', '.join(others)}: stpipe loads only the "
+            f"torch.export archive {PROGRAM_FILE} that it logs (a pickled model, "
+            "data/model.pth, runs any code it holds); train the model again with "
+            "`stpipe train CONFIG`"
+        )
+    try:
+        _validate_pt2_archive_is_pickle_free(str(model_dir / PROGRAM_FILE))
+    except MlflowException as exc:
+        record = re.search(r"record '([^']+)'", exc.message)
+        what = f"its record {record.group(1)}" if record else "it"
+        raise TrackingError(
+            f"{uri}: refusing to load {PROGRAM_FILE}: {what} would be unpickled (not JSON, raw "
+            "tensors or tensors in plain containers); train the model again with "
+            "`stpipe train CONFIG`"
+        ) from None
+    return model_dir / PROGRAM_FILE
 
 
 def read_card(model_dir: str | Path) -> ModelCard:

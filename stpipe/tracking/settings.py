@@ -26,8 +26,8 @@ class MlflowSection(Settings):
     )
     retries: PositiveInt = Field(
         default=4,
-        description="Attempts to reach a tracking server before a job starts (requests "
-        "during a job follow MLflow's own MLFLOW_HTTP_REQUEST_MAX_RETRIES).",
+        description="Attempts to reach a tracking server before a job starts, and per "
+        "MLflow request during a job (MLflow's own default retries for minutes).",
     )
     retry_backoff_s: float = Field(
         default=1.0, ge=0, description="Wait before the 2nd attempt; doubles each time."

@@ -94,7 +94,7 @@ def test_overrides_apply_before_validation(tmp_path: Path) -> None:
         ),
         (
             ("[split]", '[model]\nname = "convlstm"\nhiden = [4]\n\n[split]'),
-            r"\[model\] convlstm\.hiden: unknown key$",
+            r"\[model\] convlstm\.hiden: unknown key \(did you mean `hidden`\?\)$",
         ),
         (
             ("[split]", '[model]\nname = "convlstm"\nfilter = 3\nconvlstm_filter = 3\n[split]'),

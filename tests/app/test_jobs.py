@@ -17,6 +17,7 @@ from stpipe.app import jobs
 from stpipe.app.cli import main
 from stpipe.app.config import Config, load_config
 from stpipe.app.jobs import data_context, model_card, tracking_for
+from stpipe.app.promotion import score_promotion
 from stpipe.core.errors import ConfigError, TrackingError
 from stpipe.forecast.predict import forecast_grid
 from stpipe.forecast.store import open_forecasts
@@ -54,7 +55,7 @@ test_start = 2024-01-05
 
 [model]
 name = "convlstm"
-convlstm_hidden = [4]
+hidden = [4]
 
 [train]
 epochs = 1
@@ -136,7 +137,7 @@ def register_baseline(config: Config, *, offset: float = 0.0) -> Promotion:
     )
     model = Shifted(build_forecaster(config.model, data, name="persistence").eval(), offset)
     logged = log_model(tracking, run_id, model, example=example, card=model_card(config, data.ds))
-    promotion = jobs.score_promotion(tracking, config, data, candidate_uri=logged.uri)
+    promotion = score_promotion(tracking, config, data, candidate_uri=logged.uri)
     registry.register(
         tracking, model_id=logged.model_id, run_id=run_id, promotion=promotion, tags={}
     )

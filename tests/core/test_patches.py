@@ -13,15 +13,14 @@ from stpipe.core.errors import ConfigError, StoreError
 from stpipe.core.patches import (
     PatchIndex,
     PatchSpec,
-    Splits,
     axis_indices,
     axis_positions,
     check_not_empty,
     is_global_lon,
     static_coordinates,
     time_features,
-    time_segments,
 )
+from stpipe.core.splits import Splits, time_segments
 
 RAW = {
     "pipeline": {"name": "p", "workdir": "/tmp/unused"},

@@ -7,8 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from stpipe.core.errors import ConfigError, StoreError
-from stpipe.core.patches import Splits
 from stpipe.core.settings import SplitSection
+from stpipe.core.splits import Splits
 
 
 def hourly(start: str, end: str) -> np.ndarray:

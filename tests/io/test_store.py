@@ -10,7 +10,7 @@ import xarray as xr
 import zarr
 
 from stpipe.core.errors import StoreError
-from stpipe.core.patches import time_gaps
+from stpipe.core.splits import time_gaps
 from stpipe.io.ingestion import ingest
 from stpipe.io.manifest import FileEntry, Manifest, manifest_digest, read_manifest
 from stpipe.io.settings import StoreSection

@@ -144,6 +144,7 @@ def test_the_result_is_a_dataset_of_forecaster_lead_variable(store) -> None:
         "n_samples": evaluation.attrs["n_samples"],
         "lead_unit": "h",
         "headline": "rmse_lat_weighted",
+        "climatology": "hour of day",
     }
     assert evaluation.attrs["n_samples"] > 0
     assert evaluation["acc"].attrs["forecasters"] == [

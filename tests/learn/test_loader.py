@@ -14,7 +14,8 @@ import xarray as xr
 from stpipe.app.config import Config, config_from_dict
 from stpipe.app.jobs import data_context
 from stpipe.core.errors import ConfigError, StoreError
-from stpipe.core.patches import PatchSpec, Splits
+from stpipe.core.patches import PatchSpec
+from stpipe.core.splits import Splits
 from stpipe.io.ingestion import ingest
 from stpipe.io.store import open_store
 from stpipe.learn.loader import Piece, ReaderOptions, make_loader, plan_batches

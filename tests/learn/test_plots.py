@@ -74,6 +74,29 @@ def test_rmse_vs_lead_names_the_forecasters_in_words(
     evaluation = hand_scores()
     evaluation.attrs["model_version"] = "7"
     plot_rmse_vs_lead(evaluation, tmp_path / "rmse.png")
+    plot_rmse_vs_lead(evaluation, tmp_path / "c.png", role="champion", model_version="8")
     assert legends == [
-        ["model v7", "persistence", "climatology", "persistence + climatological change"]
+        ["model v7", "persistence", "climatology", "persistence + climatological change"],
+        ["champion v8", "persistence", "climatology", "persistence + climatological change"],
     ]
+
+
+def test_sample_maps_name_the_patch_the_init_time_and_the_units(tmp_path: Path, monkeypatch):
+    drawn: list[tuple[str, list[str]]] = []
+    save = matplotlib.figure.Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        drawn.append((fig._suptitle.get_text(), [ax.get_ylabel() for ax in fig.axes]))
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    plot_sample_maps(sample(2, latlon=True), tmp_path / "maps.png")
+    plot_sample_maps(sample(2, latlon=False), tmp_path / "cells.png")
+    (latlon_title, latlon_labels), (cells_title, _) = drawn
+    # the patch's cells inside the grid: the two NaN columns of padding are left out
+    assert (
+        latlon_title == "t2m (K), init 2024-01-04T11:00:00, patch lat 50 to 51.75, lon -2 to -0.5"
+    )
+    assert cells_title == "t2m (K), init 2024-01-04T11:00:00, patch y 0 to 7, x 0 to 9"
+    bars = [label for label in latlon_labels if label not in {"", "lat"}]
+    assert bars == ["t2m (K)", "forecast − truth (K)"] * 2  # one pair per lead row

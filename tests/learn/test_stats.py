@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stpipe.core.errors import StoreError
-from stpipe.core.patches import Splits
+from stpipe.core.splits import Splits
 from stpipe.io.settings import DaskSection
 from stpipe.io.store import open_store
 from stpipe.learn.stats import NormStats, compute_stats, nan_steps

@@ -97,8 +97,9 @@ def test_masked_loss_ignores_cells_outside_the_mask(pipeline) -> None:
     config = pipeline()
     model = build_forecaster(config.model, data_context(config), name="persistence")
     b, n_leads, h, w = 2, 2, 8, 8
-    y = torch.randn(b, n_leads, 1, h, w)
-    pred = torch.randn(b, n_leads, 1, h, w, requires_grad=True)
+    level = model.target_mean[:, None, None]  # physical values lie around the mean
+    y = level + torch.randn(b, n_leads, 1, h, w)
+    pred = (level + torch.randn(b, n_leads, 1, h, w)).requires_grad_()
     mask = torch.ones_like(y)
     mask[:, :, :, 5:, :] = 0  # padded rows
     mask[1, 0, 0, 0, 0] = 0  # one missing value

@@ -3,6 +3,7 @@ blend per lag, and the per-patch lookup (NaN outside the grid)."""
 
 from __future__ import annotations
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -36,6 +37,33 @@ def test_slots_match_pandas_hour_and_weekday_for_numpy_and_torch() -> None:
     assert slots_per_period(period="day", step_s=3600) == 24
 
 
+def leap_calendar_day(times: pd.DatetimeIndex) -> np.ndarray:
+    """pandas' day of year, counted in a leap year: Mar 1 is day 60 in every year."""
+    late_in_common_year = ~times.is_leap_year & (times.day_of_year >= 60)
+    return np.asarray(times.day_of_year - 1 + late_in_common_year)
+
+
+def test_doy_slots_match_pandas_day_of_year_over_leap_and_common_years() -> None:
+    rng = np.random.default_rng(0)
+    days = pd.date_range("1899-12-25", "2101-01-05", freq="D")  # 1900, 2100 common; 2000 leap
+    times = days + pd.to_timedelta(rng.integers(0, 48, len(days)) * 30, unit="min")
+    ns = times.as_unit("ns").asi8
+    expected = leap_calendar_day(times) * 48 + np.asarray(times.hour * 2 + times.minute // 30)
+    slots = time_slots(ns, period="doy", step_s=1800)
+    assert np.array_equal(slots, expected)
+    assert torch.equal(
+        time_slots(torch.from_numpy(ns), period="doy", step_s=1800), torch.from_numpy(expected)
+    )
+    assert slots.min() == 0 and slots.max() == 366 * 48 - 1
+    assert slots_per_period(period="doy", step_s=3600) == 8784
+
+    named = pd.DatetimeIndex(
+        ["2023-02-28", "2023-03-01", "2024-02-29", "2024-03-01", "2024-12-31", "1900-03-01"]
+    )
+    days_of_year = time_slots(named.as_unit("ns").asi8, period="doy", step_s=86_400)
+    assert list(days_of_year) == [58, 60, 59, 60, 365, 60], "Feb 29 has its own day"
+
+
 def test_step_must_divide_a_day() -> None:
     with pytest.raises(ConfigError, match="step_s=7000"):
         slots_per_period(period="day", step_s=7000)
@@ -63,8 +91,8 @@ def test_fit_week_slots_and_empty_slots_are_nan() -> None:
     assert clim.table.shape == (336, 1, 2, 2)
     np.testing.assert_allclose(clim.table[48 + 3, 0], ds["inflow"].values[48 + 3], rtol=1e-6)
     assert np.isnan(clim.table[2 * 48 :, 0]).all(), "Wednesday to Sunday were never seen"
-    assert climatology_period("auto", ds) == "week"
-    assert climatology_period("auto", make_dataset(nt=2)) == "day"
+    assert climatology_period("auto", ds, step_s=1800) == "week"
+    assert climatology_period("auto", make_dataset(nt=2), step_s=3600) == "day"
 
 
 def brute_force_blend(ds: xr.Dataset, name: str, lag: int) -> np.ndarray:
@@ -74,7 +102,15 @@ def brute_force_blend(ds: xr.Dataset, name: str, lag: int) -> np.ndarray:
     hour = regular.hour.to_numpy()
     table = np.stack([np.nanmean(x[hour == h], axis=0) for h in range(24)])
     count = np.stack([np.isfinite(x[hour == h]).sum(axis=0) for h in range(24)])
-    held_out = (count[hour] * table[hour] - x) / (count[hour] - 1)
+    return held_out_least_squares(x, table[hour], count[hour], lag)
+
+
+def held_out_least_squares(
+    x: np.ndarray, table: np.ndarray, count: np.ndarray, lag: int
+) -> np.ndarray:
+    """The blend by brute force, from the slot mean and count at each time [T, ...]."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        held_out = (count * table - x) / (count - 1)
     centre = np.nanmean(x)
     f = np.stack([x[:-lag], held_out[lag:], held_out[:-lag]], axis=-1).reshape(-1, 3) - centre
     y = x[lag:].reshape(-1) - centre
@@ -102,6 +138,81 @@ def test_blend_equals_brute_force_least_squares_with_a_time_gap() -> None:
             err_msg=f"lag {lag}",
         )
     assert clim.blend("t2m", 99) == clim.blend("t2m", 25), "past max_lag: the last lag"
+
+
+def brute_force_doy_means(
+    x: np.ndarray, times: pd.DatetimeIndex, *, step_h: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loop over (day of year d, time of day h): mean and count of the finite values at h
+    whose day of year lies within ±30 days of d, circular over 366 days. [366 × 24/step_h, ...]"""
+    per_day = 24 // step_h
+    day, tod = leap_calendar_day(times), times.hour.to_numpy() // step_h
+    table = np.full((366 * per_day, *x.shape[1:]), np.nan)
+    count = np.zeros((366 * per_day, *x.shape[1:]))
+    for d in range(366):
+        near = np.abs((day - d + 183) % 366 - 183) <= 30
+        for h in range(per_day):
+            values = x[near & (tod == h)]
+            count[d * per_day + h] = np.isfinite(values).sum(axis=0)
+            if values.size:
+                with np.errstate(invalid="ignore"):
+                    table[d * per_day + h] = np.nansum(values, axis=0) / count[d * per_day + h]
+    return table, count
+
+
+def test_doy_table_and_blend_equal_brute_force_smoothing_with_gaps_and_nans() -> None:
+    ds = make_dataset(
+        nt=4 * 730, ny=2, nx=3, variables=("t2m",), step="6h", start="2023-07-01", gap_after=900
+    )  # two years over Feb 29 2024, six-hourly, five steps missing
+    rng = np.random.default_rng(4)
+    times = pd.DatetimeIndex(ds["time"].values)
+    year = 2 * np.pi * times.day_of_year.to_numpy() / 365.25
+    noise = np.cumsum(rng.standard_normal(len(times))) * 0.3
+    diurnal = 2 * np.cos(times.hour.to_numpy() * np.pi / 12)
+    ds["t2m"] = ds["t2m"] + (10 * np.cos(year) + noise + diurnal)[:, None, None]
+    ds["t2m"][rng.integers(0, len(times), 300), 1, 2] = np.nan
+    with dask.config.set({"array.chunk-size": "4KiB"}):  # one block per cell
+        clim = Climatology.fit(
+            ds.chunk(time=100), variables=["t2m"], period="doy", step_s=21_600, max_lag=6
+        )
+    regular = pd.date_range(times[0], times[-1], freq="6h")
+    x = ds["t2m"].reindex(time=regular).values.astype(np.float64)
+    table, count = brute_force_doy_means(x, regular, step_h=6)
+    assert clim.table.shape == (366 * 4, 1, 2, 3)
+    np.testing.assert_allclose(clim.table[:, 0], table, rtol=1e-6)
+    assert not np.isnan(clim.table).any(), "Feb 29, seen once, is filled by its neighbours"
+    slot = leap_calendar_day(regular) * 4 + regular.hour.to_numpy() // 6
+    for lag in (1, 4, 6):
+        np.testing.assert_allclose(
+            clim.blend("t2m", lag),
+            held_out_least_squares(x, table[slot], count[slot], lag),
+            rtol=1e-4,
+            atol=1e-6,
+            err_msg=f"lag {lag}",
+        )
+
+
+def test_auto_is_doy_once_the_train_split_spans_a_year() -> None:
+    year = make_dataset(nt=365 * 4, ny=1, nx=1, step="6h", start="2023-03-01")
+    short = year.isel(time=slice(1, None))
+    cells = make_dataset(nt=365 * 24, ny=1, nx=1, step="1h", latlon=False)
+    assert climatology_period("auto", year, step_s=21_600) == "doy"
+    assert climatology_period("auto", cells, step_s=3600) == "doy"
+    assert climatology_period("auto", short, step_s=21_600) == "day"
+    assert climatology_period("auto", cells.isel(time=slice(0, -1)), step_s=3600) == "week"
+    assert climatology_period("doy", short, step_s=21_600) == "doy"
+
+
+def test_description_names_the_slots() -> None:
+    def described(period: str, step_s: int) -> str:
+        table = np.zeros((slots_per_period(period=period, step_s=step_s), 1, 1, 1), np.float32)
+        empty = np.zeros((1, 1, 3), np.float32)
+        return Climatology(("a",), period, step_s, table, empty).description
+
+    assert described("day", 3600) == "hour of day"
+    assert described("week", 1800) == "day of week × 30-min slot"
+    assert described("doy", 3600) == "day of year × hour, ±30-day smoothing"
+    assert described("doy", 21_600) == "day of year × 6-h slot, ±30-day smoothing"
 
 
 def test_blend_picks_persistence_for_a_random_walk_and_climatology_for_a_cycle() -> None:
@@ -154,3 +265,14 @@ def test_lookup_refuses_other_variables_or_step() -> None:
         ClimatologyLookup(_table_climatology(), variables=["c"], step_s=3600)
     with pytest.raises(ConfigError, match="step_s=3600, data has 1800"):
         ClimatologyLookup(_table_climatology(), variables=["a"], step_s=1800)
+
+
+def test_lookup_by_day_of_year_in_torch() -> None:
+    n_slots = slots_per_period(period="doy", step_s=3600)
+    table = np.arange(n_slots, dtype=np.float32).reshape(n_slots, 1, 1, 1)
+    clim = Climatology(("a",), "doy", 3600, table, np.ones((1, 2, 3), dtype=np.float32))
+    lookup = ClimatologyLookup(clim, variables=["a"], step_s=3600)
+    times = pd.DatetimeIndex(["2024-02-29 05:00", "2024-03-01 05:00", "2023-03-01 23:00"])
+    ns = torch.from_numpy(times.as_unit("ns").asi8)[None]
+    out = lookup(ns, torch.tensor([0]), torch.tensor([0]), height=1, width=1)
+    assert out[0, :, 0, 0, 0].tolist() == [59 * 24 + 5, 60 * 24 + 5, 60 * 24 + 23]

@@ -69,7 +69,7 @@ class Server:
             try:
                 if requests.get(f"{self.url}/health", timeout=1).ok:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # up, not yet answering
                 time.sleep(0.25)
         raise RuntimeError(f"mlflow server at {self.url} not ready after {START_TIMEOUT_S} s")
 

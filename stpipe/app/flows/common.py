@@ -2,11 +2,16 @@
 
 Retries: tasks that do I/O retry on failures another attempt can cure (an ``OSError``, a
 source file refused because it was still being copied, MLflow unreachable); bad config, a
-locked or conflicting store fail at once. Results: the training task persists its outcome,
-so a retry of the flow run reuses it instead of training again. Caching: the normalisation
-statistics are cached under the store's digest, the variables and the split, persisted in
-``<workdir>/prefect-results``, so a later run in another process reuses them as long as the
-committed data is the same.
+locked or conflicting store fail at once.
+
+No task persists a Prefect result or looks one up: Prefect reads a stored record with the
+serializer the record names, so a record planted in the results folder saying ``pickle``
+would run its payload. What is worth keeping is kept as JSON by stpipe itself: the
+normalisation statistics by :func:`stpipe.learn.stats.compute_stats` (under the store's
+digest, the variables and the split, beside the store, so another run on the same
+committed data reuses them), and the training outcome of a flow run under
+``<workdir>/flow-outcomes/<flow run id>/`` (so a retried flow run reuses it instead of
+training again).
 
 One flow run per pipeline at a time: :func:`pipeline_lock` (a file lock in the workdir;
 ingest takes the store's own writer lock inside it).
@@ -15,7 +20,12 @@ ingest takes the store's own writer lock inside it).
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import shutil
+import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +35,11 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
 from prefect.states import State
 from prefect.tasks import Task
-from prefect.utilities.hashing import hash_objects
 
 from stpipe.app.config import Config, load_config
 from stpipe.core.errors import SourceError, StoreError, TrackingError
 from stpipe.io.store import store_lock
+from stpipe.learn import scores
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -40,7 +50,10 @@ if TYPE_CHECKING:
 
 Overrides = dict[str, Any]
 
-RESULTS_DIR = "prefect-results"
+OUTCOMES_DIR = "flow-outcomes"
+OUTCOME_FILE = "training.json"
+TEST_FILE = "test.json"
+OUTCOME_MAX_AGE_S = 30 * 86400
 RUN_LOCK_DIR = "flow-runs"
 TRANSIENT_ERRORS = (OSError, TimeoutError, SourceError, TrackingError)
 
@@ -48,11 +61,6 @@ TRANSIENT_ERRORS = (OSError, TimeoutError, SourceError, TrackingError)
 def pipeline_config(config_path: str | Path, overrides: Overrides | None) -> Config:
     """The config a flow run uses: the file plus the run's ``overrides`` (dotted keys)."""
     return load_config(config_path, overrides=overrides)
-
-
-def results_storage(config: Config) -> Path:
-    """Where the flows persist task results and cache records: ``<workdir>/prefect-results``."""
-    return config.workdir / RESULTS_DIR
 
 
 @contextlib.contextmanager
@@ -68,7 +76,8 @@ def pipeline_lock(config: Config, *, wait: bool) -> Iterator[None]:
         except StoreError as exc:
             raise StoreError(
                 f"pipeline {config.pipeline.name!r} is already running; this run stops "
-                f"(pass wait_for_lock=True to queue behind it): {exc}"
+                f"(`stpipe nightly --wait`, or the flow parameter wait_for_lock, queues "
+                f"behind it): {exc}"
             ) from None
         yield
 
@@ -108,31 +117,19 @@ def ingest_task(config: Config) -> IngestReport:
     return report
 
 
-def _statistics_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    from stpipe.io.store import store_digest
-
-    config: Config = parameters["config"]
-    return "stats-" + hash_objects(
-        store_digest(config.store_path),
-        config.input_variables,
-        config.split.model_dump(mode="json"),
-    )
-
-
 @task(
     name="normalisation-statistics",
-    cache_key_fn=_statistics_key,
-    persist_result=True,
     retries=1,
     retry_delay_seconds=60,
     retry_condition_fn=is_transient,
+    cache_policy=NO_CACHE,
 )
 def statistics_task(config: Config) -> NormStats:
     """Train-split statistics of the input variables (:func:`stpipe.learn.stats.compute_stats`).
 
-    Cached by store digest, variables and split: another run on the same committed data
-    (a retry, a re-run, tomorrow's run if nothing arrived) gets them without recomputing.
-    Call it through :func:`in_workdir` so the cache lives in the pipeline's workdir.
+    Cached as JSON beside the store by digest, variables and split: another run on the same
+    committed data (a retry, a re-run, tomorrow's run if nothing arrived) reads them
+    without recomputing.
     """
     from stpipe.learn.stats import compute_stats
 
@@ -151,29 +148,74 @@ def statistics_task(config: Config) -> NormStats:
     return stats
 
 
-def in_workdir(task_: Task[Any, Any], config: Config) -> Task[Any, Any]:
-    """``task_`` persisting its result (and cache record) under the pipeline's workdir."""
-    return task_.with_options(result_storage=results_storage(config))
-
-
 @task(
     name="train-evaluate-promote",
     retries=1,
     retry_delay_seconds=300,
     retry_condition_fn=is_transient,
-    persist_result=True,
+    cache_policy=NO_CACHE,
 )
 def training_task(config: Config) -> TrainingOutcome:
     """Train, evaluate on the test split, log, register, promote (:func:`stpipe.app.jobs.run_training`).
 
-    The outcome is persisted (call through :func:`in_workdir`): a retried flow run reuses it
-    instead of training again. A retry after a failure resumes from the last checkpoint.
+    The outcome is kept as JSON under ``<workdir>/flow-outcomes/<flow run id>/``: a retried
+    flow run reuses it instead of training again. A retry after a failure resumes from the
+    last checkpoint.
     """
     from stpipe.app.jobs import run_training
 
-    outcome = run_training(config, progress=False)
+    context = TaskRunContext.get()
+    flow_run_id = context.task_run.flow_run_id if context is not None else None
+    record = None if flow_run_id is None else config.workdir / OUTCOMES_DIR / str(flow_run_id)
+    outcome = None if record is None else read_outcome(record)
+    if outcome is not None:
+        get_run_logger().info("reusing the outcome of this flow run in %s", record)
+    else:
+        outcome = run_training(config, progress=False)
+        if record is not None:
+            write_outcome(record, outcome)
     get_run_logger().info("%s", outcome.summary())
     return outcome
+
+
+def write_outcome(directory: Path, outcome: TrainingOutcome) -> None:
+    """``outcome`` as JSON in ``directory`` (the test evaluation in its own file, written
+    first, so a record is complete once :data:`OUTCOME_FILE` exists); records older than
+    :data:`OUTCOME_MAX_AGE_S` beside it are removed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    scores.to_json(outcome.test, directory / TEST_FILE)
+    raw = {"run_id": outcome.run_id, "version": outcome.version}
+    tmp = directory / f"{OUTCOME_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(raw | {"promotion": asdict(outcome.promotion)}, indent=1))
+    os.replace(tmp, directory / OUTCOME_FILE)
+    for old in directory.parent.iterdir():
+        if time.time() - old.stat().st_mtime > OUTCOME_MAX_AGE_S:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def read_outcome(directory: Path) -> TrainingOutcome | None:
+    """The outcome written by :func:`write_outcome`, or None if there is none or it does
+    not read as one (plain JSON, never unpickled; a damaged record means training again)."""
+    from stpipe.app.jobs import TrainingOutcome
+    from stpipe.tracking.registry import CHALLENGER, CHAMPION, Promotion
+
+    path = directory / OUTCOME_FILE
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        promotion = Promotion(**raw["promotion"])
+        if promotion.alias not in (CHAMPION, CHALLENGER):
+            raise ValueError(f"alias {promotion.alias!r}")
+        return TrainingOutcome(
+            run_id=str(raw["run_id"]),
+            version=str(raw["version"]),
+            promotion=promotion,
+            test=scores.from_json(directory / TEST_FILE),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        get_run_logger().warning("%s is not a training outcome (%s); training again", path, exc)
+        return None
 
 
 @task(

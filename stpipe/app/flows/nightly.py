@@ -20,7 +20,6 @@ from stpipe.app.flows.common import (
     Overrides,
     evaluation_task,
     forecast_task,
-    in_workdir,
     ingest_task,
     pipeline_config,
     pipeline_lock,
@@ -82,11 +81,12 @@ class NightReport:
             f"Store holds {held} ({ingest.committed_length} steps, digest `{ingest.digest}`).",
         ]
         lines += [f"- refused `{p.name}`: {reason}" for p, reason in ingest.refused]
-        champion = (
-            "no champion before"
-            if promotion.champion_score is None
-            else f"champion v{promotion.champion_version} {promotion.champion_score:.4g}"
-        )
+        if promotion.champion_version is None:
+            champion = "no champion before"
+        elif promotion.champion_score is None:
+            champion = f"champion v{promotion.champion_version} not scored"
+        else:
+            champion = f"champion v{promotion.champion_version} {promotion.champion_score:.4g}"
         table = lead_table(self.champion, role="champion", model_version=self.champion_version)
         lines += [
             "",
@@ -113,8 +113,8 @@ def nightly_flow(
     config = pipeline_config(config_path, overrides)
     with pipeline_lock(config, wait=wait_for_lock):
         ingested = ingest_task(config)
-        in_workdir(statistics_task, config)(config)
-        training = in_workdir(training_task, config)(config)
+        statistics_task(config)
+        training = training_task(config)
         champion = training.test if training.promotion.promoted else evaluation_task(config)
         forecast = forecast_task(config)
     report = NightReport(config.pipeline.name, ingested, training, champion, forecast)

@@ -8,7 +8,6 @@ from prefect import flow
 
 from stpipe.app.flows.common import (
     Overrides,
-    in_workdir,
     pipeline_config,
     pipeline_lock,
     statistics_task,
@@ -30,5 +29,5 @@ def train_flow(
     """
     config = pipeline_config(config_path, overrides)
     with pipeline_lock(config, wait=wait_for_lock):
-        in_workdir(statistics_task, config)(config)
-        return in_workdir(training_task, config)(config)
+        statistics_task(config)
+        return training_task(config)

@@ -20,8 +20,12 @@ import xarray as xr
 from gribapi.errors import GribInternalError
 
 from stpipe.core.errors import SourceError
-from stpipe.io.settings import SourceSection
-from stpipe.io.sources import latlon_dataset, latlon_layout, select_variables
+from stpipe.io.sources.canonical import (
+    SourceOptions,
+    latlon_dataset,
+    latlon_layout,
+    select_variables,
+)
 
 _GRID_DIMS = ("latitude", "longitude")
 _TIME_DIMS = ("time", "step")
@@ -43,7 +47,7 @@ _KEPT_GLOBAL_ATTRS = (
 )
 
 
-def read_grib(path: Path, source: SourceSection) -> xr.Dataset:
+def read_grib(path: Path, source: SourceOptions) -> xr.Dataset:
     """Read one GRIB file into the canonical ``(time, lat, lon)`` dataset."""
     try:
         with warnings.catch_warnings():
@@ -61,7 +65,7 @@ def read_grib(path: Path, source: SourceSection) -> xr.Dataset:
             group.close()
 
 
-def _read(path: Path, groups: list[xr.Dataset], source: SourceSection) -> xr.Dataset:
+def _read(path: Path, groups: list[xr.Dataset], source: SourceOptions) -> xr.Dataset:
     arrays = [group[name] for group in groups for name in group.data_vars]
     chosen = select_variables(path, [str(a.name) for a in arrays], source)
     by_name = {str(a.name): a for a in arrays}

@@ -10,7 +10,9 @@ chunk-wise (cache-sized blocks) straight into a float32 output. Rules:
   extra dims of length 1 (a single level, ensemble member) are dropped.
 - Missing values: ``_FillValue`` (or, when the variable has none and is not a byte type,
   the netCDF default fill value, as netCDF4 masks it) and ``missing_value``, compared in
-  the packed type, become NaN. ``valid_min``/``valid_max``/``valid_range`` are not applied.
+  the packed type, become NaN. ``valid_min``/``valid_max``/``valid_range`` mask nothing:
+  they are passed on, unpacked, as ``valid_min``/``valid_max`` attributes, which ingest
+  enforces (:func:`stpipe.io.sources.canonical.check_values` refuses the file).
 - Packed values: ``value = packed * scale_factor + add_offset`` computed in the type of
   those attributes (CF: float64 attributes mean float64 arithmetic, so results equal
   netCDF4's own decoding), then stored as float32.
@@ -37,8 +39,14 @@ import numpy as np
 import xarray as xr
 
 from stpipe.core.errors import SourceError
-from stpipe.io.settings import SourceSection
-from stpipe.io.sources import LatLonLayout, latlon_dataset, latlon_layout, select_variables
+from stpipe.io.sources.canonical import (
+    LatLonLayout,
+    SourceOptions,
+    cf_valid_range,
+    latlon_dataset,
+    latlon_layout,
+    select_variables,
+)
 
 _COORD_NAMES = {
     "time": ("time", "valid_time"),
@@ -66,7 +74,7 @@ _CHUNK = 1 << 16  # elements per unpacking block: work arrays stay in L2 cache
 _NS_RANGE = (np.datetime64("1678-01-01", "us"), np.datetime64("2262-01-01", "us"))
 
 
-def read_netcdf(path: Path, source: SourceSection) -> xr.Dataset:
+def read_netcdf(path: Path, source: SourceOptions) -> xr.Dataset:
     """Read one NetCDF file into the canonical ``(time, lat, lon)`` dataset."""
     try:
         with netCDF4.Dataset(path) as nc:
@@ -77,7 +85,7 @@ def read_netcdf(path: Path, source: SourceSection) -> xr.Dataset:
         raise SourceError(path, f"not a readable NetCDF file: {exc}") from exc
 
 
-def _read(path: Path, nc: netCDF4.Dataset, source: SourceSection) -> xr.Dataset:
+def _read(path: Path, nc: netCDF4.Dataset, source: SourceOptions) -> xr.Dataset:
     time_var, lat_var, lon_var = (_find_coord(path, nc, axis) for axis in _COORD_NAMES)
     times = _decode_times(path, time_var)
     layout = latlon_layout(
@@ -263,8 +271,6 @@ def _unpack(
 
 
 def _descriptive_attrs(var: netCDF4.Variable) -> Mapping[str, Any]:
-    return {
-        a: var.getncattr(a)
-        for a in var.ncattrs()
-        if a not in _ENCODING_ATTRS and not a.startswith("_")
-    }
+    attrs = {a: var.getncattr(a) for a in var.ncattrs()}
+    kept = {a: v for a, v in attrs.items() if a not in _ENCODING_ATTRS and not a.startswith("_")}
+    return kept | cf_valid_range(attrs, var.dtype)

@@ -21,8 +21,7 @@ import numpy as np
 import xarray as xr
 
 from stpipe.core.errors import SourceError
-from stpipe.io.settings import SourceSection
-from stpipe.io.sources import cell_dataset, select_variables
+from stpipe.io.sources.canonical import SourceOptions, cell_dataset, select_variables
 
 CHANNELS = ("inflow", "outflow")
 _SLOT_COUNTS = (24, 48, 96, 144, 288)
@@ -33,7 +32,7 @@ _ATTRS = {
 }
 
 
-def read_taxibj(path: Path, source: SourceSection) -> xr.Dataset:
+def read_taxibj(path: Path, source: SourceOptions) -> xr.Dataset:
     """Read one TaxiBJ-style HDF5 file into the canonical ``(time, y, x)`` dataset."""
     chosen = select_variables(path, CHANNELS, source)
     try:

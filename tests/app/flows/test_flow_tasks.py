@@ -21,7 +21,7 @@ from prefect.client.schemas.filters import (
     TaskRunFilterStateName,
 )
 
-from stpipe.app.flows.common import in_workdir, ingest_task, pipeline_config, statistics_task
+from stpipe.app.flows.common import ingest_task, pipeline_config, statistics_task
 from stpipe.app.flows.ingest import ingest_flow
 from stpipe.core.errors import StoreError
 from stpipe.io.store import open_store, store_lock
@@ -111,7 +111,12 @@ def test_a_locked_store_is_not_retried(new_pipeline):
 def statistics_only(config_path: str):
     """The flows' statistics task alone, as the nightly and train flows call it."""
     config = pipeline_config(config_path, None)
-    return in_workdir(statistics_task, config)(config, return_state=True)
+    return statistics_task(config, return_state=True)
+
+
+def stats_files(workdir: Path) -> dict[str, int]:
+    """The JSON statistics cached beside the store: name → mtime_ns."""
+    return {p.name: p.stat().st_mtime_ns for p in (workdir / "stats").glob("norm-*.json")}
 
 
 @pytest.mark.slow
@@ -121,6 +126,7 @@ def test_statistics_are_cached_across_processes(new_pipeline, flow_process):
     ingest_flow(str(pipeline.config))
     first = statistics_only(str(pipeline.config))
     assert first.name == "Completed"
+    first_files = stats_files(pipeline.workdir)
 
     # when: another process asks for them on the same committed data
     proc = flow_process(
@@ -131,12 +137,14 @@ def test_statistics_are_cached_across_processes(new_pipeline, flow_process):
     )
     out, _ = proc.communicate(timeout=300)
 
-    # then: it reads the persisted result instead of recomputing
+    # then: it reads the statistics cached as JSON instead of recomputing
     assert proc.returncode == 0, out
-    assert "STATE Cached" in out, out
-    assert (pipeline.workdir / "prefect-results").is_dir()
+    assert "STATE Completed" in out, out
+    cached = stats_files(pipeline.workdir)
+    assert len(cached) == 1 and cached == first_files, "the other process wrote them again"
 
     # and: once the store changes, the statistics are computed again
     pipeline.arrive(pipeline.archive[4])
     ingest_flow(str(pipeline.config))
     assert statistics_only(str(pipeline.config)).name == "Completed"
+    assert len(stats_files(pipeline.workdir)) == 2

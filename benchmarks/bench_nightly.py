@@ -1,0 +1,230 @@
+"""The product path at archive scale, stage by stage: what a night costs, and where.
+
+    python benchmarks/bench_nightly.py [--quick] [--days N] [--grid ROWS COLS] [--workdir DIR]
+
+An ERA5-like archive (synthetic hourly t2m, u10, v10 on a ``--grid`` lat/lon grid, daily
+NetCDF files) is generated, then run through the same jobs as ``stpipe ingest | train |
+evaluate | forecast`` and the Prefect ``nightly_flow``, with MLflow on SQLite in the workdir:
+
+1. ``backfill``: ``stpipe ingest`` of ``--days`` files into an empty store (MB/s of input);
+2. ``statistics``: the train-split normalisation statistics (Dask, cached afterwards);
+3. ``train``: ``stpipe train`` (train → evaluate on test → log → register → promote); its
+   samples/s and data wait are the per-epoch figures it logged to MLflow (median of the
+   epochs after the first), set beside ``bench_train``'s measurement of the same shape
+   (``Trainer.setup`` + timed steps of the same config, no MLflow);
+4. ``evaluate``: the champion and every baseline on the test split;
+5. ``forecast``: the champion's full-grid forecast of the newest init time → forecast store;
+6. ``nightly``: one more daily file arrives; the Prefect ``nightly_flow`` (ingest →
+   statistics → train → evaluate → promote → forecast) end to end.
+
+The split rolls (``[split] val_days/test_days``), so the nightly run trains one day further
+and is promoted or not on the same windows as the champion. Prints a table of wall time per
+stage, then the last line ``device=… ingest_backfill_mb_per_s=… train_samples_per_s=…
+bench_train_samples_per_s=… data_wait_frac=… forecast_s_per_init=… nightly_s=…
+peak_gpu_mem_gb=… peak_rss_gb=…``. ``--quick``: 10 days on 64×128 (a CPU smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent / "_data"
+
+
+@dataclass
+class Stages:
+    """Wall seconds per stage and what was measured inside them."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def timed(self, name: str, run, note=lambda result: ""):
+        started = time.perf_counter()
+        result = run()
+        self.seconds[name] = time.perf_counter() - started
+        self.notes[name] = note(result)
+        print(f"{name}: {self.seconds[name]:.1f} s {self.notes[name]}", flush=True)
+        return result
+
+
+def write_config(workdir: Path, *, grid: tuple[int, int], quick: bool) -> Path:
+    import tomli_w
+
+    rows, cols = grid
+    raw = {
+        "pipeline": {"name": "bench-nightly", "workdir": "."},
+        "source": {"kind": "netcdf", "paths": "feed/*.nc", "variables": ["t2m", "u10", "v10"]},
+        "patches": {
+            "input_steps": 12,
+            "leads": [1, 3, 6, 12],
+            "size": [min(rows, 32), min(cols, 64)],
+            "target_variables": ["t2m"],
+        },
+        "split": {"val_days": 2 if quick else 7, "test_days": 2 if quick else 7},
+        "model": {"name": "scnn_lstm"},
+        "train": {
+            "epochs": 2 if quick else 4,
+            "batch_size": 16 if quick else 64,
+            "max_batches_per_epoch": 20 if quick else 400,
+            "max_val_batches": 10 if quick else 100,
+            "patience": 10,
+        },
+        "mlflow": {"experiment": "bench-nightly"},
+    }
+    path = workdir / "nightly.toml"
+    path.write_text(tomli_w.dumps(raw))
+    return path
+
+
+def build_archive(workdir: Path, *, days: int, grid: tuple[int, int]) -> list[Path]:
+    """``days + 1`` daily files in ``workdir/archive`` (kept between runs of the same shape)."""
+    from stpipe.io.sources.synthetic import generate_weather_files
+
+    return sorted(generate_weather_files(workdir / "archive", days=days + 1, grid=grid))
+
+
+def arrive(files: list[Path], feed: Path) -> int:
+    """Copy ``files`` into the feed (as a nightly transfer would); bytes copied."""
+    feed.mkdir(exist_ok=True)
+    for f in files:
+        shutil.copy(f, feed / f.name)
+    return sum(f.stat().st_size for f in files)
+
+
+def logged_throughput(config, run_id: str) -> tuple[float, float]:
+    """(samples/s, data wait) that ``stpipe train`` logged: medians of epochs 2 onwards."""
+    from stpipe.app.jobs import tracking_for
+
+    client = tracking_for(config).client
+
+    def median(key: str) -> float:
+        history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        values = [m.value for m in history[1:]] or [m.value for m in history]
+        return statistics.median(values)
+
+    return median("samples_per_s"), median("data_wait_frac")
+
+
+def bench_train_throughput(config, *, steps: int) -> float:
+    """``bench_train``'s measurement of this config: Trainer.setup + timed steps, no MLflow."""
+    from bench_train import timed_steps
+
+    from stpipe.app.jobs import data_context
+    from stpipe.learn.context import resolve_device
+    from stpipe.learn.train import Trainer, determinism
+
+    device = resolve_device(config.train.device)
+    data = data_context(config)
+    with determinism(device, seed=config.train.seed):
+        trainer = Trainer.setup(
+            data, model=config.model, train=config.train, device=device, steps_per_epoch=2 * steps
+        )
+        timed = timed_steps(trainer, warmup=steps // 4, steps=steps)
+    return timed.samples / timed.seconds
+
+
+def run(workdir: Path, *, days: int, grid: tuple[int, int], quick: bool) -> dict[str, float]:
+    from stpipe.app import jobs
+    from stpipe.app.config import load_config
+    from stpipe.app.flows.nightly import nightly_flow
+    from stpipe.io.ingestion import ingest
+    from stpipe.learn.stats import compute_stats
+
+    archive = build_archive(workdir, days=days, grid=grid)
+    config_path = write_config(workdir, grid=grid, quick=quick)
+    config = load_config(config_path)
+    stages = Stages()
+    size = arrive(archive[:days], workdir / "feed")
+    stages.timed(
+        "backfill",
+        lambda: ingest(config.ingest_job, progress=False),
+        lambda r: f"{len(r.ingested)} files, {size / 1e6:.0f} MB",
+    )
+    stages.timed(
+        "statistics",
+        lambda: compute_stats(
+            config.store_path,
+            variables=config.input_variables,
+            split=config.split,
+            dask=config.dask,
+        ),
+    )
+    outcome = stages.timed(
+        "train", lambda: jobs.run_training(config, progress=False), lambda o: o.summary()
+    )
+    samples_per_s, wait = logged_throughput(config, outcome.run_id)
+    bench = bench_train_throughput(config, steps=20 if quick else 200)
+    stages.timed("evaluate", lambda: jobs.run_evaluation(config))
+    stages.timed("forecast", lambda: jobs.run_forecast(config), lambda o: o.summary())
+    arrive(archive[days:], workdir / "feed")
+    stages.timed(
+        "nightly",
+        lambda: nightly_flow(str(config_path)),
+        lambda r: r.training.summary() if r.training else "",
+    )
+    return report(stages, size=size, samples_per_s=samples_per_s, wait=wait, bench=bench)
+
+
+def report(stages: Stages, *, size: int, samples_per_s: float, wait: float, bench: float):
+    import torch
+
+    print(f"\n{'stage':<12} {'seconds':>8}  notes")
+    for name, seconds in stages.seconds.items():
+        print(f"{name:<12} {seconds:>8.1f}  {stages.notes[name]}")
+    gpu = torch.cuda.is_available()
+    print(
+        f"\nstpipe train inside the job: {samples_per_s:.0f} samples/s, data wait "
+        f"{wait:.3f}; bench_train on the same config: {bench:.0f} samples/s "
+        f"({samples_per_s / bench:.0%})"
+    )
+    return {
+        "ingest_backfill_mb_per_s": size / 1e6 / stages.seconds["backfill"],
+        "train_samples_per_s": samples_per_s,
+        "bench_train_samples_per_s": bench,
+        "data_wait_frac": wait,
+        "forecast_s_per_init": stages.seconds["forecast"],
+        "nightly_s": stages.seconds["nightly"],
+        "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if gpu else 0.0,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name().replace(" ", "_")
+    return f"cpu-{os.cpu_count()}cores"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10 days on 64×128 (CPU smoke)")
+    parser.add_argument("--days", type=int, help="days in the backfill (default 60)")
+    parser.add_argument("--grid", type=int, nargs=2, metavar=("ROWS", "COLS"))
+    parser.add_argument("--workdir", type=Path, help="default benchmarks/_data/nightly-…")
+    args = parser.parse_args()
+    days = args.days or (10 if args.quick else 60)
+    grid = tuple(args.grid or ((64, 128) if args.quick else (128, 256)))
+    workdir = args.workdir or DATA / f"nightly-{grid[0]}x{grid[1]}-{days}d"
+    for stale in ("store.zarr", "feed", "mlflow.db", "mlartifacts", "forecasts.zarr", "stats"):
+        path = workdir / stale
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(workdir / ".prefect"))
+    # A fresh Prefect home migrates its database when the ephemeral server starts: on a
+    # loaded machine that takes longer than Prefect's default 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    figures = run(workdir, days=days, grid=grid, quick=args.quick)
+    print(f"device={device_name()} " + " ".join(f"{k}={v:.3f}" for k, v in figures.items()))
+
+
+if __name__ == "__main__":
+    main()
