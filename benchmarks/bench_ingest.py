@@ -1,25 +1,37 @@
-"""Ingest throughput: stpipe's ingest vs the naive xarray append, on the same daily files.
+"""Ingest throughput: stpipe vs the naive per-file append vs one parallel open_mfdataset.
 
-    python benchmarks/bench_ingest.py [--quick]
+    python benchmarks/bench_ingest.py [--quick] [--compare]
 
 Full: 60 daily ERA5-like NetCDF files, 256×256, 3 variables (t2m, u10, v10), hourly;
 ``--quick``: 12 files. The files are generated once into ``benchmarks/_data/``. Each side
-ingests them, one file at a time in date order, into a fresh Zarr v3 store, in its own
-subprocess (so peak RSS is its own):
+ingests the same files into a fresh Zarr v3 store, in its own subprocess:
 
-- stpipe: ``stpipe.io.ingestion.ingest`` with ``kind = "netcdf"``, then the same call again
-  on the unchanged files (the no-op re-run of a nightly job);
+- stpipe: ``stpipe.io.ingestion.ingest`` with ``kind = "netcdf"`` (its workers chosen by
+  the machine, start-up included), then the same call again on the unchanged files (the
+  no-op re-run of a nightly job);
 - naive: ``xr.open_mfdataset([file])[variables].to_zarr(store, mode="a",
-  append_dim="time")`` per file (the first with ``mode="w"``).
+  append_dim="time")`` per file in date order (the first with ``mode="w"``);
+- mfdataset: what a skilled user runs for a backfill: a ``LocalCluster`` of single-thread
+  worker processes, one per core, then ``xr.open_mfdataset(files, parallel=True)
+  [variables].to_zarr(store)`` once (timed from when the cluster is up: its start-up is
+  printed apart).
 
-MB are uncompressed float32 bytes of the ingested variables. Last line:
-``stpipe_mb_per_s=… naive_mb_per_s=… ratio=… noop_rerun_s=… peak_rss_mb=…``.
+``--compare`` also runs stpipe with its workers forced to threads, forced to processes
+(``STPIPE_INGEST_WORKERS``), and on a Dask LocalCluster of single-thread processes through
+``[dask] address`` (cluster start-up not timed), for the rule in
+:mod:`stpipe.io.ingest_workers`.
+
+MB are uncompressed float32 bytes of the ingested variables. Peak RSS is stpipe's process
+tree (its worker processes' RSS added, sampled every 0.1 s; shared pages count in each, so
+it is an upper bound). Last line: ``stpipe_mb_per_s=… naive_mb_per_s=… mfdataset_mb_per_s=…
+ratio_naive=… ratio_mfdataset=… noop_rerun_s=… peak_rss_mb=…``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -32,16 +44,19 @@ GRID = (256, 256)
 
 STPIPE_RUN = textwrap.dedent(
     """
-    import json, resource, sys, time
+    import json, os, resource, sys, threading, time
+    import psutil
     from stpipe.app.config import config_from_dict
     from stpipe.io.ingestion import ingest
 
-    files, workdir, variables = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    files, workdir = json.loads(sys.argv[1]), sys.argv[2]
+    variables, cluster = json.loads(sys.argv[3]), sys.argv[4]
     address = ""
-    if sys.argv[4] == "processes":
+    if cluster == "dask-processes":
         from distributed import LocalCluster
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0")
-        address = cluster.scheduler_address
+        cores = len(os.sched_getaffinity(0))
+        local = LocalCluster(n_workers=cores, threads_per_worker=1, dashboard_address=":0")
+        address = local.scheduler_address
     config = config_from_dict({
         "pipeline": {"name": "bench", "workdir": workdir},
         "source": {"kind": "netcdf", "paths": files, "variables": variables},
@@ -49,14 +64,33 @@ STPIPE_RUN = textwrap.dedent(
         "patches": {"input_steps": 12, "leads": [1], "size": [32, 32]},
         "split": {"val_start": "2030-01-01", "test_start": "2030-01-02"},
     })
+    peak, done = [0], threading.Event()
+
+    def sample():
+        me = psutil.Process()
+        while not done.wait(0.1):
+            tree = [me, *me.children(recursive=True)]
+            rss = 0
+            for p in tree:
+                try:
+                    rss += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak[0] = max(peak[0], rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t0 = time.perf_counter()
     report = ingest(config.ingest_job, progress=False)
     t1 = time.perf_counter()
     rerun = ingest(config.ingest_job, progress=False)
     t2 = time.perf_counter()
+    done.set()
+    sampler.join()
     assert not report.refused and len(rerun.skipped) == len(report.ingested), rerun.summary()
     print(json.dumps({"seconds": t1 - t0, "bytes": report.bytes_ingested, "noop_s": t2 - t1,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "main_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "peak_rss_mb": peak[0] / 2**20}))
     """
 )
 
@@ -82,6 +116,27 @@ NAIVE_RUN = textwrap.dedent(
     """
 )
 
+MFDATASET_RUN = textwrap.dedent(
+    """
+    import json, os, sys, time, warnings
+    import xarray as xr
+    from distributed import Client, LocalCluster
+
+    warnings.simplefilter("ignore")
+    files, store, variables = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+    cores = len(os.sched_getaffinity(0))
+    t0 = time.perf_counter()
+    with LocalCluster(n_workers=cores, threads_per_worker=1, dashboard_address=":0") as cluster, \\
+            Client(cluster):
+        t1 = time.perf_counter()
+        ds = xr.open_mfdataset(files, parallel=True)[variables]
+        nbytes = sum(v.size * 4 for v in ds.data_vars.values())
+        ds.to_zarr(store, mode="w", zarr_format=3)
+        t2 = time.perf_counter()
+    print(json.dumps({"seconds": t2 - t1, "bytes": nbytes, "cluster_start_s": t1 - t0,
+                      "workers": cores}))
+    """
+)
 
 GENERATE = textwrap.dedent(
     """
@@ -96,26 +151,49 @@ GENERATE = textwrap.dedent(
 
 
 def input_files(days: int) -> list[Path]:
-    """The daily files, generated once (in a subprocess: this process stays small, so the
-    children's peak RSS is their own)."""
+    """The daily files, generated once (in a subprocess: this process stays small)."""
     outdir = DATA / f"weather-{GRID[0]}x{GRID[1]}"
     return [Path(p) for p in run_json(GENERATE, str(outdir), str(days), json.dumps(GRID))]
 
 
-def run_json(code: str, *args: str) -> dict:
+def run_json(code: str, *args: str, env: dict[str, str] | None = None) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", code, *args], check=True, capture_output=True, text=True
+        [sys.executable, "-c", code, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=None if env is None else os.environ | env,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def mb_per_s(side: dict) -> float:
+    return side["bytes"] / 1e6 / side["seconds"]
+
+
+def compare(names: str, runs: Path, variables: str) -> None:
+    """stpipe with its workers forced each way, and on a Dask cluster of processes."""
+    for name, cluster, env in (
+        ("threads", "local", {"STPIPE_INGEST_WORKERS": "threads"}),
+        ("processes", "local", {"STPIPE_INGEST_WORKERS": "processes"}),
+        ("dask LocalCluster of processes", "dask-processes", {}),
+    ):
+        side = run_json(
+            STPIPE_RUN, names, str(runs / name.replace(" ", "-")), variables, cluster, env=env
+        )
+        print(
+            f"stpipe, workers {name}: {mb_per_s(side):.1f} MB/s, "
+            f"peak RSS {side['peak_rss_mb']:.0f} MB"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="12 files instead of 60")
     parser.add_argument(
-        "--processes",
+        "--compare",
         action="store_true",
-        help="also run stpipe on a LocalCluster of 2 worker processes (threads vs processes)",
+        help="also run stpipe with threads, with processes, and on a Dask LocalCluster",
     )
     args = parser.parse_args(argv)
     days = 12 if args.quick else 60
@@ -124,24 +202,24 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
     variables = json.dumps(VARIABLES)
-    glob = str(files[0].parent / "era5_*.nc")
-    naive = run_json(
-        NAIVE_RUN, json.dumps([str(f) for f in files]), str(runs / "naive.zarr"), variables
-    )
-    ours = run_json(STPIPE_RUN, glob, str(runs / "stpipe"), variables, "threads")
-    if args.processes:
-        procs = run_json(STPIPE_RUN, glob, str(runs / "stpipe-processes"), variables, "processes")
-        print(f"stpipe on 2 worker processes: {procs['bytes'] / 1e6 / procs['seconds']:.1f} MB/s")
-    ours_mb_s = ours["bytes"] / 1e6 / ours["seconds"]
-    naive_mb_s = naive["bytes"] / 1e6 / naive["seconds"]
+    names = json.dumps([str(f) for f in files])
+    ours = run_json(STPIPE_RUN, names, str(runs / "stpipe"), variables, "local")
+    naive = run_json(NAIVE_RUN, names, str(runs / "naive.zarr"), variables)
+    mfdataset = run_json(MFDATASET_RUN, names, str(runs / "mfdataset.zarr"), variables)
+    if args.compare:
+        compare(names, runs, variables)
+    ours_mb_s, naive_mb_s, mf_mb_s = mb_per_s(ours), mb_per_s(naive), mb_per_s(mfdataset)
     print(
-        f"{len(files)} files, {ours['bytes'] / 1e6:.0f} MB float32: stpipe "
-        f"{ours['seconds']:.1f} s, naive {naive['seconds']:.1f} s; "
-        f"peak RSS stpipe {ours['peak_rss_mb']:.0f} MB, naive {naive['peak_rss_mb']:.0f} MB"
+        f"{len(files)} files, {ours['bytes'] / 1e6:.0f} MB float32 on {os.cpu_count()} cores: "
+        f"stpipe {ours['seconds']:.1f} s, naive {naive['seconds']:.1f} s, mfdataset "
+        f"{mfdataset['seconds']:.1f} s (+{mfdataset['cluster_start_s']:.1f} s to start "
+        f"{mfdataset['workers']} workers); peak RSS stpipe {ours['peak_rss_mb']:.0f} MB "
+        f"(main process {ours['main_rss_mb']:.0f} MB), naive {naive['peak_rss_mb']:.0f} MB"
     )
     print(
         f"stpipe_mb_per_s={ours_mb_s:.1f} naive_mb_per_s={naive_mb_s:.1f} "
-        f"ratio={ours_mb_s / naive_mb_s:.2f} noop_rerun_s={ours['noop_s']:.3f} "
+        f"mfdataset_mb_per_s={mf_mb_s:.1f} ratio_naive={ours_mb_s / naive_mb_s:.2f} "
+        f"ratio_mfdataset={ours_mb_s / mf_mb_s:.2f} noop_rerun_s={ours['noop_s']:.3f} "
         f"peak_rss_mb={ours['peak_rss_mb']:.0f}"
     )
 

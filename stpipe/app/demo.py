@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stpipe.app.config import apply_overrides
+from stpipe.app.resources import EXAMPLE_CONFIGS
 from stpipe.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "data" / "configs"
+CONFIG_DIR = EXAMPLE_CONFIGS
 CONFIG_NAME = "demo.toml"
 PREFECT_HOME = ".prefect"  # in the workdir
 PREFECT_UI_PORT = 4200

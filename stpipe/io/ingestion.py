@@ -2,8 +2,9 @@
 
 Files are taken in name order (daily files named by date sort by time). Each is
 checksummed first: a file whose sha256 the manifest already holds is skipped without being
-read. The others are decoded on Dask, several ahead, while the file before them is being
-written; each is then checked against the store and
+read. The others are decoded by a pool of workers, several at a time, while earlier files
+are being written; each is then checked against the store (as it will be once every file
+before it is committed) and
 
 - appended (steps after the store's end; a time gap is allowed and recorded),
 - skipped (its steps are already stored, bitwise equal after decoding; steps after the
@@ -13,18 +14,16 @@ written; each is then checked against the store and
   units, or a file the reader rejects. ``[source] on_bad_file = "skip"`` goes on with the
   next file; ``"fail"`` stops there, keeping the files committed before it.
 
-Decoding and writing run as tasks of a ``distributed`` client (:func:`stpipe.io.compute.
-dask_client`): by default one worker in this process with a thread per core; with
-``[dask] address`` the same tasks run on that cluster, the decoded data stays on the
-worker that decoded it and that worker writes it (the store must be on a file system the
-workers share). netCDF4/HDF5 are not thread-safe, so in one process decodes take turns
-(under xarray's HDF5 lock) while the previous file is compressed and written by zarr's
-threads. Measured on 2 cores (40 synthetic 256×256 days, benchmarks/bench_ingest.py
-machinery): threads 130–150 MB/s, one thread 119–154 MB/s, a warm LocalCluster of 2 worker
-processes 81 MB/s (each process decodes and then writes its file, in file order, and the
-processes, scheduler and client share the 2 cores), so threads are the default. At most
-``threads + 1`` decoded files are held at a time: memory does not grow with the number
-of files.
+The workers (:mod:`stpipe.io.ingest_workers`: threads and processes of this machine, chosen
+by its cores and the size of the work; :mod:`stpipe.io.ingest_dask` with ``[dask]
+address``) write an appended file's steps into the arrays beyond the committed length,
+where readers do not see them; this loop writes the time coordinate and commits the files
+in file order, each once its write and every earlier commit are done. Writes of several
+files run at once unless they share a time chunk (then the later one waits). A file that
+overlaps the store is compared with it once every earlier file is committed. A store's
+first commit renames the staging store, so the first file is committed before the next
+write starts. A killed ingest thus leaves whole files committed, and the next ingest's
+:func:`stpipe.io.store.recover` cuts off the rest.
 
 Checksums are cached under each file's stat signature (:mod:`stpipe.io.checksums`), so a
 no-op re-run costs one ``stat`` per file.
@@ -32,9 +31,11 @@ no-op re-run costs one ``stat`` per file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,54 +43,25 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from xarray.backends.locks import HDF5_LOCK, NETCDFC_LOCK, combine_locks
 
 from stpipe.core.errors import SourceError, StoreError, StpipeError
 from stpipe.core.grid import spatial_dims
 from stpipe.core.splits import TimeRange, time_gaps
 from stpipe.io import store as st
-from stpipe.io.checksums import (
-    CHECKSUM_CACHE,
-    Signature,
-    cached_checksums,
-    file_sha256,
-    file_signature,
-    save_checksums,
-)
-from stpipe.io.compute import dask_client, release_free_memory
+from stpipe.io.checksums import CHECKSUM_CACHE, Signature, cached_checksums, save_checksums
+from stpipe.io.compute import dask_context, keep_freed_memory, release_free_memory
 from stpipe.io.ingest_checks import check_compatible, check_gap, check_on_step
+from stpipe.io.ingest_dask import DaskPool
 from stpipe.io.ingest_report import IngestReport, finish_report
+from stpipe.io.ingest_tasks import Decoded, DecodePool, Decoding, Writing
+from stpipe.io.ingest_workers import WorkerDied, available_cores, local_pool
 from stpipe.io.manifest import FileEntry, Manifest
 from stpipe.io.settings import DaskSection, SourceSection, StoreSection
-from stpipe.io.sources.kinds import read_source_file
 
 log = logging.getLogger(__name__)
 
 ALREADY_INGESTED = "already ingested (same sha256)"
 GROWTH_FILES = 7
-_HDF5_LOCKS = combine_locks([HDF5_LOCK, NETCDFC_LOCK])
-
-
-@dataclass(frozen=True)
-class _Loaded:
-    """A decoded file, held by the worker that read it, or the reader's complaint."""
-
-    data: xr.Dataset | None
-    error: str | None
-    signature: Signature
-    sha256: str
-
-
-@dataclass(frozen=True)
-class _Decoded:
-    """What the ingest loop needs of a ``_Loaded`` file: its times and an empty-time copy
-    of it (coords, attributes), or the error; its stat signature and checksum."""
-
-    times: np.ndarray | None
-    template: xr.Dataset | None
-    error: str | None
-    signature: Signature
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -108,13 +80,81 @@ class IngestJob:
 
 @dataclass
 class _StoreState:
-    """The committed store as the ingest loop knows it."""
+    """The store as the ingest loop plans it: every file decided so far, committed or not
+    (``manifest``, ``times``); the arrays' length (``capacity``) and time chunk."""
 
     path: Path
     manifest: Manifest | None
     times: np.ndarray
     template: xr.Dataset | None
     capacity: int = 0
+    time_chunk: int = 1
+
+
+@dataclass(frozen=True)
+class _Commit:
+    """A decided file's commit: made once its writes (if any) are done, after earlier ones."""
+
+    manifest: Manifest
+    history: str
+    writing: Writing | None = None
+    times: Future[int] | None = None
+    chunks: range = range(0)
+
+    def done(self) -> bool:
+        return all(w is None or w.done() for w in (self.writing, self.times))
+
+
+class _Commits:
+    """The commits not made yet, in file order, and the writer of the time coordinate.
+
+    Every append rewrites the time coordinate's one chunk, so one thread writes it, in file
+    order, while the loop goes on deciding files.
+    """
+
+    def __init__(self, store_path: Path) -> None:
+        self.store_path = store_path
+        self.queue: deque[_Commit] = deque()
+        self.time_writer = ThreadPoolExecutor(1, thread_name_prefix="ingest-time")
+
+    def __enter__(self) -> _Commits:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.time_writer.shutdown()
+
+    def write_times(self, target: Path, times: np.ndarray, *, offset: int) -> Future[int]:
+        coord = xr.Dataset(coords={"time": times})
+        return self.time_writer.submit(st.write_steps, target, coord, first=0, offset=offset)
+
+    def add(self, commit: _Commit) -> None:
+        self.queue.append(commit)
+
+    def make_finished(self) -> None:
+        """Make the commits at the front whose writes are done, without waiting."""
+        while self.queue and self.queue[0].done():
+            self._make_next()
+
+    def make_through_chunks(self, chunks: range) -> None:
+        """Make every commit up to the last one whose write touches ``chunks``."""
+        touching = [
+            i
+            for i, c in enumerate(self.queue)
+            if c.chunks.start < chunks.stop and chunks.start < c.chunks.stop
+        ]
+        for _ in range(touching[-1] + 1 if touching else 0):
+            self._make_next()
+
+    def make_all(self) -> None:
+        while self.queue:
+            self._make_next()
+
+    def _make_next(self) -> None:
+        commit = self.queue.popleft()
+        for write in (commit.writing, commit.times):
+            if write is not None:
+                write.result()
+        st.commit(self.store_path, commit.manifest, history=commit.history)
 
 
 def ingest(job: IngestJob, *, progress: bool = True) -> IngestReport:
@@ -141,6 +181,7 @@ def ingest(job: IngestJob, *, progress: bool = True) -> IngestReport:
             state = _open_state(job.store_path, manifest)
             if state.template is not None:
                 _warn_on_layout_settings(job, state.template)
+            keep_freed_memory()
             report = _ingest_files(job, state, todo, checksums, report, progress=progress)
             manifest = state.manifest
             if manifest is not None and state.capacity != manifest.committed_length:
@@ -158,6 +199,18 @@ def ingest(job: IngestJob, *, progress: bool = True) -> IngestReport:
     return report
 
 
+@contextlib.contextmanager
+def _workers(job: IngestJob, files: list[Path]) -> Iterator[DecodePool]:
+    """The cluster at ``[dask] address``, else workers of this machine sized to the work."""
+    if job.dask.address:
+        with dask_context(job.dask) as client, DaskPool(client, job.source) as pool:
+            yield pool
+        return
+    cores = job.dask.n_workers or available_cores()
+    with local_pool(job.source, job.store_path, files, cores=cores) as pool:
+        yield pool
+
+
 def _ingest_files(
     job: IngestJob,
     state: _StoreState,
@@ -173,25 +226,27 @@ def _ingest_files(
     added = nbytes = 0
     not_attempted: list[Path] = []
     with (
-        dask_client(job.dask) as client,
+        _workers(job, files) as pool,
+        _Commits(state.path) as commits,
         Progress(disable=not progress, transient=True) as bar,
     ):
         task = bar.add_task("ingesting", total=len(files))
-        for i, (path, decoded, decoded_future) in enumerate(
-            _decode_ahead(client, files, job.source)
-        ):
+        decodings = [pool.decode(path) for path in files]
+        for i, (path, decoding) in enumerate(zip(files, decodings, strict=True)):
             bar.update(task, advance=1, description=f"ingesting {path.name}")
+            decoded = decoding.described()
             if decoded.sha256:
                 checksums[path] = (decoded.signature, decoded.sha256)
             if state.manifest is not None and decoded.sha256 in state.manifest.checksums:
-                decoded_future.release()
+                decoding.release()
                 skipped.append((path, ALREADY_INGESTED))
                 continue
             try:
-                outcome = _ingest_one(client, state, path, decoded, decoded_future, job=job)
-            except st.StoreWriteError:
-                raise  # the store's file system failed, not the file: stop, keep the commits
+                outcome = _ingest_one(state, commits, path, decoded, decoding, job=job)
+            except (st.StoreWriteError, WorkerDied):
+                raise  # the store's file system or a worker failed, not the file: stop
             except StpipeError as exc:
+                decoding.release()
                 reason = str(exc).removeprefix(f"{path}: ")
                 log.error("refused %s: %s", path.name, reason)
                 refused.append((path, reason))
@@ -199,8 +254,7 @@ def _ingest_files(
                     not_attempted = files[i + 1 :]
                     break
                 continue
-            finally:
-                decoded_future.release()
+            commits.make_finished()
             if outcome.appended:
                 ingested.append(path)
                 added += outcome.appended
@@ -214,6 +268,7 @@ def _ingest_files(
             else:
                 skipped.append((path, "identical to stored data"))
                 log.info("skipped %s: its steps are stored with identical values", path.name)
+        commits.make_all()
     return replace(
         report,
         ingested=ingested,
@@ -225,28 +280,6 @@ def _ingest_files(
     )
 
 
-def _decode_ahead(
-    client: Any, files: list[Path], source: SourceSection
-) -> Iterator[tuple[Path, _Decoded, Any]]:
-    """Decode files on the cluster, a bounded number ahead; yield them in order."""
-    window = sum(client.nthreads().values()) + 1
-    pending: deque[tuple[Path, Any, Any]] = deque()
-    queue = iter(files)
-    try:
-        while True:
-            while len(pending) < window and (path := next(queue, None)) is not None:
-                data = client.submit(_decode, path, source, pure=False)
-                pending.append((path, data, client.submit(_describe, data, pure=False)))
-            if not pending:
-                return
-            path, data, described = pending.popleft()
-            yield path, described.result(), data
-    finally:
-        for _, data, described in pending:
-            data.cancel()
-            described.cancel()
-
-
 @dataclass(frozen=True)
 class _Outcome:
     appended: int
@@ -255,14 +288,15 @@ class _Outcome:
 
 
 def _ingest_one(
-    client: Any,
     state: _StoreState,
+    commits: _Commits,
     path: Path,
-    decoded: _Decoded,
-    data: Any,
+    decoded: Decoded,
+    decoding: Decoding,
     *,
     job: IngestJob,
 ) -> _Outcome:
+    """Check one decoded file against the planned store and plan its commit (or raise)."""
     if decoded.error is not None:
         raise SourceError(path, decoded.error)
     times, template = decoded.times, decoded.template
@@ -277,7 +311,8 @@ def _ingest_one(
         check_compatible(path, template, state.template, step_s=manifest.time_step_s)
     first = int(np.searchsorted(times, state.times[-1], side="right")) if state.times.size else 0
     if first:
-        _check_identical(client, state, path, times[:first], data)
+        commits.make_all()  # the comparison reads committed data
+        _check_identical(state, path, times[:first], decoding)
     new_times = times[first:]
     entry = FileEntry(
         name=path.name,
@@ -290,20 +325,15 @@ def _ingest_one(
         appended=new_times.size,
     )
     if not new_times.size:
-        manifest = replace(manifest, files=(*manifest.files, entry))
-        st.commit(state.path, manifest, history=_history(f"recorded duplicate {path.name}"))
-        state.manifest = manifest
+        decoding.release()
+        state.manifest = replace(manifest, files=(*manifest.files, entry))
+        commits.add(_Commit(state.manifest, _history(f"recorded duplicate {path.name}")))
         return _Outcome(0)
     if state.times.size:
         check_on_step(path, new_times, origin=state.times[0], step_s=manifest.time_step_s)
         check_gap(path, new_times[0], end=state.times[-1], max_gap_s=job.source.max_gap_s)
     else:
-        grid = tuple(template.sizes[d] for d in spatial_dims(template))
-        layout = st.choose_layout(grid, time_step_s=manifest.time_step_s, store=job.store)
-        st.create_staging(
-            state.path, template=template, layout=layout, attrs=_global_attrs(template)
-        )
-        state.template = template
+        _create_staging(state, template, job=job, step_s=manifest.time_step_s)
     offset = manifest.committed_length
     length = offset + new_times.size
     target = _write_target(state.path)
@@ -312,9 +342,12 @@ def _ingest_one(
         # metadata, a cost worth paying once per several appends.
         state.capacity = length + new_times.size * GROWTH_FILES
         st.resize(target, state.capacity)
-    nbytes = client.submit(_write, target, data, first=first, offset=offset, pure=False).result()
+    chunks = range(offset // state.time_chunk, (length - 1) // state.time_chunk + 1)
+    commits.make_through_chunks(chunks)  # an earlier write to a shared chunk finishes first
+    writing = decoding.write(target, first=first, offset=offset)
+    times_written = commits.write_times(target, new_times, offset=offset)
     joined = np.concatenate([state.times[-1:], new_times])
-    manifest = replace(
+    state.manifest = replace(
         manifest,
         committed_length=length,
         start=manifest.start if manifest.start is not None else new_times[0],
@@ -322,16 +355,31 @@ def _ingest_one(
         gaps=(*manifest.gaps, *time_gaps(joined, manifest.time_step_s)),
         files=(*manifest.files, entry),
     )
-    st.commit(
-        state.path, manifest, history=_history(f"appended {new_times.size} steps from {path.name}")
-    )
-    state.manifest = manifest
     state.times = np.concatenate([state.times, new_times])
+    history = _history(f"appended {new_times.size} steps from {path.name}")
+    commits.add(_Commit(state.manifest, history, writing, times_written, chunks))
+    if target != state.path:
+        commits.make_all()  # the first commit renames the staging store the writes go to
+    nbytes = new_times.size * sum(_step_bytes(template[name]) for name in template.data_vars)
     return _Outcome(new_times.size, nbytes, (new_times[0], new_times[-1]))
 
 
+def _create_staging(
+    state: _StoreState, template: xr.Dataset, *, job: IngestJob, step_s: int
+) -> None:
+    grid = tuple(template.sizes[d] for d in spatial_dims(template))
+    layout = st.choose_layout(grid, time_step_s=step_s, store=job.store)
+    st.create_staging(state.path, template=template, layout=layout, attrs=_global_attrs(template))
+    state.template, state.time_chunk = template, layout.time_chunk
+
+
+def _step_bytes(var: xr.DataArray) -> int:
+    """float32 bytes of one time step of ``var``."""
+    return int(np.prod(var.shape[1:])) * 4
+
+
 def _check_identical(
-    client: Any, state: _StoreState, path: Path, old_times: np.ndarray, data: Any
+    state: _StoreState, path: Path, old_times: np.ndarray, decoding: Decoding
 ) -> None:
     """StoreError unless the file's first steps ``old_times`` (not after the store's end)
     are stored with the same values."""
@@ -347,9 +395,7 @@ def _check_identical(
             f"{np.datetime_as_string(state.times[-1], 's')} and {missing} is not in the store; "
             "the store is append-only, so backfilling a gap or earlier times is refused"
         )
-    differing = client.submit(
-        _first_difference, state.path, data, old_times.size, index, pure=False
-    ).result()
+    differing = decoding.first_difference(state.path, old_times.size, index)
     if differing is not None:
         raise StoreError(
             f"{path}: overlaps the store over {a} … {b} with different values "
@@ -357,59 +403,15 @@ def _check_identical(
         )
 
 
-def _first_difference(
-    store_path: Path, loaded: _Loaded, n_steps: int, index: np.ndarray
-) -> str | None:
-    """Where the file's first ``n_steps`` first differ bitwise from stored ``index``."""
-    ds = loaded.data
-    stored = st.read_steps(store_path, list(ds.data_vars), index)
-    for name, var in ds.data_vars.items():
-        new, old = var.values[:n_steps], stored[str(name)]
-        same = (new.view(np.uint32) == old.view(np.uint32)) | (np.isnan(new) & np.isnan(old))
-        if not same.all():
-            t = np.unravel_index(np.argmin(same), same.shape)[0]
-            when = np.datetime_as_string(ds.time.values[t], "s")
-            return f"first in {name!r} at {when}"
-    return None
-
-
-def _decode(path: Path, source: SourceSection) -> _Loaded:
-    """Checksum and decode ``path`` (a task: runs on a worker)."""
-    try:
-        signature, sha256 = file_signature(path), file_sha256(path)
-    except OSError as exc:
-        return _Loaded(None, f"cannot read the file: {exc.strerror}", [], "")
-    try:
-        # netCDF4 and h5py are not thread-safe: hold the locks xarray's backends use too.
-        with _HDF5_LOCKS:
-            return _Loaded(read_source_file(path, source), None, signature, sha256)
-    except SourceError as exc:
-        # Returned, not raised: SourceError's two-argument constructor does not unpickle.
-        return _Loaded(None, exc.problem, signature, sha256)
-
-
-def _describe(loaded: _Loaded) -> _Decoded:
-    if loaded.data is None:
-        return _Decoded(None, None, loaded.error, loaded.signature, loaded.sha256)
-    return _Decoded(
-        loaded.data["time"].values,
-        loaded.data.isel(time=slice(0, 0)),
-        None,
-        loaded.signature,
-        loaded.sha256,
-    )
-
-
-def _write(store_path: Path, loaded: _Loaded, *, first: int, offset: int) -> int:
-    return st.write_steps(store_path, loaded.data, first=first, offset=offset)
-
-
 def _open_state(store_path: Path, manifest: Manifest | None) -> _StoreState:
     if manifest is None:
         return _StoreState(store_path, None, np.array([], "datetime64[ns]"), None)
     template = st.open_store(store_path).isel(time=slice(0, 0)).load()
     times = st.read_times(store_path)
-    return _StoreState(store_path, manifest, times, template, capacity=times.size)
+    chunks = template[next(iter(template.data_vars))].encoding["chunks"]
+    return _StoreState(
+        store_path, manifest, times, template, capacity=times.size, time_chunk=chunks[0]
+    )
 
 
 def _warn_on_layout_settings(job: IngestJob, template: xr.Dataset) -> None:

@@ -224,12 +224,16 @@ def store_lock(workdir: Path, *, wait: bool = False) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _data_write_lock(store_path: Path) -> Iterator[None]:
-    # Region writes may run on Dask workers that outlive a killed ingest; recovery and
-    # every region write take this lock, so recovery never races an orphaned write.
+def data_write_lock(store_path: Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold the lock that orders region writes (``shared``) before recovery (exclusive).
+
+    Region writes may run in worker processes that outlive a killed ingest; recovery
+    waits for them, so it never races an orphaned write. Writers share it: concurrent
+    writes touch disjoint chunks (the ingest orders writes that share one).
+    """
     fd = os.open(store_path.parent / "store.write.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
@@ -247,7 +251,7 @@ def recover(store_path: Path) -> Manifest | None:
     past the committed length. None if there is no committed store yet.
     """
     store_path = Path(store_path)
-    with _os_errors(store_path, "recover the store"), _data_write_lock(store_path):
+    with _os_errors(store_path, "recover the store"), data_write_lock(store_path):
         staging = staging_path(store_path)
         if staging.exists():
             shutil.rmtree(staging)
@@ -362,11 +366,14 @@ def resize(store_path: Path, length: int) -> None:
                 array.resize((length, *array.shape[1:]))
 
 
-def write_steps(store_path: Path, ds: xr.Dataset, *, first: int, offset: int) -> int:
-    """Write the steps of ``ds`` from ``first`` on, data and time, at store positions
-    ``offset``…; returns the float32 bytes written.
+def write_steps(
+    store_path: Path, ds: xr.Dataset, *, first: int, offset: int, with_time: bool = True
+) -> int:
+    """Write the steps of ``ds`` from ``first`` on, data and (``with_time``) time, at store
+    positions ``offset``…; returns the float32 bytes written.
 
-    Runs where ``ds`` lives (a Dask worker).
+    Runs where ``ds`` lives (an ingest worker). Every append rewrites the one chunk of the
+    time coordinate, so parallel writers leave it out and one writer writes it.
     """
     group = zarr.open_group(store=_local_store(store_path), mode="r+", use_consolidated=False)
     seconds = ds["time"].values[first:].astype("datetime64[s]").astype(np.int64)
@@ -378,8 +385,8 @@ def write_steps(store_path: Path, ds: xr.Dataset, *, first: int, offset: int) ->
         return 0 if name == "time" else values.nbytes
 
     # A thread per array keeps all their chunks in zarr's codec pipeline at once.
-    names = ["time", *map(str, ds.data_vars)]
-    with _data_write_lock(store_path), ThreadPoolExecutor(len(names)) as pool:
+    names = [*(["time"] if with_time else []), *map(str, ds.data_vars)]
+    with data_write_lock(store_path, shared=True), ThreadPoolExecutor(len(names)) as pool:
         return sum(pool.map(write, names))
 
 

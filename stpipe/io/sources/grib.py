@@ -14,18 +14,22 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import cfgrib
 import numpy as np
 import xarray as xr
-from gribapi.errors import GribInternalError
 
-from stpipe.core.errors import SourceError
+from stpipe.core.errors import ConfigError, SourceError
 from stpipe.io.sources.canonical import (
     SourceOptions,
     latlon_dataset,
     latlon_layout,
     select_variables,
 )
+
+try:  # the "grib" extra: cfgrib and ecCodes (~175 MB), which only GRIB sources need
+    import cfgrib
+    from gribapi.errors import GribInternalError
+except ImportError as exc:
+    raise ConfigError("GRIB files need cfgrib: pip install 'stpipe[grib]'") from exc
 
 _GRID_DIMS = ("latitude", "longitude")
 _TIME_DIMS = ("time", "step")

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 import zoneinfo
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,93 @@ def test_a_malformed_deployment_is_an_error_naming_it(tmp_path, entry, problem):
     path.write_text("deployments:\n" + entry)
     with pytest.raises(ConfigError, match=rf"prefect\.yaml: .*{problem}"):
         read_deployments(path)
+
+
+EVERY_SCHEDULE_KEY = """\
+deployments:
+  - name: hourly
+    entrypoint: flows/forecast.py:forecast_flow
+    parameters: {config_path: data/configs/weather.toml}
+    concurrency_limit: 2
+    schedules:
+      - interval: 3600
+        anchor_date: "2024-01-01T00:30:00+00:00"
+        timezone: UTC
+        parameters: {ingest_first: false}
+        slug: hourly
+        replaces: hourly-v1
+        active: false
+      - cron: "0 6 * * 1-5"
+        day_or: false
+        timezone: Asia/Shanghai
+      - rrule: "FREQ=DAILY;BYHOUR=7"
+        timezone: Europe/London
+"""
+
+
+def _prefect_yaml(root: Path, text: str) -> Path:
+    """``root/deployments/prefect.yaml``; ``root`` has no ``flows/`` folder, as a wheel."""
+    path = root / "deployments" / "prefect.yaml"
+    path.parent.mkdir()
+    path.write_text(text)
+    return path
+
+
+def test_serve_takes_every_schedule_key_prefect_deploy_takes(tmp_path):
+    (spec,) = read_deployments(_prefect_yaml(tmp_path, EVERY_SCHEDULE_KEY))
+    assert spec.config_path == tmp_path / "data" / "configs" / "weather.toml"
+
+    (deployment,) = build_deployments([spec])
+
+    # flows/forecast.py is not there: the entrypoint is the package's flow
+    assert deployment.entrypoint == "stpipe.app.flows.forecast.forecast_flow"
+    assert deployment.concurrency_limit == 2
+    hourly, weekdays, daily = deployment.schedules
+    assert hourly.schedule.interval == timedelta(hours=1)
+    assert hourly.schedule.anchor_date == datetime(2024, 1, 1, 0, 30, tzinfo=UTC)
+    assert (hourly.parameters, hourly.slug, hourly.replaces, hourly.active) == (
+        {"ingest_first": False},
+        "hourly",
+        "hourly-v1",
+        False,
+    )
+    assert (weekdays.schedule.cron, weekdays.schedule.day_or) == ("0 6 * * 1-5", False)
+    assert weekdays.schedule.timezone == "Asia/Shanghai"
+    assert daily.schedule.rrule.splitlines()[-1] == "FREQ=DAILY;BYHOUR=7"  # after a DTSTART
+    assert daily.schedule.timezone == "Europe/London"
+
+
+@pytest.mark.parametrize(
+    ("schedule", "problem"),
+    [
+        (
+            "{cron: '0 2 * * *', interval: 3600}",
+            r"deployment 'a': schedules\.0: .*Exactly one of 'cron', 'interval', or 'rrule'",
+        ),
+        ("{cron: '0 2 * * *', timezone: Mars/Olympus}", r"deployment 'a': invalid schedule: "),
+        ("{cron: 'at two'}", r"deployment 'a': invalid schedule: .*at two"),
+    ],
+)
+def test_a_schedule_prefect_refuses_is_an_error_naming_the_deployment(tmp_path, schedule, problem):
+    path = _prefect_yaml(
+        tmp_path,
+        "deployments:\n- name: a\n  entrypoint: flows/nightly.py:nightly_flow\n"
+        f"  parameters: {{config_path: x.toml}}\n  schedules: [{schedule}]\n",
+    )
+    with pytest.raises(ConfigError, match=rf"prefect\.yaml: {problem}"):
+        read_deployments(path)
+
+
+def test_a_missing_deployments_file_or_flow_is_an_error_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"absent\.yaml: cannot read deployments file"):
+        read_deployments(tmp_path / "absent.yaml")
+    path = _prefect_yaml(
+        tmp_path,
+        "deployments:\n- name: a\n  entrypoint: flows/nope.py:nope_flow\n"
+        "  parameters: {config_path: x.toml}\n",
+    )
+    with pytest.raises(ConfigError, match=r"deployment 'a': entrypoint 'flows/nope\.py:nope_flow'"):
+        build_deployments(read_deployments(path))
 
 
 def _free_port() -> int:

@@ -1,0 +1,461 @@
+"""Where ingest decodes and writes source files: a pool of workers sized to the machine.
+
+A worker takes one file at a time (:mod:`stpipe.io.ingest_tasks`): it checksums and decodes
+it and keeps it until the ingest loop (:mod:`stpipe.io.ingestion`) has checked it against
+the store, then writes its new steps into the store's arrays (zarr compresses the chunks on
+its threads) or drops it, and only then takes its next file. The loop sees descriptions
+(times, an empty-time copy, checksum), writes the time coordinate and commits, file by file
+in file order. A pool of ``workers`` holds at most ``workers + 1`` decoded files at once
+(the one more: the thread that bridges the start of worker processes), however many files.
+
+Threads or processes
+--------------------
+In one process the decodes take turns under the netCDF/HDF5 locks (netCDF-C and HDF5 are
+not thread-safe) and zarr's Python runs under the GIL: about :data:`SERIAL_SHARE` of a
+file's CPU runs one file at a time, however many threads, while compression and file I/O
+run in parallel. Threads therefore keep every core busy up to about ``1 / SERIAL_SHARE``
+cores. Worker processes share no lock, but they come from a launcher process that first
+imports numpy, xarray, zarr and the reader (1.4-1.6 s of CPU, :data:`LAUNCH_MB`), then
+forks them (no import each); a worker thread here works until they are ready. With ``c``
+the CPU per MB, ``workers`` threads take ``MB · c · max(SERIAL_SHARE, 1 / workers)`` and as
+many processes ``(MB + LAUNCH_MB) · c / workers``. :func:`plan_workers` takes
+
+- ``workers``: the cores (``[dask] n_workers`` when set), the files to ingest, and what
+  memory allows (half the available memory over :data:`DECODED_BYTES_PER_FILE_BYTE` × the
+  largest file), whichever is least;
+- worker processes when the input exceeds :func:`processes_pay_off_mb` (never on 2 cores;
+  on 16, above 26 MB), else that many worker threads (one per file for a nightly run).
+
+Measured on a shared 2-core machine (other work kept its load average at 1-11, so the
+figures are ranges over runs; ``benchmarks/bench_ingest.py``, 256×256 hourly ERA5-like
+daily NetCDF files, int16-packed, 18.9 MB of float32 each). CPU per float32 MB, 31 files:
+threads 5.3-7.8 ms (decode 2.3-2.5 ms of it under the lock, checksum 0.6 ms; the zarr write
+3.5 ms with :func:`stpipe.io.compute.keep_freed_memory`, 5.8 ms without), the previous
+pipeline (one Dask worker in this process) 8.0-10.6 ms, the naive per-file ``to_zarr``
+append 10.6-12.1 ms. 60 files at load 1.3-3.4: threads 162 MB/s, worker processes 153 MB/s,
+the same tasks on a Dask ``LocalCluster`` of 2 single-thread processes 65 MB/s. With two
+cores the threads use about 1.5 of them and are bound by CPU, not by the lock, so
+processes only add their launcher there. ``STPIPE_INGEST_WORKERS=threads`` or
+``=processes`` (processes only, no bridging thread) overrides the rule, for benchmarks and
+tests; ``bench_ingest.py --compare`` measures both on the machine at hand (to check
+:data:`SERIAL_SHARE` on more than 2 cores).
+
+A worker process dies with the ingest: the launcher gets SIGKILL when the ingest process
+dies, and its workers when it dies. Each worker holds the store's data-write lock shared for
+its whole life, so recovery after a killed ingest (:func:`stpipe.io.store.recover`, which
+takes that lock exclusively) waits until no orphaned write can still land.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from stpipe.core.errors import StpipeError
+from stpipe.io import store as st
+from stpipe.io.compute import keep_freed_memory
+from stpipe.io.ingest_tasks import Decoded, Loaded, decode, describe, first_difference, write_loaded
+from stpipe.io.settings import SourceSection
+
+log = logging.getLogger(__name__)
+
+MODE_ENV = "STPIPE_INGEST_WORKERS"
+SERIAL_SHARE = 0.45
+"""Share of a file's CPU that one process runs one file at a time, whatever its threads: the
+decode under the netCDF lock (2.4 of 6.2 ms per float32 MB, measured) and the Python of
+zarr's writes and of the loop under the GIL (estimated, 0.4 ms)."""
+LAUNCH_MB = 160.0
+"""The worker launcher's start-up CPU (1.4-1.6 s: importing numpy, xarray, zarr and the
+reader) as MB of input files' ingest work (9.3 ms of CPU per MB of these int16-packed
+NetCDF files, 6.2 ms per float32 MB, in threads)."""
+DECODED_BYTES_PER_FILE_BYTE = 4
+"""Memory a worker needs per byte of its file: packed int16 decodes to twice its size in
+float32, and zarr holds the compressed chunks and a chunk being compressed besides."""
+JOIN_TIMEOUT_S = 60.0
+
+
+class WorkerDied(StpipeError):
+    """An ingest worker process died (killed, out of memory) before it answered."""
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """``processes`` worker processes, and ``threads`` workers in this process: with
+    processes, one thread that works only until they are ready."""
+
+    threads: int
+    processes: int
+
+
+def plan_workers(files: list[Path], *, cores: int) -> WorkerPlan:
+    """The pool for ingesting ``files`` on ``cores`` cores (the rule in the module docstring)."""
+    sizes = [_size(p) for p in files] or [0]
+    memory = psutil.virtual_memory().available // 2
+    by_memory = max(1, memory // max(1, DECODED_BYTES_PER_FILE_BYTE * max(sizes)))
+    workers = max(1, min(cores, len(files), by_memory))
+    forced = os.environ.get(MODE_ENV)
+    mode = forced or (
+        "processes" if sum(sizes) / 1e6 > processes_pay_off_mb(workers) else "threads"
+    )
+    if mode not in ("threads", "processes"):
+        raise StpipeError(f"{MODE_ENV}={mode!r}: expected 'threads' or 'processes'")
+    if mode == "threads":
+        return WorkerPlan(threads=workers, processes=0)
+    return WorkerPlan(threads=0 if forced else 1, processes=workers)
+
+
+def processes_pay_off_mb(workers: int) -> float:
+    """Input file MB above which ``workers`` worker processes finish sooner than threads.
+
+    Threads take ``MB · c · max(SERIAL_SHARE, 1 / workers)``, processes
+    ``(MB + LAUNCH_MB) · c / workers``; infinite while threads keep every core busy.
+    """
+    spare = SERIAL_SHARE * workers - 1
+    return LAUNCH_MB / spare if spare > 0 else float("inf")
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+# --- the pool of this machine: worker threads here and worker processes, over pipes ---
+
+
+class _Reply:
+    """A worker's answer to one command, once it has come."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def get(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+@dataclass(eq=False)
+class _Worker:
+    conn: Connection
+    name: str
+    process: bool
+    ready: bool = False
+    alive: bool = True
+    holding: _LocalDecoding | None = None
+    expecting: deque[_Reply] = field(default_factory=deque)
+
+    def send(self, *command: Any, reply: bool = True) -> _Reply | None:
+        if not self.alive:
+            raise WorkerDied(f"ingest worker {self.name} has died")
+        self.conn.send(command)
+        if not reply:
+            return None
+        self.expecting.append(_Reply())
+        return self.expecting[-1]
+
+
+class LocalPool:
+    """``threads`` worker threads in this process and ``processes`` worker processes.
+
+    Use as a context manager: leaving it drops undecoded files and waits until every
+    worker has finished its command and exited, so no write outlives the ingest.
+    """
+
+    def __init__(
+        self, source: SourceSection, store_path: Path, *, threads: int, processes: int
+    ) -> None:
+        self._source = source
+        self._queue: deque[_LocalDecoding] = deque()
+        self._workers: list[_Worker] = []
+        self._threads: list[threading.Thread] = []
+        for i in range(threads):
+            ours, theirs = socket.socketpair()
+            thread = threading.Thread(
+                target=serve, args=(Connection(theirs.detach()), store_path), daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+            self._workers.append(_Worker(Connection(ours.detach()), f"thread {i}", process=False))
+        self._launcher = self._launch(processes, store_path) if processes else None
+
+    def _launch(self, n: int, store_path: Path) -> subprocess.Popen:
+        """Start the launcher of ``n`` worker processes; each says when it is ready.
+
+        Started from this thread, which outlives the pool: the launcher dies with it.
+        """
+        pairs = [socket.socketpair() for _ in range(n)]
+        fds = [theirs.fileno() for _, theirs in pairs]
+        reader = self._source.kind_spec.reader.partition(":")[0]
+        args = [str(os.getpid()), str(store_path), reader, *map(str, fds)]
+        env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-c", _LAUNCHER, *args],
+                pass_fds=fds,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        finally:
+            for i, (ours, theirs) in enumerate(pairs):
+                theirs.close()  # the launcher holds them now; ours sees EOF if a worker dies
+                self._workers.append(
+                    _Worker(Connection(ours.detach()), f"process {i}", process=True)
+                )
+
+    def __enter__(self) -> LocalPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop undecoded files; wait for the answers still due, then for every worker to exit.
+
+        A launcher still starting (its workers not all ready) is killed: none of its
+        workers has been given anything.
+        """
+        self._queue.clear()
+        with contextlib.suppress(WorkerDied):
+            self.pump(lambda: not any(w.expecting for w in self._workers if w.alive))
+        for worker in self._workers:
+            worker.conn.close()  # end of commands: each worker exits
+        for thread in self._threads:
+            thread.join()
+        if self._launcher is None:
+            return
+        if not all(w.ready or not w.alive for w in self._workers):
+            self._launcher.kill()
+        try:
+            self._launcher.wait(JOIN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._launcher.kill()
+            self._launcher.wait()
+
+    def decode(self, path: Path) -> _LocalDecoding:
+        decoding = _LocalDecoding(self, path)
+        self._queue.append(decoding)
+        self._dispatch()
+        return decoding
+
+    def _dispatch(self) -> None:
+        """Give queued files to ready workers that hold no undecided file; next to worker
+        processes, threads only bridge their start (or stand in if none started)."""
+        processes = [w for w in self._workers if w.process and w.alive]
+        bridging = not processes or not all(w.ready for w in processes)
+        for worker in self._workers:
+            if not self._queue:
+                return
+            if not (worker.process or bridging):
+                continue
+            if worker.ready and worker.alive and worker.holding is None:
+                decoding = self._queue.popleft()
+                decoding.worker, worker.holding = worker, decoding
+                decoding.reply = worker.send("decode", decoding.path, self._source)
+
+    def pump(self, until: Callable[[], bool], *, block: bool = True) -> None:
+        """Take in workers' messages until ``until()`` (once, without waiting, if not ``block``)."""
+        while not until():
+            waiting = [w.conn for w in self._workers if w.alive and (w.expecting or not w.ready)]
+            if not waiting:
+                raise WorkerDied("ingest workers: every worker has died")
+            for conn in wait(waiting, timeout=None if block else 0):
+                self._receive(next(w for w in self._workers if w.conn is conn))
+            self._dispatch()
+            if not block:
+                return
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            status, value = worker.conn.recv()
+        except (EOFError, OSError):
+            worker.alive = False
+            died = WorkerDied(f"ingest worker {worker.name} died (killed, or out of memory?)")
+            for reply in worker.expecting:
+                reply.done, reply.error = True, died
+            worker.expecting.clear()
+            return
+        if status == "ready":
+            worker.ready = True
+            return
+        reply = worker.expecting.popleft()
+        reply.done = True
+        reply.value, reply.error = (value, None) if status == "ok" else (None, value)
+
+    def free(self, worker: _Worker) -> None:
+        worker.holding = None
+        self._dispatch()
+
+
+class _LocalDecoding:
+    def __init__(self, pool: LocalPool, path: Path) -> None:
+        self.pool, self.path = pool, path
+        self.worker: _Worker | None = None
+        self.reply: _Reply | None = None
+
+    @property
+    def started(self) -> bool:
+        """Whether a worker has taken the file (it holds it until written or released)."""
+        return self.worker is not None
+
+    def _wait(self, reply: _Reply) -> Any:
+        self.pool.pump(lambda: reply.done)
+        return reply.get()
+
+    def described(self) -> Decoded:
+        self.pool.pump(lambda: self.reply is not None and self.reply.done)
+        return self.reply.get()
+
+    def write(self, target: Path, *, first: int, offset: int) -> _LocalWriting:
+        reply = self.worker.send("write", target, first, offset)
+        self.pool.free(self.worker)  # it writes, then drops the file, before its next one
+        return _LocalWriting(self.pool, reply)
+
+    def first_difference(self, store_path: Path, n_steps: int, index: np.ndarray) -> str | None:
+        return self._wait(self.worker.send("difference", store_path, n_steps, index))
+
+    def release(self) -> None:
+        if self.worker is None:
+            with contextlib.suppress(ValueError):
+                self.pool._queue.remove(self)
+        elif self.worker.holding is self:
+            if self.worker.alive:
+                self.worker.send("release", reply=False)
+            self.pool.free(self.worker)
+
+
+@dataclass(frozen=True)
+class _LocalWriting:
+    pool: LocalPool
+    reply: _Reply
+
+    def done(self) -> bool:
+        self.pool.pump(lambda: self.reply.done, block=False)
+        return self.reply.done
+
+    def result(self) -> int:
+        self.pool.pump(lambda: self.reply.done)
+        return self.reply.get()
+
+
+_COMMANDS: dict[str, Callable[..., Any]] = {
+    "write": lambda held, target, first, offset: write_loaded(
+        target, held, first=first, offset=offset
+    ),
+    "difference": lambda held, store_path, n, index: first_difference(store_path, held, n, index),
+}
+
+
+def serve(conn: Connection, store_path: Path) -> None:
+    """A worker: run the commands that come over ``conn`` until it closes."""
+    held: Loaded | None = None
+    with contextlib.suppress(EOFError, OSError), conn, st.data_write_lock(store_path, shared=True):
+        conn.send(("ready", None))
+        while True:
+            command, *args = conn.recv()
+            try:
+                if command == "decode":
+                    held = decode(*args)
+                    answer: Any = describe(held)
+                elif command == "release":
+                    held = None
+                    continue
+                else:
+                    answer = _COMMANDS[command](held, *args)
+                    if command == "write":
+                        held = None
+            except Exception as exc:
+                held = None if command == "write" else held
+                conn.send(("error", _portable(exc)))
+                continue
+            conn.send(("ok", answer))
+
+
+_LAUNCHER = "import sys; from stpipe.io.ingest_workers import launch; launch(sys.argv[1:])"
+
+
+def launch(argv: list[str]) -> None:
+    """The launcher process: import the reader once, then fork one worker per socket.
+
+    ``argv``: the ingest's pid, the store path, the reader's module, the workers' socket
+    file descriptors. Forked workers share the imports (no start-up each); the launcher
+    waits for them and dies with the ingest, and they die with it.
+    """
+    ingest_pid, store_path, reader, *fds = argv
+    _die_with_parent()
+    if os.getppid() != int(ingest_pid):
+        return  # the ingest died before the line above
+    os.environ.pop(st.CRASH_ENV, None)  # crash tests count the ingest process's writes
+    importlib.import_module(reader)
+    keep_freed_memory()
+    children = []
+    sockets = [int(fd) for fd in fds]
+    for i, fd in enumerate(sockets):
+        pid = os.fork()
+        if pid == 0:
+            try:  # a worker never returns into the launcher's loop
+                for later in sockets[i + 1 :]:  # the earlier ones are closed here already
+                    os.close(later)
+                _die_with_parent()
+                serve(Connection(fd), Path(store_path))
+            finally:
+                os._exit(0)
+        os.close(fd)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+
+
+def _portable(exc: Exception) -> Exception:
+    """``exc`` if it survives pickling, else a RuntimeError saying what it was."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def local_pool(
+    source: SourceSection, store_path: Path, files: list[Path], *, cores: int
+) -> Iterator[LocalPool]:
+    """The pool :func:`plan_workers` chooses for ``files``."""
+    plan = plan_workers(files, cores=cores)
+    log.debug("ingest workers: %d thread(s), %d process(es)", plan.threads, plan.processes)
+    with LocalPool(source, store_path, threads=plan.threads, processes=plan.processes) as pool:
+        yield pool

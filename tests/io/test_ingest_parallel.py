@@ -1,0 +1,248 @@
+"""Ingest on worker processes: same store as on threads, the rule that picks them, and a
+parallel ingest killed with SIGKILL mid-way (writes of several files in flight)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import xarray as xr
+
+from stpipe.core.errors import StpipeError
+from stpipe.io import ingest_workers
+from stpipe.io.ingest_workers import (
+    LAUNCH_MB,
+    MODE_ENV,
+    SERIAL_SHARE,
+    LocalPool,
+    WorkerPlan,
+    plan_workers,
+    processes_pay_off_mb,
+)
+from stpipe.io.ingestion import ingest
+from stpipe.io.manifest import read_manifest
+from stpipe.io.settings import SourceSection
+from stpipe.io.store import CRASH_ENV, open_store, staging_path
+
+STEPS_PER_FILE = 6
+N_FILES = 12
+# Time chunks of two files: pairs of writes share a chunk (the later waits), others run
+# at once; two spatial tiles per step.
+PARALLEL_STORE = {"time_chunk": 2 * STEPS_PER_FILE, "spatial_chunk": [16, 10]}
+
+
+@pytest.fixture
+def feed_files(source_data, write_feed):
+    return write_feed(source_data, steps_per_file=STEPS_PER_FILE)
+
+
+def _store_contents(config) -> tuple[list, xr.Dataset]:
+    manifest = read_manifest(config.store_path)
+    files = [(f.name, f.sha256, f.offset, f.appended) for f in manifest.files]
+    return files, open_store(config.store_path).load().drop_attrs()
+
+
+def test_processes_build_the_same_store_as_threads(
+    source_data, write_feed, make_config, monkeypatch, snapshot, assert_same_values
+):
+    write_feed(source_data, steps_per_file=STEPS_PER_FILE)
+    # Files that take the paths the loop must order: one overlapping two files with the
+    # same values (compared once the files before it are committed), one overlapping with
+    # another value (refused), a copy of a file under another name (same sha256: skipped),
+    # a broken one (refused).
+    (recut,) = write_feed(source_data.isel(time=slice(4, 16)), steps_per_file=12, suffix="_r")
+    changed = source_data.isel(time=slice(30, 36)).copy(deep=True)
+    changed["t2m"][2, 3, 4] += 1.0
+    (conflicting,) = write_feed(changed, steps_per_file=STEPS_PER_FILE, suffix="_v2")
+    feed = recut.parent
+    copy = shutil.copy(feed / "day_2024010212.nc", feed / "day_2024010212_copy.nc")
+    (feed / "day_2024010300_broken.nc").write_bytes(b"not netcdf")
+    results = {}
+    # "bridged": the rule's own choice of processes, with a thread working until they start.
+    monkeypatch.setattr(ingest_workers, "LAUNCH_MB", 0.0)
+    for mode in ("threads", "processes", "bridged"):
+        if mode == "bridged":
+            monkeypatch.delenv(MODE_ENV)
+        else:
+            monkeypatch.setenv(MODE_ENV, mode)
+        config = make_config(
+            pipeline={"workdir": f"work-{mode}"},
+            store=PARALLEL_STORE,
+            source={"on_bad_file": "skip"},
+            dask={"n_workers": 3},
+        )
+        report = ingest(config.ingest_job, progress=False)
+        results[mode] = (report.ingested, report.skipped, report.refused, report.steps_added)
+        results[mode, "store"] = _store_contents(config)
+        assert_same_values(open_store(config.store_path).load(), source_data)
+        before = snapshot(config.store_path)
+        rerun = ingest(config.ingest_job, progress=False)
+        assert (rerun.ingested, rerun.steps_added) == ([], 0)
+        assert snapshot(config.store_path) == before, f"{mode}: a re-run must be a no-op"
+
+    assert results["processes"] == results["threads"] == results["bridged"]
+    ingested, skipped, refused, steps = results["processes"]
+    assert (len(ingested), steps) == (N_FILES, 72)
+    assert recut in ingested, "its steps 06-15 after the first file's 00-05"
+    assert (feed / "day_2024010106.nc", "identical to stored data") in skipped
+    assert (Path(copy), "already ingested (same sha256)") in skipped
+    assert [p for p, _ in refused] == [conflicting, feed / "day_2024010300_broken.nc"]
+    assert "with different values (first in 't2m' at 2024-01-02T08:00:00)" in refused[0][1]
+    files_t, values_t = results["threads", "store"]
+    for mode in ("processes", "bridged"):
+        files, values = results[mode, "store"]
+        assert files == files_t, mode
+        xr.testing.assert_identical(values, values_t)
+
+
+def _sized_files(where: Path, n: int, size: int) -> list[Path]:
+    files = []
+    for i in range(n):
+        path = where / f"f{i:02d}.nc"
+        with open(path, "wb") as f:
+            f.truncate(size)  # sparse: the rule reads only sizes
+        files.append(path)
+    return files
+
+
+def test_plan_picks_threads_while_they_keep_every_core_busy(tmp_path, monkeypatch):
+    monkeypatch.delenv(MODE_ENV, raising=False)
+    files = _sized_files(tmp_path, 20, 50_000_000)
+
+    assert plan_workers(files, cores=2) == WorkerPlan(threads=2, processes=0)
+    assert plan_workers(files, cores=16) == WorkerPlan(threads=1, processes=16)
+    assert plan_workers(files[:5], cores=16) == WorkerPlan(threads=1, processes=5)
+    assert plan_workers(files[:1], cores=16) == WorkerPlan(threads=1, processes=0)
+    assert plan_workers(files[:2], cores=8) == WorkerPlan(threads=2, processes=0)
+    assert plan_workers(files[:3], cores=3) == WorkerPlan(threads=3, processes=0), (
+        "150 MB: not enough for 3 worker processes to make up for their start"
+    )
+    monkeypatch.setenv(MODE_ENV, "processes")
+    assert plan_workers(files[:3], cores=2) == WorkerPlan(threads=0, processes=2)
+    monkeypatch.setenv(MODE_ENV, "threads")
+    assert plan_workers(files, cores=16) == WorkerPlan(threads=16, processes=0)
+    monkeypatch.setenv(MODE_ENV, "fibers")
+    with pytest.raises(StpipeError, match="STPIPE_INGEST_WORKERS='fibers'"):
+        plan_workers(files, cores=2)
+
+
+def test_processes_pay_off_where_threads_run_out_of_parallel_work():
+    assert processes_pay_off_mb(1) == processes_pay_off_mb(2) == float("inf")
+    for workers in (3, 4, 8, 16):
+        mb = processes_pay_off_mb(workers)
+        threads = mb * max(SERIAL_SHARE, 1 / workers)  # × CPU per MB, on both sides
+        processes = (mb + LAUNCH_MB) / workers
+        assert threads == pytest.approx(processes)
+    assert processes_pay_off_mb(16) < processes_pay_off_mb(4) < processes_pay_off_mb(3)
+
+
+def test_plan_fits_the_decoded_files_in_memory(tmp_path, monkeypatch):
+    monkeypatch.delenv(MODE_ENV, raising=False)
+    memory = psutil.virtual_memory()._replace(available=24_000_000_000)
+    monkeypatch.setattr(ingest_workers.psutil, "virtual_memory", lambda: memory)
+    files = _sized_files(tmp_path, 8, 1_000_000_000)
+
+    # Half of 24 GB over 4 × 1 GB per decoded file: 3 workers, not 64.
+    assert plan_workers(files, cores=64) == WorkerPlan(threads=1, processes=3)
+
+
+def test_a_worker_takes_its_next_file_only_once_it_has_written_or_dropped_one(feed_files, tmp_path):
+    source = SourceSection(kind="netcdf", paths="feed/*.nc", variables=["t2m", "u10"])
+    with LocalPool(source, tmp_path / "store.zarr", threads=2, processes=0) as pool:
+        decodings = [pool.decode(path) for path in feed_files]
+        for decoding in decodings[:2]:
+            assert decoding.described().times.size == STEPS_PER_FILE
+        assert [d.started for d in decodings] == [True, True] + [False] * (N_FILES - 2)
+
+        decodings[1].release()
+        decodings[2].described()
+        assert [d.started for d in decodings[:4]] == [True, True, True, False]
+        decodings[0].release()
+        assert decodings[3].described().times[0] == np.datetime64("2024-01-01T18:00")
+        assert [d.started for d in decodings[:5]] == [True] * 4 + [False]
+
+
+def test_every_worker_process_takes_a_file(feed_files, tmp_path):
+    source = SourceSection(kind="netcdf", paths="feed/*.nc", variables=["t2m", "u10"])
+    with LocalPool(source, tmp_path / "store.zarr", threads=0, processes=3) as pool:
+        decodings = [pool.decode(path) for path in feed_files[:4]]
+        deadline = time.monotonic() + 120
+        while not all(d.started for d in decodings[:3]) and time.monotonic() < deadline:
+            pool.pump(lambda: False, block=False)
+            time.sleep(0.01)
+        # Each holds an undecided file: three files taken means three workers alive.
+        assert [d.started for d in decodings] == [True, True, True, False]
+        times = [d.described().times[0] for d in decodings[:3]]
+        assert times == [np.datetime64(f"2024-01-01T{h:02d}:00") for h in (0, 6, 12)]
+
+
+# --- a parallel ingest killed mid-way ---
+
+
+def _run_cli(config_path: Path, *, crash_at: int) -> psutil.Popen:
+    env = os.environ | {CRASH_ENV: str(crash_at), MODE_ENV: "processes"}
+    return psutil.Popen(
+        [sys.executable, "-m", "stpipe", "-q", "ingest", str(config_path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _wait_for_workers(proc: psutil.Popen, timeout: float = 120) -> list[psutil.Process]:
+    """The launcher and worker processes of a running ingest, once they are all there."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        tree = proc.children(recursive=True)
+        if len(tree) >= 4:  # the launcher and its three workers
+            return tree
+        time.sleep(0.01)
+    return proc.children(recursive=True)
+
+
+@pytest.mark.slow
+def test_parallel_ingest_killed_mid_way_keeps_whole_files_and_resumes(feed_files, make_config):
+    """SIGKILL at the ingest process's N-th store write (it writes staging, the time
+    coordinate and the commits; its three worker processes write the data meanwhile), then
+    no worker outlives it, the store holds whole files only, and an ingest completes it to
+    exactly the clean store."""
+    reference = make_config(pipeline={"workdir": "reference"}, store=PARALLEL_STORE)
+    ingest(reference.ingest_job, progress=False)
+    ref_files, ref_values = _store_contents(reference)
+    mid_way = 0
+    # Of its ~40 writes: a few files in, half-way, near the end.
+    for crash_at in (12, 20, 28):
+        config = make_config(
+            pipeline={"workdir": f"kill{crash_at}"}, store=PARALLEL_STORE, dask={"n_workers": 3}
+        )
+        proc = _run_cli(config.path, crash_at=crash_at)
+        workers = _wait_for_workers(proc)
+        code = proc.wait(timeout=300)
+        if code == 0:
+            continue  # the ingest had fewer writes than that
+        assert code == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+        assert workers, "the ingest started no worker processes"
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"worker processes outlived the killed ingest: {alive}"
+        if config.store_path.exists():
+            files, values = _store_contents(config)
+            length = values.sizes["time"]
+            assert length % STEPS_PER_FILE == 0 and files == ref_files[: len(files)]
+            xr.testing.assert_identical(values, ref_values.isel(time=slice(0, length)))
+            mid_way += 0 < len(files) < N_FILES
+        report = ingest(config.ingest_job, progress=False)
+        assert report.refused == [], report.summary()
+        files, values = _store_contents(config)
+        assert files == ref_files
+        xr.testing.assert_identical(values, ref_values)
+        assert not staging_path(config.store_path).exists()
+        assert np.isfinite(values["t2m"].values).all()
+    assert mid_way >= 2, "no kill landed between the first and the last commit"
