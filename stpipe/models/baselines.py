@@ -31,6 +31,7 @@ from stpipe.models.common import Batch, Forecaster, last_valid
 
 BaselineName = Literal["persistence", "climatology", "persistence_clim_change"]
 BASELINES: tuple[BaselineName, ...] = ("persistence", "climatology", "persistence_clim_change")
+Terms = tuple[Tensor, Tensor | None, Tensor | None]  # p, C(t), C(t0): reference_terms
 BASELINE_WEIGHTS: dict[BaselineName, tuple[float, float, float]] = {
     "persistence": (1.0, 0.0, 0.0),
     "climatology": (0.0, 1.0, 0.0),
@@ -57,34 +58,37 @@ def baseline_terms(
 
 
 def reference_terms(
-    persistence: Tensor, clim_inputs: Tensor | None, clim_valid: Tensor | None, *, n_leads: int
-) -> Tensor:
-    """The terms of :func:`baseline_terms` per lead, stacked last: p, C(t), C(t0)
-    [B, L, V, H, W, 3], physical units.
-
-    NaN where a term has no value: p outside the grid, C where its slot had no train data,
-    and both C terms without a climatology.
-    """
-    p = persistence.expand(-1, n_leads, -1, -1, -1)
+    persistence: Tensor, clim_inputs: Tensor | None, clim_valid: Tensor | None
+) -> Terms:
+    """The terms of :func:`baseline_terms` that the references weigh: p [B, 1, V, H, W],
+    C(t) [B, L, V, H, W] and C(t0) [B, 1, V, H, W] in physical units (None, None without a
+    climatology; NaN where a term has no value: p outside the grid, C where its slot had
+    no train data)."""
     if clim_inputs is None or clim_valid is None:
-        missing = torch.full_like(p, torch.nan)
-        return torch.stack([p, missing, missing], dim=-1)
-    return torch.stack([p, clim_valid, clim_inputs[:, -1:].expand_as(clim_valid)], dim=-1)
+        return persistence, None, None
+    return persistence, clim_valid, clim_inputs[:, -1:]
 
 
-def reference_forecast(terms: Tensor, weights: Tensor) -> Tensor:
-    """Σ_k w_k·term_k: ``terms`` [B, L, V, H, W, 3] (:func:`reference_terms`), ``weights``
-    [L, V, 3] → [B, L, V, H, W].
+def reference_forecast(terms: Terms, weights: Tensor) -> Tensor:
+    """Σ_k w_k·term_k of :func:`reference_terms` with ``weights`` [L, V, 3] (p, C(t), C(t0))
+    → [B, L, V, H, W].
 
-    Added in the order p, C(t), C(t0), a term of weight 0 skipped (its NaN too): the
-    weights of :data:`BASELINE_WEIGHTS` give each baseline bit for bit, e.g.
-    (p + C(t)) − C(t0) for persistence plus the climatological change.
+    Added in the order p, C(t), C(t0), a term of weight 0 skipped (its NaN too) and a
+    missing one (None) left out: the weights of :data:`BASELINE_WEIGHTS` give each baseline
+    bit for bit, e.g. (p + C(t)) − C(t0) for persistence plus the climatological change.
     """
-    out = torch.zeros_like(terms[..., 0])
-    for k in range(terms.shape[-1]):
-        w = weights[None, :, :, None, None, k]
-        out = out + torch.where(w != 0, w * terms[..., k], 0.0)
+    persistence, *climatology = terms
+    out = _weighted(persistence, weights, 0)
+    for k, term in enumerate(climatology, start=1):
+        if term is not None:
+            out = out + _weighted(term, weights, k)
     return out
+
+
+def _weighted(term: Tensor, weights: Tensor, k: int) -> Tensor:
+    """w_k·term [B, L, V, H, W] with w_k the k-th weights [L, V]; 0 where w_k is 0."""
+    w = weights[None, :, :, None, None, k]
+    return torch.where(w != 0, w * term, 0.0)
 
 
 def baseline_weights(
@@ -135,4 +139,4 @@ class Baseline(Forecaster):
 
     def forward(self, batch: Batch) -> Tensor:
         terms = baseline_terms(batch, target_index=self.target_index, climatology=self.climatology)
-        return reference_forecast(reference_terms(*terms, n_leads=len(self.leads)), self.weights)
+        return reference_forecast(reference_terms(*terms), self.weights)

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stpipe.models.baselines import baseline_terms, reference_forecast, reference_terms
+from stpipe.models.baselines import Terms, baseline_terms, reference_forecast, reference_terms
 from stpipe.models.climatology import Climatology, ClimatologyLookup
 from stpipe.models.common import Batch, Forecaster, conv_block
 
@@ -137,10 +137,9 @@ class ScnnRnn(Forecaster):
         calibrated = reference + self.shrink[..., None, None] * (forecast - reference)
         return torch.where(torch.isfinite(reference), calibrated, forecast)
 
-    def uncalibrated_forecast(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """The network's forecast [B, L, V, H, W] and the baseline terms p, C(t), C(t0)
-        [B, L, V, H, W, 3] (:func:`~stpipe.models.baselines.reference_terms`), both float32
-        in physical units."""
+    def uncalibrated_forecast(self, batch: Batch) -> tuple[Tensor, Terms]:
+        """The network's forecast [B, L, V, H, W] (float32, physical units) and the terms
+        of the references (:func:`~stpipe.models.baselines.reference_terms`)."""
         x = batch["x"]
         b, t, _, height, width = x.shape
         n_leads = len(self.leads)
@@ -195,8 +194,8 @@ class ScnnRnn(Forecaster):
         for stage, skip in zip(self.up, reversed(skips[:-1]), strict=True):
             d = stage(d, skip.unflatten(0, (b, t))[:, -1], extra, n_leads=n_leads)
         r = self.head(self.dropout(d)).unflatten(0, (b, n_leads)).float()
-        terms = reference_terms(persistence, clim_inputs, clim_valid, n_leads=n_leads)
-        return self.denormalise_targets(blend + r if self.residual else r), terms.float()
+        terms = reference_terms(persistence, clim_inputs, clim_valid)
+        return self.denormalise_targets(blend + r if self.residual else r), terms
 
 
 class _UpStage(nn.Module):

@@ -45,6 +45,7 @@ from stpipe.learn.train.loss import lead_var_shape
 from stpipe.models import Forecaster
 from stpipe.models.baselines import (
     BASELINE_WEIGHTS,
+    Terms,
     baseline_terms,
     reference_forecast,
     reference_terms,
@@ -133,7 +134,7 @@ def reference_errors(model: Forecaster, loader: Any, references: Tensor) -> Tens
         parts = baseline_terms(
             batch, target_index=model.target_index, climatology=model.climatology
         )
-        terms = reference_terms(*parts, n_leads=len(model.leads))
+        terms = reference_terms(*parts)
         for k, weights in enumerate(references):
             a = _reference(model, terms, weights)
             dy = _normalised(model, torch.where(_counted(batch, a), batch["y"] - a, 0.0))
@@ -141,7 +142,7 @@ def reference_errors(model: Forecaster, loader: Any, references: Tensor) -> Tens
     return errors
 
 
-def _reference(model: Forecaster, terms: Tensor, weights: Tensor) -> Tensor:
+def _reference(model: Forecaster, terms: Terms, weights: Tensor) -> Tensor:
     """The reference of ``weights`` [3] at every lead and variable: [B, L, V, H, W]."""
     return reference_forecast(terms, weights.expand(*lead_var_shape(model), 3))
 
