@@ -92,6 +92,13 @@ class MlflowSection(Settings):
         "on lat/lon grids, RMSE elsewhere) or '<rmse|mae|rmse_lat_weighted|mse_openstl|"
         "mae_openstl>_mean', each the mean over leads on the validation split.",
     )
+    baseline_tolerance: float = Field(
+        default=0.02,
+        ge=0,
+        description="Promotion refuses a candidate worse than the best baseline (persistence, "
+        "climatology, persistence + climatological change) at any lead on the validation "
+        "window by more than this fraction of that baseline's error ('inf': never).",
+    )
     retries: PositiveInt = Field(
         default=4,
         description="Attempts to reach a tracking server before a job starts, and per "

@@ -5,6 +5,7 @@ errors a user meets (no champion, a champion for another store)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -64,21 +65,34 @@ device = "cpu"
 
 [mlflow]
 model_name = "tiny-t2m"
+baseline_tolerance = {baseline_tolerance}
 {mlflow}
 {extra}
 """
 
 
 def pipeline(
-    root: Path, *, grid=(20, 24), variables=("t2m", "u10"), mlflow: str = "", extra: str = ""
+    root: Path,
+    *,
+    grid=(20, 24),
+    variables=("t2m", "u10"),
+    mlflow: str = "",
+    extra: str = "",
+    baseline_tolerance: float = math.inf,
 ) -> Config:
     """A tiny synthetic weather pipeline in ``root``, ingested; ``mlflow`` adds keys to
-    ``[mlflow]``, ``extra`` more tables."""
+    ``[mlflow]``, ``extra`` more tables. The candidates here are no forecasters (a ConvLSTM
+    of one epoch, persistence shifted), so promotion ignores the baselines unless
+    ``baseline_tolerance`` is given."""
     root.mkdir(parents=True, exist_ok=True)
     path = root / "pipeline.toml"
     path.write_text(
         PIPELINE.format(
-            grid=list(grid), variables=json.dumps(list(variables)), mlflow=mlflow, extra=extra
+            grid=list(grid),
+            variables=json.dumps(list(variables)),
+            mlflow=mlflow,
+            extra=extra,
+            baseline_tolerance=baseline_tolerance,
         )
     )
     config = load_config(path)
