@@ -13,6 +13,7 @@ import xarray as xr
 
 from stpipe.core.errors import StoreError
 
+CF_CONVENTIONS = "CF-1.10"  # the ``Conventions`` attribute of the data and forecast stores
 LATLON_DIMS = ("lat", "lon")
 CELL_DIMS = ("y", "x")
 
