@@ -362,7 +362,6 @@ def run_forecast(
             run_id=version.run_id,
             store_digest=store_digest(config.store_path),
         ),
-        Conventions="CF-1.10",
         title=f"{config.pipeline.name} forecasts",
         source=f"stpipe, MLflow model {tracking.model_name}",
     )
