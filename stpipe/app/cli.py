@@ -393,9 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="score every version on today's test window, beside the baselines there",
     )
     p = _verb(sub, "nightly", "the Prefect nightly flow: ingest → train → forecast", _cmd_nightly)
-    p.add_argument(
-        "--wait", action="store_true", help="queue behind a running flow of this pipeline"
+    stop = (
+        "stop at once if a flow of this pipeline runs (default: queue, [pipeline] lock_timeout_s)"
     )
+    p.add_argument("--no-wait", dest="wait", action="store_false", help=stop)
     p = _verb(
         sub,
         "serve",

@@ -123,8 +123,8 @@ def _busy(config: Config, holder: str, waited: bool) -> str:
             "run stops"
         )
     return (
-        f"pipeline {name!r} is already running; this run stops (`stpipe nightly --wait`, or "
-        f"the flow parameter wait_for_lock, queues behind it): {holder}"
+        f"pipeline {name!r} is already running; this run stops (`stpipe nightly` without "
+        f"--no-wait, or the flow parameter wait_for_lock=True, queues behind it): {holder}"
     )
 
 

@@ -53,7 +53,7 @@ def test_a_second_run_stops_with_a_message_naming_the_first(new_pipeline, flow_p
     # then: it fails without touching the store, saying who holds the pipeline
     assert proc.returncode != 0, out
     assert "pipeline 'tiny-weather' is already running" in out, out
-    assert "`stpipe nightly --wait`" in out, "the remedy is the CLI's flag, not a Python argument"
+    assert "`stpipe nightly` without --no-wait" in out, "the remedy names the CLI's flag"
     assert f"pid {os.getpid()} on " in out, out
     assert not (pipeline.workdir / "store.zarr").exists()
 

@@ -268,6 +268,23 @@ def _noise(seed: int, model: _Weather, hours: np.ndarray) -> np.ndarray:
     return smooth + white
 
 
+def _mean_flow(
+    m: _Weather, t: np.ndarray, regime: Regime | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """At ``t`` seconds: the mean flow U(t) = mean + swing·sin(ωt + ψ) [t, (u, v)] m s-1, its
+    displacement D(t) = ∫U dt [t, 2] m, and the regime's t2m change [t] K (0 without one)."""
+    mean, swing, om, ps = m.flow.T
+    arg = om[None] * t[:, None] + ps[None]
+    flow = mean + swing * np.sin(arg)
+    shift = mean * t[:, None] - swing / om * np.cos(arg)
+    if regime is None:
+        return flow, shift, np.zeros_like(t)
+    ramp, ramp_integral = regime.ramp(t)
+    flow = flow + np.outer(ramp, regime.flow)
+    shift = shift + np.outer(ramp_integral, regime.flow)
+    return flow, shift, regime.t2m * ramp
+
+
 def weather_fields(
     hours: Iterable[int],
     *,
@@ -283,18 +300,8 @@ def weather_fields(
     h = np.asarray(list(hours), dtype=np.int64)
     t = h * 3600.0
 
-    # Mean flow U(t) = mean + swing·sin(ωt + ψ) and its displacement D(t) = ∫U dt.
-    mean, swing, om, ps = m.flow.T
-    arg = om[None] * t[:, None] + ps[None]
-    flow = mean + swing * np.sin(arg)  # [t, (u, v)]
-    shift = mean * t[:, None] - swing / om * np.cos(arg)
-    cooling = np.zeros_like(t)
-    if regime is not None:
-        ramp, ramp_integral = regime.ramp(t)
-        flow = flow + np.outer(ramp, regime.flow)
-        shift = shift + np.outer(ramp_integral, regime.flow)
-        cooling = regime.t2m * ramp
-
+    flow, shift, cooling = _mean_flow(m, t, regime)
+    _, swing, om, ps = m.flow.T
     arg = m.omega[None] * t[:, None, None] + m.psi[None]
     amp = np.sum(m.amp * np.sin(arg), axis=-1)  # [t, K] Pa
     lag = _relaxed(m.amp, m.omega, arg)  # [t, K] Pa s
