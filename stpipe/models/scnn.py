@@ -183,7 +183,7 @@ class ScnnRnn(Forecaster):
         seq = h.unflatten(0, (b, t)).transpose(1, 2)  # [B, C, T, h, w]
         seq = seq + self.temporal(seq)
         c, lh, lw = seq.shape[1], seq.shape[3], seq.shape[4]
-        states, _ = self.rnn(seq.permute(0, 3, 4, 2, 1).reshape(b * lh * lw, t, c))
+        states = run_rnn(self.rnn, seq.permute(0, 3, 4, 2, 1).reshape(b * lh * lw, t, c))
         latent = states[:, -1].reshape(b, lh, lw, c).permute(0, 3, 1, 2) + seq[:, :, -1]
 
         cond = self.lead_embedding[None]  # [1, L, C]
@@ -196,6 +196,24 @@ class ScnnRnn(Forecaster):
         r = self.head(self.dropout(d)).unflatten(0, (b, n_leads)).float()
         terms = reference_terms(persistence, clim_inputs, clim_valid)
         return self.denormalise_targets(blend + r if self.residual else r), terms
+
+
+def run_rnn(rnn: nn.LSTM | nn.GRU, seq: Tensor) -> Tensor:
+    """The outputs [N, T, C] of a batch-first, one-way ``rnn`` over ``seq`` [N, T, C] from zero
+    states.
+
+    While ``torch.export`` traces, the weights go to the op by name (``all_weights``): the
+    module's own forward would re-assign its cached flat weights to the traced stand-ins,
+    which export reports as attributes that should have been buffers. The op and the
+    numbers are the same either way."""
+    if not torch.compiler.is_exporting():
+        return rnn(seq)[0]
+    weights = [w for layer in rnn.all_weights for w in layer]
+    h0 = seq.new_zeros(rnn.num_layers, seq.shape[0], rnn.hidden_size)
+    args = (weights, rnn.bias, rnn.num_layers, rnn.dropout, rnn.training, False, True)
+    if isinstance(rnn, nn.LSTM):
+        return torch.lstm(seq, (h0, h0), *args)[0]
+    return torch.gru(seq, h0, *args)[0]
 
 
 class _UpStage(nn.Module):
