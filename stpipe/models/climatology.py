@@ -63,6 +63,7 @@ DAY_NS = 86_400 * 10**9
 EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday = 0, as pandas counts)
 DOY_HALF_WINDOW_DAYS = 30
 MIN_DOY_SPAN = np.timedelta64(365, "D")  # 'auto' picks "doy" for train splits this long
+MOMENT_PAIRS = 2**20  # pairs summed per lag and block of cells for the blend weights
 
 
 def day_of_year(days: Times) -> Times:
@@ -328,14 +329,23 @@ def _lag_moments(
 ) -> np.ndarray:
     """[K+1, 5, 5]: per lag k, Σ u uᵀ over the pairs where u is finite, with
     u = (p, C̃(t0+k), C̃(t0), y, 1) − (s, s, s, s, 0), p = x(t0), y = x(t0 + k), s = ``shift``
-    and C̃(t) = (N·C − x(t)) / (N − 1) the slot mean without x(t) (N values in C)."""
+    and C̃(t) = (N·C − x(t)) / (N − 1) the slot mean without x(t) (N values in C).
+
+    The origins t0 are every ``stride``-th step, so that a lag sums at most
+    :data:`MOMENT_PAIRS` pairs: the three weights of a lag are well determined by far fewer
+    pairs than a year of a large grid holds, and summing all of them for each of the
+    ``max_lag`` lags made the fit grow as time × cells × lags (most of ``stpipe train``'s
+    time on a year of 128×256)."""
     n = count[slots]
     with np.errstate(invalid="ignore", divide="ignore"):
         held_out = np.where(n > 1, (n * table[slots] - x) / (n - 1), np.nan) - shift
     z = x - shift
     out = np.zeros((max_lag + 1, 5, 5))
+    stride = max(1, -(-x.size // MOMENT_PAIRS))  # ceil: at most MOMENT_PAIRS pairs a lag
     for k in range(1, min(max_lag, x.shape[0] - 1) + 1):
-        u = np.stack([z[:-k], held_out[k:], held_out[:-k], z[k:]]).reshape(4, -1)
+        t0 = slice(0, x.shape[0] - k, stride)
+        t1 = slice(k, x.shape[0], stride)
+        u = np.stack([z[t0], held_out[t1], held_out[t0], z[t1]]).reshape(4, -1)
         u = u[:, np.isfinite(u).all(axis=0)]
         u = np.concatenate([u, np.ones((1, u.shape[1]))])
         out[k] = u @ u.T

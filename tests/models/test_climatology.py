@@ -11,6 +11,7 @@ import torch
 import xarray as xr
 
 from stpipe.core.errors import ConfigError, StoreError
+from stpipe.models import climatology as climatology_module
 from stpipe.models.climatology import (
     Climatology,
     ClimatologyLookup,
@@ -276,3 +277,28 @@ def test_lookup_by_day_of_year_in_torch() -> None:
     ns = torch.from_numpy(times.as_unit("ns").asi8)[None]
     out = lookup(ns, torch.tensor([0]), torch.tensor([0]), height=1, width=1)
     assert out[0, :, 0, 0, 0].tolist() == [59 * 24 + 5, 60 * 24 + 5, 60 * 24 + 23]
+
+
+def test_the_blend_weights_of_a_long_series_come_from_every_stride_th_origin(monkeypatch):
+    # a year of a large grid: the lag moments sum at most MOMENT_PAIRS pairs a lag, taken at
+    # every stride-th origin, and the weights stay those of the whole series
+    rng = np.random.default_rng(3)
+    hours = 24 * 40
+    walk = np.zeros((hours, 4, 4))  # AR(1) about a daily cycle: well-determined weights
+    cycle = 3 * np.sin(2 * np.pi * np.arange(hours) / 24)
+    for t in range(1, hours):
+        walk[t] = 0.9 * walk[t - 1] + rng.normal(size=(4, 4))
+    walk += cycle[:, None, None]
+    times = pd.date_range("2024-01-01", periods=hours, freq="h")
+    ds = xr.Dataset(
+        {"t2m": (("time", "lat", "lon"), walk)},
+        coords={"time": times, "lat": np.arange(4.0), "lon": np.arange(4.0)},
+    )
+    full = Climatology.fit(ds, variables=["t2m"], period="day", step_s=3600, max_lag=3)
+    monkeypatch.setattr(climatology_module, "MOMENT_PAIRS", hours * 16 // 5)
+
+    strided = Climatology.fit(ds, variables=["t2m"], period="day", step_s=3600, max_lag=3)
+
+    np.testing.assert_array_equal(strided.table, full.table)
+    assert not np.array_equal(strided.blend_weights, full.blend_weights), "fewer pairs summed"
+    np.testing.assert_allclose(strided.blend_weights, full.blend_weights, atol=0.05)
