@@ -123,7 +123,8 @@ class ForecastOutcome:
     def summary(self) -> str:
         action = "replaced" if self.replaced else "wrote"
         return (
-            f"{action} the forecast of {self.init_time} in {self.store} with "
+            f"{action} the forecast of {np.datetime_as_string(self.init_time, unit='m')} in "
+            f"{self.store} with "
             f"v{self.model_version}; verified {len(self.verified)} past forecast(s)"
         )
 

@@ -396,3 +396,19 @@ def test_fine_tuning_refuses_a_version_that_does_not_fit_before_a_run_starts(
     assert "\n" not in str(info.value)
     assert len(tracking.client.search_runs([tracking.experiment_id])) == len(runs_before)
     assert str(registry.champion(tracking).version) == first.version
+
+
+def test_a_forecast_outcome_names_its_init_time_to_the_minute() -> None:
+    outcome = jobs.ForecastOutcome(
+        init_time=np.datetime64("2024-01-20T23:00:00.000000000"),
+        store="/w/forecasts.zarr",
+        model_version="3",
+        run_id="r",
+        replaced=False,
+        verified=(),
+    )
+
+    assert outcome.summary() == (
+        "wrote the forecast of 2024-01-20T23:00 in /w/forecasts.zarr with v3; "
+        "verified 0 past forecast(s)"
+    )
