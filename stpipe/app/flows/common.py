@@ -39,7 +39,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder, TaskRun
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext, TaskRunContext
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.states import State
 from prefect.tasks import Task
 
@@ -131,8 +131,16 @@ def _busy(config: Config, holder: str, waited: bool) -> str:
 def _ensure_limit(limit: str) -> None:
     """Create the global concurrency limit ``limit`` with one slot unless it exists (an
     operator may have changed or deactivated it: that is kept)."""
-    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
-        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1))
+    with get_client(sync_client=True) as client:
+        try:  # read first: a refused create makes the server log a traceback
+            client.read_global_concurrency_limit_by_name(limit)
+            return
+        except ObjectNotFound:
+            pass
+        with contextlib.suppress(ObjectAlreadyExists):  # another run created it meanwhile
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=limit, limit=1)
+            )
 
 
 def _lease_holder() -> ConcurrencyLeaseHolder | None:
