@@ -44,7 +44,7 @@ GRID = (256, 256)
 
 STPIPE_RUN = textwrap.dedent(
     """
-    import json, os, resource, sys, threading, time
+    import json, logging, os, resource, sys, threading, time
     import psutil
     from stpipe.app.config import config_from_dict
     from stpipe.io.ingestion import ingest
@@ -78,11 +78,22 @@ STPIPE_RUN = textwrap.dedent(
                     pass
             peak[0] = max(peak[0], rss)
 
+    class Stages(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if "seconds:" in message or "ready after" in message:
+                stages.append(message)
+
+    stages = []
+    for name in ("stpipe.io.ingestion", "stpipe.io.ingest_workers"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+        logging.getLogger(name).addHandler(Stages())
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.perf_counter()
     report = ingest(config.ingest_job, progress=False)
     t1 = time.perf_counter()
+    first_stages = list(stages)
     rerun = ingest(config.ingest_job, progress=False)
     t2 = time.perf_counter()
     done.set()
@@ -90,7 +101,7 @@ STPIPE_RUN = textwrap.dedent(
     assert not report.refused and len(rerun.skipped) == len(report.ingested), rerun.summary()
     print(json.dumps({"seconds": t1 - t0, "bytes": report.bytes_ingested, "noop_s": t2 - t1,
                       "main_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "peak_rss_mb": peak[0] / 2**20}))
+                      "peak_rss_mb": peak[0] / 2**20, "stages": first_stages}))
     """
 )
 
@@ -185,6 +196,13 @@ def compare(names: str, runs: Path, variables: str) -> None:
             f"stpipe, workers {name}: {mb_per_s(side):.1f} MB/s, "
             f"peak RSS {side['peak_rss_mb']:.0f} MB"
         )
+        print_stages(side)
+
+
+def print_stages(side: dict) -> None:
+    """Where the ingest loop's own time went, and when worker processes were ready."""
+    for line in side["stages"]:
+        print(f"  {line}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -204,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     variables = json.dumps(VARIABLES)
     names = json.dumps([str(f) for f in files])
     ours = run_json(STPIPE_RUN, names, str(runs / "stpipe"), variables, "local")
+    print(f"stpipe, workers as the rule chose: {mb_per_s(ours):.1f} MB/s")
+    print_stages(ours)
     naive = run_json(NAIVE_RUN, names, str(runs / "naive.zarr"), variables)
     mfdataset = run_json(MFDATASET_RUN, names, str(runs / "mfdataset.zarr"), variables)
     if args.compare:

@@ -73,7 +73,7 @@ def describe(loaded: Loaded) -> Decoded:
 def write_loaded(store_path: Path, loaded: Loaded, *, first: int, offset: int) -> int:
     """Write the data variables of ``loaded`` from step ``first`` on at store position
     ``offset`` (the ingest loop writes the time coordinate); the float32 bytes written."""
-    return st.write_steps(store_path, loaded.data, first=first, offset=offset, with_time=False)
+    return st.write_steps(store_path, loaded.data, first=first, offset=offset)
 
 
 def first_difference(

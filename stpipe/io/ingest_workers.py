@@ -59,6 +59,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -195,6 +196,7 @@ class LocalPool:
         self, source: SourceSection, store_path: Path, *, threads: int, processes: int
     ) -> None:
         self._source = source
+        self._started = time.perf_counter()
         self._queue: deque[_LocalDecoding] = deque()
         self._workers: list[_Worker] = []
         self._threads: list[threading.Thread] = []
@@ -306,6 +308,9 @@ class LocalPool:
             return
         if status == "ready":
             worker.ready = True
+            if worker.process and all(w.ready for w in self._workers if w.process):
+                ready_s = time.perf_counter() - self._started
+                log.debug("ingest worker processes ready after %.3f s", ready_s)
             return
         reply = worker.expecting.popleft()
         reply.done = True
