@@ -60,7 +60,6 @@ from stpipe.io.settings import DaskSection, SourceSection, StoreSection
 log = logging.getLogger(__name__)
 
 ALREADY_INGESTED = "already ingested (same sha256)"
-GROWTH_FILES = 7
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,8 @@ class IngestJob:
 @dataclass
 class _StoreState:
     """The store as the ingest loop plans it: every file decided so far, committed or not
-    (``manifest``, ``times``); the arrays' length (``capacity``) and time chunk."""
+    (``manifest``, ``times``); the arrays' length (``capacity``) and time chunk; the files
+    not decided yet, counting the one being decided (``files_left``)."""
 
     path: Path
     manifest: Manifest | None
@@ -88,6 +88,7 @@ class _StoreState:
     template: xr.Dataset | None
     capacity: int = 0
     time_chunk: int = 1
+    files_left: int = 1
 
 
 def ingest(job: IngestJob, *, progress: bool = True) -> IngestReport:
@@ -167,10 +168,11 @@ def _ingest_files(
         with stopwatch.stage("start workers"):
             pool = stack.enter_context(_workers(job, files))
         advance = stack.enter_context(_progress(len(files), shown=progress))
-        commits = CommitQueue(state.path, stopwatch)
+        commits = stack.enter_context(CommitQueue(state.path, stopwatch))
         decodings = [pool.decode(path) for path in files]
         for i, (path, decoding) in enumerate(zip(files, decodings, strict=True)):
             advance(path.name)
+            state.files_left = len(files) - i
             with stopwatch.stage("wait for decodes"):
                 decoded = decoding.described()
             if decoded.sha256:
@@ -290,9 +292,10 @@ def _ingest_one(
     length = offset + new_times.size
     target = _write_target(state.path)
     if length > state.capacity:
-        # Grow for about a week of such files at once: resizing rewrites every array's
-        # metadata, a cost worth paying once per several appends.
-        state.capacity = length + new_times.size * GROWTH_FILES
+        # Grow for every file left, if each is like this one: resizing rewrites every
+        # array's metadata in the loop, so once per ingest, not per file. Steps beyond the
+        # committed length are invisible, and cut off when the ingest (or recovery) ends.
+        state.capacity = length + new_times.size * state.files_left
         with commits.stopwatch.stage("resize"):
             st.resize(target, state.capacity)
     chunks = range(offset // state.time_chunk, (length - 1) // state.time_chunk + 1)
