@@ -21,6 +21,11 @@ ingests the same files into a fresh Zarr v3 store, in its own subprocess:
 ``[dask] address`` (cluster start-up not timed), for the rule in
 :mod:`stpipe.io.ingest_workers`.
 
+Each stpipe run also prints where the ingest loop's own time went (``ingest loop seconds``:
+seconds waiting for workers' decodes and writes, checking and planning, committing,
+resizing; the loop is the serial part of an ingest) and, with worker processes, when they
+were ready.
+
 MB are uncompressed float32 bytes of the ingested variables. Peak RSS is stpipe's process
 tree (its worker processes' RSS added, sampled every 0.1 s; shared pages count in each, so
 it is an upper bound). Last line: ``stpipe_mb_per_s=… naive_mb_per_s=… mfdataset_mb_per_s=…
