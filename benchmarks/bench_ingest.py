@@ -21,10 +21,10 @@ ingests the same files into a fresh Zarr v3 store, in its own subprocess:
 ``[dask] address`` (cluster start-up not timed), for the rule in
 :mod:`stpipe.io.ingest_workers`.
 
-Each stpipe run also prints where the ingest loop's own time went (``ingest loop seconds``:
-seconds waiting for workers' decodes and writes, checking and planning, committing,
-resizing; the loop is the serial part of an ingest) and, with worker processes, when they
-were ready.
+Each stpipe run also prints its CPU time (its process tree's), where the ingest loop's
+own time went (``ingest loop seconds``: waiting for workers' decodes and writes, checking
+and planning, committing, resizing; the loop is the serial part of an ingest) and, with
+worker processes, when they were ready.
 
 MB are uncompressed float32 bytes of the ingested variables. Peak RSS is stpipe's process
 tree (its worker processes' RSS added, sampled every 0.1 s; shared pages count in each, so
@@ -95,9 +95,15 @@ STPIPE_RUN = textwrap.dedent(
         logging.getLogger(name).addHandler(Stages())
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    t0 = time.perf_counter()
+    def cpu_s():
+        return sum(
+            r.ru_utime + r.ru_stime
+            for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        )
+
+    c0, t0 = cpu_s(), time.perf_counter()
     report = ingest(config.ingest_job, progress=False)
-    t1 = time.perf_counter()
+    c1, t1 = cpu_s(), time.perf_counter()
     first_stages = list(stages)
     rerun = ingest(config.ingest_job, progress=False)
     t2 = time.perf_counter()
@@ -106,7 +112,8 @@ STPIPE_RUN = textwrap.dedent(
     assert not report.refused and len(rerun.skipped) == len(report.ingested), rerun.summary()
     print(json.dumps({"seconds": t1 - t0, "bytes": report.bytes_ingested, "noop_s": t2 - t1,
                       "main_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "peak_rss_mb": peak[0] / 2**20, "stages": first_stages}))
+                      "peak_rss_mb": peak[0] / 2**20, "stages": first_stages,
+                      "cpu_s": c1 - c0}))
     """
 )
 
@@ -205,7 +212,13 @@ def compare(names: str, runs: Path, variables: str) -> None:
 
 
 def print_stages(side: dict) -> None:
-    """Where the ingest loop's own time went, and when worker processes were ready."""
+    """CPU used, where the ingest loop's own time went, and when worker processes were
+    ready. CPU over wall time is the cores kept busy (worker processes count once they
+    have exited)."""
+    print(
+        f"  CPU {side['cpu_s']:.1f} s ({side['cpu_s'] / side['bytes'] * 1e9:.2f} ms per "
+        f"float32 MB), {side['cpu_s'] / side['seconds']:.1f} cores busy on average"
+    )
     for line in side["stages"]:
         print(f"  {line}")
 
