@@ -3,9 +3,10 @@
 A decided file's commit (:class:`Commit`) is made once its data write and the write of its
 times are done and every earlier file's commit is made (:class:`CommitQueue`). The commits
 are the serial part of an ingest, so they are kept cheap: the root metadata is read once
-(:class:`stpipe.io.store.Committer`), and the time coordinate (one chunk, rewritten by
-every append) is written on a thread of its own, the times of every file planned since
-its previous write in one write.
+(:class:`stpipe.io.store.Committer`), and they are made on a thread of their own, so the
+loop goes on handing files to workers; the time coordinate (one chunk, rewritten by every
+append) is written there too, once for all the files whose commits are handed over at
+once.
 
 :class:`Stopwatch` adds up where the loop's own time goes (``bench_ingest.py`` prints it).
 """
@@ -49,6 +50,10 @@ class Stopwatch:
             if self._inner:
                 self._inner[-1] += elapsed
 
+    def add(self, name: str, seconds: float) -> None:
+        """Count ``seconds`` of work done on another thread (not in the loop's total)."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
     def summary(self) -> str:
         """``stage=seconds`` for every stage, then the total since the stopwatch started."""
         stages = " ".join(f"{name}={s:.3f}" for name, s in self.seconds.items())
@@ -69,113 +74,79 @@ class Commit:
     times: np.ndarray = field(default_factory=lambda: np.empty(0, "datetime64[ns]"))
     chunks: range = range(0)
 
-    def done(self, times_end: int) -> bool:
-        """Whether its writes are done, the times being written before ``times_end``."""
-        times_done = not self.times.size or self.offset + self.times.size <= times_end
-        return times_done and (self.writing is None or self.writing.done())
+    def done(self) -> bool:
+        return self.writing is None or self.writing.done()
 
 
 class CommitQueue:
     """The commits not made yet, in file order; use as a context manager (leaving it waits
-    for the time coordinate's last write)."""
+    for the commits handed to the commit thread).
+
+    The loop waits for a file's data write, then hands its commit to one thread, which
+    writes the times of every file handed over at once and commits them one by one, in
+    order: the loop goes on giving workers files meanwhile.
+    """
 
     def __init__(self, store_path: Path, stopwatch: Stopwatch) -> None:
         self.queue: deque[Commit] = deque()
         self.committer = st.Committer(store_path)
         self.stopwatch = stopwatch
-        self.times = _TimeWriter(self.committer)
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="ingest-commit")
+        self.committing: deque[Future[None]] = deque()
 
     def __enter__(self) -> CommitQueue:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.times.close()
+        self.thread.shutdown()
 
     def add(self, commit: Commit) -> None:
         self.queue.append(commit)
-        if commit.times.size:
-            self.times.add(commit.offset, commit.times)
 
     def make_finished(self) -> None:
-        """Make the commits at the front whose writes are done, without waiting."""
-        times_end = self.times.written_through()
+        """Hand over the commits at the front whose writes are done, without waiting."""
+        while self.committing and self.committing[0].done():
+            self.committing.popleft().result()  # a failed commit stops the ingest here
         ready = 0
-        while ready < len(self.queue) and self.queue[ready].done(times_end):
+        while ready < len(self.queue) and self.queue[ready].done():
             ready += 1
-        self._make(ready)
+        self._hand_over(ready)
 
     def make_through_chunks(self, chunks: range) -> None:
-        """Make every commit up to the last one whose write touches ``chunks``."""
+        """Hand over every commit up to the last one whose write touches ``chunks`` (that
+        write is then done)."""
         touching = [
             i
             for i, c in enumerate(self.queue)
             if c.chunks.start < chunks.stop and chunks.start < c.chunks.stop
         ]
-        self._make(touching[-1] + 1 if touching else 0)
+        self._hand_over(touching[-1] + 1 if touching else 0)
 
     def make_all(self) -> None:
-        self._make(len(self.queue))
+        """Make every commit, waiting until they are made."""
+        self._hand_over(len(self.queue))
+        with self.stopwatch.stage("wait for commits"):
+            while self.committing:
+                self.committing.popleft().result()
 
-    def _make(self, n: int) -> None:
-        """Make the first ``n`` commits, in order, once their writes are done."""
+    def _hand_over(self, n: int) -> None:
+        """Wait for the writes of the first ``n`` commits, then give them to the thread."""
+        if not n:
+            return
         batch = [self.queue.popleft() for _ in range(n)]
         with self.stopwatch.stage("wait for writes"):
             for commit in batch:
                 if commit.writing is not None:
                     commit.writing.result()
-            end = max((c.offset + c.times.size for c in batch if c.times.size), default=0)
-            self.times.wait_through(end)
-        with self.stopwatch.stage("commit"):
-            for commit in batch:
-                self.committer.commit(commit.manifest, history=commit.history)
+        self.committing.append(self.thread.submit(self._commit, batch))
 
-
-class _TimeWriter:
-    """Writes the time coordinate on one thread, in store order: each write takes every
-    file's times added since the previous write began (one chunk rewritten once for them
-    all, while the loop goes on)."""
-
-    def __init__(self, committer: st.Committer) -> None:
-        self.committer = committer
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix="ingest-time")
-        self.pending: list[tuple[int, np.ndarray]] = []
-        self.writing: Future[None] | None = None
-        self.written_end = 0  # store positions before it are written (or were committed)
-        self.writing_end = 0
-
-    def add(self, offset: int, times: np.ndarray) -> None:
-        self.pending.append((offset, times))
-        self._start()
-
-    def written_through(self) -> int:
-        """The store position before which the times are written (without waiting)."""
-        self._start()
-        return self.written_end
-
-    def wait_through(self, end: int) -> None:
-        """Wait until the times of store positions before ``end`` are written."""
-        while self.written_end < end:
-            if self.writing is None and not self.pending:
-                raise RuntimeError(f"ingest: no times were given for store position {end - 1}")
-            if self.writing is not None:
-                self.writing.result()
-                self.writing, self.written_end = None, self.writing_end
-            self._start()
-
-    def close(self) -> None:
-        self.thread.shutdown()
-
-    def _start(self) -> None:
-        if self.writing is not None:
-            if not self.writing.done():
-                return
-            self.writing.result()
-            self.writing, self.written_end = None, self.writing_end
-        if not self.pending:
-            return
-        offset = self.pending[0][0]
-        times = np.concatenate([t for _, t in self.pending])
-        self.pending = []
-        self.writing_end = offset + times.size
-        target = self.committer.target
-        self.writing = self.thread.submit(st.write_times, target, times, offset=offset)
+    def _commit(self, batch: list[Commit]) -> None:
+        """On the commit thread: the batch's times in one write, then each file's commit."""
+        start = time.perf_counter()
+        appended = [c for c in batch if c.times.size]
+        if appended:
+            times = np.concatenate([c.times for c in appended])
+            st.write_times(self.committer.target, times, offset=appended[0].offset)
+        for commit in batch:
+            self.committer.commit(commit.manifest, history=commit.history)
+        self.stopwatch.add("commit thread", time.perf_counter() - start)
