@@ -17,8 +17,9 @@ before it is committed) and
 The workers (:mod:`stpipe.io.ingest_workers`: threads and processes of this machine, chosen
 by its cores and the size of the work; :mod:`stpipe.io.ingest_dask` with ``[dask]
 address``) write an appended file's steps into the arrays beyond the committed length,
-where readers do not see them; this loop writes the time coordinate and commits the files
-in file order, each once its write and every earlier commit are done. Writes of several
+where readers do not see them; the time coordinate and the commits are written by one
+thread of this loop (:mod:`stpipe.io.ingest_commits`), in file order, each file's once its
+write and every earlier commit are done, while the loop goes on. Writes of several
 files run at once unless they share a time chunk (then the later one waits). A file that
 overlaps the store is compared with it once every earlier file is committed. A store's
 first commit renames the staging store, so the first file is committed before the next

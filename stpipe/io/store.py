@@ -9,26 +9,7 @@ attributes (``units``, ``long_name``, ``standard_name``) as the source gave them
 globals ``Conventions`` and ``history`` (one line per commit); ``time_step_s``. Readable
 by ``xr.open_zarr``.
 
-Chunks (``[store] time_chunk`` / ``spatial_chunk`` override the rule):
-
-- spatial tile ``min(ny, 128) × min(nx, 128)``: whole tiles hold 16 aligned 32×32 patches
-  and a patch reader fetches at most four tiles per patch;
-- time chunk: whole days of steps, the fewest of 1, 2, 4 or 8 days that make a chunk of at
-  least 1 MiB (fewer, halving the day, if one day exceeds 4 MiB). Daily files then fill
-  whole chunks or a few per chunk: an append rewrites at most one partly filled chunk, a
-  rewrite bounded by 8 days of one tile. 256×256 hourly → 24×128×128 (1.5 MiB);
-  64×64 hourly → 96×64×64 (1.5 MiB); 25×53 six-hourly → 32×25×53 (0.17 MiB).
-
-Compression: Blosc with byte shuffle and zstd inside. Measured on the 24×128×128 tiles of
-a synthetic ERA5-like day (256×256, int16-packed t2m/u10/v10 decoded to float32), one
-core: plain zstd 1/3/5 ratio 1.16/1.31/1.47 at 405/79/37 MB/s (zstd 3 is xarray's
-default); Blosc+shuffle+zstd 1/3/5/9 ratio 1.38/1.40/1.41/1.42 at 307/338/181/68 MB/s;
-bit-shuffle instead 1.35/1.36/1.37/1.41 at 309/235/196/126 MB/s; Blosc+lz4 1.34 at
-853 MB/s. Byte shuffle with zstd 3 compresses better than plain zstd 3 at 4× its speed,
-and higher levels buy little ratio for much time, so ``[store] compression_level`` (a
-zstd level) maps to the Blosc level whose zstd level is the first at or above it
-(default 3 → Blosc level 2 = zstd 3). Bit-rounding (numcodecs BitRound) would double the
-ratio but is lossy; the store must return the source values exactly, so it is not used.
+Chunks and compression: :mod:`stpipe.io.layout`.
 
 Commits and crash safety
 ------------------------
@@ -70,7 +51,6 @@ import socket
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,10 +58,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
-from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore
 
 from stpipe.core.errors import StoreError
+from stpipe.io.layout import Layout, blosc_codecs, choose_layout
 from stpipe.io.manifest import (
     MANIFEST_KEY,
     ROOT_METADATA,
@@ -90,7 +70,6 @@ from stpipe.io.manifest import (
     read_root_metadata,
     store_digest,
 )
-from stpipe.io.settings import StoreSection
 
 __all__ = [
     "Layout",
@@ -106,11 +85,6 @@ __all__ = [
 STORE_NAME = "store.zarr"
 TIME_UNITS = "seconds since 1970-01-01 00:00:00"
 TIME_COORD_CHUNK = 8192
-MAX_TILE = 128
-MIN_CHUNK_BYTES = 1 << 20
-MAX_CHUNK_BYTES = 4 << 20
-MAX_CHUNK_DAYS = 8
-FLOAT32_BYTES = 4
 
 CRASH_ENV = "STPIPE_CRASH_AT_WRITE"
 
@@ -135,41 +109,6 @@ def _os_errors(path: Path, doing: str) -> Iterator[None]:
             f"{path}: cannot {doing}: {exc.strerror or exc}{code}{where}; the committed "
             "store is unchanged"
         ) from exc
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Chunking and compression of the data variables."""
-
-    time_chunk: int
-    spatial_chunk: tuple[int, int]
-    compression_level: int
-
-
-def choose_layout(
-    grid: tuple[int, int], *, time_step_s: int, store: StoreSection | None = None
-) -> Layout:
-    """Chunks for a ``grid`` of (rows, cols) cells sampled every ``time_step_s`` seconds.
-
-    The rule is in the module docstring; ``store`` settings override it.
-    """
-    store = store or StoreSection()
-    tile = store.spatial_chunk or (min(grid[0], MAX_TILE), min(grid[1], MAX_TILE))
-    tile = (min(tile[0], grid[0]), min(tile[1], grid[1]))
-    step_bytes = tile[0] * tile[1] * FLOAT32_BYTES
-    steps = max(1, 86400 // time_step_s)
-    while steps % 2 == 0 and steps * step_bytes > MAX_CHUNK_BYTES:
-        steps //= 2
-    days = 1
-    while days < MAX_CHUNK_DAYS and steps * days * step_bytes < MIN_CHUNK_BYTES:
-        days *= 2
-    time_chunk = store.time_chunk or steps * days
-    return Layout(time_chunk, tile, store.compression_level)
-
-
-def _codecs(level: int) -> list[BloscCodec]:
-    # Blosc level c runs zstd level 2c-1 (c < 9) or 22 (c = 9).
-    return [BloscCodec(cname="zstd", clevel=min(9, (level + 2) // 2), shuffle="shuffle")]
 
 
 def store_location(workdir: Path) -> Path:
@@ -315,7 +254,7 @@ def _create_arrays(
 ) -> None:
     store = _local_store(staging)
     root = zarr.create_group(store=store, attributes=dict(attrs), zarr_format=3)
-    codecs = _codecs(layout.compression_level)
+    codecs = blosc_codecs(layout.compression_level)
     rows, cols = template[next(iter(template.data_vars))].dims[1:]
     for name in (rows, cols):
         coord = template[name]
