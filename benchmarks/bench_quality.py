@@ -1,87 +1,129 @@
 """Forecast quality: the trained model against every baseline, per lead, on the test split.
 
-    python benchmarks/bench_quality.py [--quick] [--case weather|traffic|regional|all]
-                                       [--model scnn_lstm] [--epochs N] [--seed N]
+    python benchmarks/bench_quality.py [--quick] [--case all|weather|traffic|regional|regime|
+                                       longclim] [--seeds N] [--jobs N] [--model scnn_lstm]
+                                       [--epochs N]
 
-Each case ingests a synthetic feed through the real path (``stpipe.io.ingestion.ingest``)
-into ``benchmarks/_data/``, trains with ``stpipe.learn.train.train_model`` (early stopping on
-validation, the device ``auto`` picks) and scores with ``stpipe.learn.evaluate.evaluate_model``
-on the test split: RMSE in physical units (latitude-weighted on lat/lon grids), the model
-beside persistence, climatology and persistence + climatological change, fitted on the
-train split only.
+Each run ingests a synthetic feed through the real path (``stpipe.io.ingestion.ingest``)
+into ``benchmarks/_data/``, trains with ``stpipe.learn.train.train_model`` (early stopping
+and calibration on validation, on CUDA when there is one) and scores with
+``stpipe.learn.evaluate.evaluate_model`` on the test split: RMSE in physical units
+(latitude-weighted on lat/lon grids), the model beside persistence, climatology and
+persistence + climatological change, fitted on the train split only.
+
+Cases:
 
 - ``weather``: ``data/configs/weather.toml`` (64×64, t2m/u10/v10 → t2m, leads 1/3/6/12 h);
 - ``traffic``: ``data/configs/traffic.toml`` (32×32 inflow/outflow, leads 1–4 half-hours);
 - ``regional``: the shape of the held-out real sample: 3 weeks of hourly t2m alone on a
-  small regional grid (24×32), leads 1/3/6/12 h, the last 3 days the test split.
+  small regional grid (24×32), leads 1/3/6/12 h, 3 test days after 3 validation days;
+- ``regime``: ``regional`` with a regime change at the start of the test days (the mean
+  flow turns by (−3, −3) m/s and the air cools by 4 K over land, 2.4 K over sea:
+  :class:`stpipe.io.sources.synthetic.Regime`), so validation saw the old regime only;
+- ``longclim``: a year and 6 days of hourly t2m on a coarse 16×16 grid (1° spacing is not
+  what matters: the year is), leads 1/6/24/48 h, with the day-of-year climatology
+  (``[model] climatology_period = "doy"``); the evaluation's climatology is printed.
 
-``--quick``: fewer days and epochs, to check the script (minutes on 2 cores).
-Per case the per-lead table of ``stpipe evaluate`` (:func:`stpipe.learn.lead_table.lead_table`
-on the evaluation's headline metric), then ``case=… margin_min=… margin_mean=…`` where
-margin = 1 − RMSE_model / min(RMSE of the baselines) per lead (> 0: better than every
-baseline).
-Last line: ``weather_margin_min=… traffic_margin_min=… regional_margin_min=… beats_all=…``.
-Imports stay lazy: no prefect or mlflow needed.
+``regional`` and ``regime`` run per seed (``--seeds``, 5 by default; 2 with ``--quick``)
+and per split position: ``end`` (the test days are the last ones) and ``earlier`` (they end
+a week earlier; 2 days with ``--quick``). ``--quick``: fewer days, epochs and batches, to
+check the script (minutes on 2 cores). ``--jobs``: runs at a time in worker processes
+(default 4 with CUDA, which they share, else 1).
+
+Output: per run the per-lead table of ``stpipe evaluate``
+(:func:`stpipe.learn.lead_table.lead_table`), then the margin table: per (case, seed,
+split), per lead, margin = 1 − RMSE_model / RMSE_best_baseline (> 0: better than every
+baseline) and which baseline is best. Last line::
+
+    min_margin_regional=… min_margin_regime=… min_margin_weather=… min_margin_traffic=…
+    worse_than_baseline_cases=N
+
+(one line), N the number of (case, seed, split, lead) over every run with a margin below
+−2 % (:data:`WORSE`); a case not run prints ``nan``. Progress goes to stderr. Imports stay
+lazy in the workers' path: no prefect or mlflow needed.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
+import sys
 import time
 import tomllib
-from datetime import timedelta
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 
-from stpipe.app.jobs import data_context, train
 from stpipe.learn import scores
 from stpipe.learn.lead_table import lead_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "_data"
+CASES = ("weather", "traffic", "regional", "regime", "longclim")
+SUMMARY_CASES = ("regional", "regime", "weather", "traffic")  # the last line's, in order
+WORSE = -0.02  # a margin below this at a lead is a case worse than the best baseline
+REGIME = {"flow": (-3.0, -3.0), "t2m": -4.0, "ramp_hours": 6.0}
+BASELINE_ABBREVIATIONS = {
+    "persistence": "pers",
+    "climatology": "clim",
+    "persistence_clim_change": "pers+dclim",
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training and evaluation: ``raw`` config; ``regime`` (kwargs of
+    :class:`~stpipe.io.sources.synthetic.Regime`) when the bench writes the feed itself."""
+
+    case: str
+    seed: int | None
+    split: str
+    raw: dict[str, Any]
+    regime: dict[str, Any] | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.case} seed={self.seed if self.seed is not None else '-'} split={self.split}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run: Run
+    evaluation: dict[str, Any]  # scores.to_dict of the test split
+    trained: str  # one line: device, epochs, seconds, scores
+    calibration: str
+    seconds: float
 
 
 def _base(name: str) -> dict[str, Any]:
     return tomllib.loads((ROOT / "data" / "configs" / f"{name}.toml").read_text())
 
 
-def case_config(
-    name: str, *, quick: bool, epochs: int | None, model: str, seed: int | None = None
-) -> dict[str, Any]:
-    """The raw config of a case (the shipped config for weather/traffic, with its workdir
-    moved under benchmarks/_data); ``seed`` replaces the synthetic feed's seed."""
-    if name == "regional":
-        raw = _base("weather")
-        days = 10 if quick else 21
-        raw["source"] = {
-            "kind": "synthetic-weather",
-            "variables": ["t2m"],
-            "synthetic": {"seed": 7, "start": "2024-02-01", "days": days, "grid": [24, 32]},
-        }
-        raw["patches"] = {"input_steps": 12, "leads": [1, 3, 6, 12], "size": [24, 32]}
-        last = days - 3
-        raw["split"] = {
-            "val_start": f"2024-02-{last - 3 + 1:02d}",
-            "test_start": f"2024-02-{last + 1:02d}",
-        }
-    else:
-        raw = _base(name)
-        if quick:
-            raw["source"]["synthetic"]["days"] = 12
-            first = raw["source"]["synthetic"]["start"]
-            raw["split"] = {
-                "val_start": (first + timedelta(days=8)).isoformat(),
-                "test_start": (first + timedelta(days=10)).isoformat(),
-            }
-    raw["pipeline"]["name"] = f"bench-quality-{name}"
-    days = raw["source"]["synthetic"]["days"]
-    workdir = f"quality-{name}-{days}d"
-    if seed is not None:
-        raw["source"]["synthetic"]["seed"] = seed
-        workdir += f"-seed{seed}"
+def split_dates(
+    start: date, *, days: int, val_days: int, test_days: int, days_before_end: int
+) -> dict[str, str]:
+    """[split] dates: ``test_days`` days ending ``days_before_end`` days before the end of
+    ``days`` days from ``start``, the ``val_days`` days before them validation."""
+    test_end = start + timedelta(days=days - days_before_end)
+    test_start = test_end - timedelta(days=test_days)
+    val_start = test_start - timedelta(days=val_days)
+    split = {"val_start": val_start.isoformat(), "test_start": test_start.isoformat()}
+    if days_before_end:
+        split["test_end"] = test_end.isoformat()
+    return split
+
+
+def _finish(raw: dict[str, Any], workdir: str, *, quick: bool, epochs: int | None, model: str):
+    raw["pipeline"]["name"] = f"bench-quality-{workdir}"
     raw["pipeline"]["workdir"] = str(DATA / workdir)
     raw["model"] = raw.get("model", {}) | {"name": model}
     raw["train"] = raw.get("train", {}) | {"device": "auto"}
@@ -92,64 +134,227 @@ def case_config(
     return raw
 
 
-def run_case(name: str, raw: dict[str, Any]) -> tuple[Any, float]:
+def shipped_run(name: str, *, quick: bool, epochs: int | None, model: str) -> Run:
+    """``weather`` or ``traffic``: the shipped config (fewer days with ``quick``)."""
+    raw = _base(name)
+    if quick:
+        raw["source"]["synthetic"]["days"] = 12
+        first = raw["source"]["synthetic"]["start"]
+        raw["split"] = {
+            "val_start": (first + timedelta(days=8)).isoformat(),
+            "test_start": (first + timedelta(days=10)).isoformat(),
+        }
+    workdir = f"quality-{name}-{raw['source']['synthetic']['days']}d"
+    return Run(
+        name, None, "default", _finish(raw, workdir, quick=quick, epochs=epochs, model=model)
+    )
+
+
+def regional_runs(
+    name: str, *, seeds: Sequence[int], quick: bool, epochs: int | None, model: str
+) -> list[Run]:
+    """``regional`` or ``regime`` (module docstring) per seed and split position."""
+    start, days = date(2024, 2, 1), 12 if quick else 21
+    positions = {"end": 0, "earlier": 2 if quick else 7}
+    runs = []
+    for seed in seeds:
+        for split, before_end in positions.items():
+            raw = _base("weather")
+            raw["patches"] = {"input_steps": 12, "leads": [1, 3, 6, 12], "size": [24, 32]}
+            raw["split"] = split_dates(
+                start, days=days, val_days=3, test_days=3, days_before_end=before_end
+            )
+            workdir = f"quality-{name}-{days}d-seed{seed}-{split}"
+            synthetic = {"seed": seed, "start": start.isoformat(), "days": days, "grid": [24, 32]}
+            regime = None
+            if name == "regime":
+                regime = REGIME | {"start": datetime.fromisoformat(raw["split"]["test_start"])}
+                raw["source"] = {"kind": "netcdf", "paths": str(DATA / workdir / "feed" / "*.nc")}
+            else:
+                raw["source"] = {"kind": "synthetic-weather"}
+            raw["source"] |= {"variables": ["t2m"], "synthetic": synthetic}
+            raw = _finish(raw, workdir, quick=quick, epochs=epochs, model=model)
+            runs.append(Run(name, seed, split, raw, regime))
+    return runs
+
+
+def longclim_run(*, quick: bool, epochs: int | None, model: str) -> Run:
+    """``longclim`` (module docstring): 366 train days, 3 validation, 3 test."""
+    start, days = date(2023, 1, 1), 372
+    raw = _base("weather")
+    raw["source"] = {
+        "kind": "synthetic-weather",
+        "variables": ["t2m"],
+        "synthetic": {"seed": 7, "start": start.isoformat(), "days": days, "grid": [16, 16]},
+    }
+    raw["patches"] = {"input_steps": 12, "leads": [1, 6, 24, 48], "size": [16, 16]}
+    raw["split"] = split_dates(start, days=days, val_days=3, test_days=3, days_before_end=0)
+    raw["model"] = {"climatology_period": "doy"}
+    raw = _finish(raw, f"quality-longclim-{days}d", quick=quick, epochs=epochs, model=model)
+    if not quick:
+        raw["train"]["max_batches_per_epoch"] = 60  # a year of samples: an epoch is a sample
+    return Run("longclim", 7, "end", raw)
+
+
+def execute(run: Run, threads: int) -> Outcome:
+    """Ingest, train, evaluate ``run`` (in a worker process)."""
     from stpipe.app.config import config_from_dict
+    from stpipe.app.jobs import data_context, train
     from stpipe.io.ingestion import ingest
+    from stpipe.io.sources.synthetic import Regime, generate_weather_files
     from stpipe.learn.evaluate import evaluate_model
 
-    config = config_from_dict(raw, origin=f"bench_quality:{name}", base=ROOT)
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)
+    started, raw = time.perf_counter(), run.raw | {"source": dict(run.raw["source"])}
+    if run.regime is not None:
+        synthetic = raw["source"].pop("synthetic")
+        generate_weather_files(
+            Path(raw["pipeline"]["workdir"]) / "feed",
+            days=synthetic["days"],
+            start=synthetic["start"],
+            seed=synthetic["seed"],
+            grid=tuple(synthetic["grid"]),
+            regime=Regime(**run.regime),
+        )
+    config = config_from_dict(raw, origin=f"bench_quality:{run.label}", base=ROOT)
     report = ingest(config.ingest_job, progress=False)
     if report.refused:
-        raise SystemExit(f"ingest refused files: {report.refused}")
-    started = time.perf_counter()
+        raise SystemExit(f"{run.label}: ingest refused files: {report.refused}")
     result = train(config, resume=False, progress=False)
-    seconds = time.perf_counter() - started
-    print(
-        f"[{name}] trained {raw['model']['name']} on {result.device}: "
-        f"{len(result.history)} epochs in {seconds:.0f} s, best epoch {result.best_epoch} "
-        f"(validation score {result.best_score:.3f}, start {result.initial_score:.3f}), "
-        f"{result.n_parameters} parameters",
-        flush=True,
+    evaluation = evaluate_model(result.model, data_context(config), split="test")
+    trained = (
+        f"trained {raw['model']['name']} on {result.device}: {len(result.history)} epochs "
+        f"in {result.seconds:.0f} s, best epoch {result.best_epoch} (validation score "
+        f"{result.best_score:.3f}, start {result.initial_score:.3f})"
     )
-    return evaluate_model(result.model, data_context(config), split="test"), seconds
+    return Outcome(
+        run,
+        scores.to_dict(evaluation),
+        trained,
+        calibration_summary(result.model),
+        time.perf_counter() - started,
+    )
 
 
-def report(name: str, evaluation: Any, *, model: str) -> float:
-    """Print the per-lead table and the margin line; return the smallest margin."""
-    print(f"[{name}]")
-    table = lead_table(evaluation, role=f"model {model}")
-    Console(width=240, soft_wrap=True).print(table.to_rich())
-    margins = scores.margins(evaluation, scores.headline(evaluation))
-    print(
-        f"case={name} margin_min={min(margins):.4f} margin_mean={sum(margins) / len(margins):.4f}",
-        flush=True,
-    )
-    return min(margins)
+def calibration_summary(model: Any) -> str:
+    """Per lead, the model's weight s and its reference, e.g. ``12h 0.35·mean(…)``."""
+    from stpipe.learn.train.calibration import REFERENCES
+
+    if not getattr(model, "calibratable", False):
+        return "not calibratable"
+    names = {tuple(w): n for n, w in REFERENCES.items()}
+    parts = []
+    for i, lead in enumerate(model.leads):
+        for j in range(model.shrink.shape[1]):
+            anchor = tuple(float(w) for w in model.anchor[i, j])
+            reference = names.get(anchor, "uncalibrated" if not any(anchor) else str(anchor))
+            parts.append(f"lead {lead}: {float(model.shrink[i, j]):.2f}·model + {reference}")
+    return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class MarginRow:
+    case: str
+    seed: int | None
+    split: str
+    leads: tuple[float, ...]
+    margins: tuple[float, ...]
+    best: tuple[str, ...]
+
+
+def margin_row(run: Run, evaluation: Any) -> MarginRow:
+    """Per lead, the margin over the best baseline on the headline metric, and which."""
+    metric = scores.headline(evaluation)
+    best, _ = scores.best_baseline(evaluation, metric)
+    margins = scores.margins(evaluation, metric)
+    return MarginRow(run.case, run.seed, run.split, scores.lead_hours(evaluation), margins, best)
+
+
+def margin_table(rows: Sequence[MarginRow]) -> list[str]:
+    """One line per row: case, seed, split, then per lead ``+12.3% (pers)``."""
+    lines = []
+    for row in rows:
+        cells = "  ".join(
+            f"{lead:g}h {100 * m:+6.1f}% ({BASELINE_ABBREVIATIONS.get(b, b)})"
+            for lead, m, b in zip(row.leads, row.margins, row.best, strict=True)
+        )
+        seed = "-" if row.seed is None else row.seed
+        lines.append(f"{row.case:<9} seed={seed!s:<3} split={row.split:<8} {cells}")
+    return lines
+
+
+def summary_line(rows: Sequence[MarginRow]) -> str:
+    """The last line (module docstring)."""
+    parts = []
+    for case in SUMMARY_CASES:
+        margins = [m for row in rows if row.case == case for m in row.margins]
+        parts.append(f"min_margin_{case}={min(margins) if margins else math.nan:.4f}")
+    worse = sum(m < WORSE for row in rows for m in row.margins)
+    return " ".join(parts) + f" worse_than_baseline_cases={worse}"
+
+
+def plan(args: argparse.Namespace) -> list[Run]:
+    names = CASES if args.case == "all" else (args.case,)
+    options = {"quick": args.quick, "epochs": args.epochs, "model": args.model}
+    seeds = range(1, 1 + (args.seeds or (2 if args.quick else 5)))
+    runs: list[Run] = []
+    for name in names:
+        if name in ("weather", "traffic"):
+            runs.append(shipped_run(name, **options))
+        elif name in ("regional", "regime"):
+            runs += regional_runs(name, seeds=seeds, **options)
+        else:
+            runs.append(longclim_run(**options))
+    return runs
+
+
+def run_all(runs: Sequence[Run], jobs: int) -> list[Outcome]:
+    """Every run on ``jobs`` worker processes (spawned: CUDA does not survive a fork)."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    started, outcomes = time.perf_counter(), {}
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(execute, run, threads): i for i, run in enumerate(runs)}
+        for future in as_completed(futures):
+            outcome = outcomes[futures[future]] = future.result()
+            print(
+                f"[{len(outcomes)}/{len(runs)} {time.perf_counter() - started:.0f} s] "
+                f"{outcome.run.label}: {outcome.seconds:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    return [outcomes[i] for i in range(len(runs))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer days and epochs")
-    parser.add_argument("--case", choices=["all", "weather", "traffic", "regional"], default="all")
+    parser.add_argument("--quick", action="store_true", help="fewer days, epochs and seeds")
+    parser.add_argument("--case", choices=["all", *CASES], default="all")
+    parser.add_argument("--seeds", type=int, help="seeds of regional and regime (1..N)")
+    parser.add_argument("--jobs", type=int, help="runs at a time (default 4 with CUDA, else 1)")
     parser.add_argument("--model", default="scnn_lstm", help="[model] name to train")
     parser.add_argument("--epochs", type=int, help="override [train] epochs")
-    parser.add_argument("--seed", type=int, help="override the synthetic feeds' seed")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    for noisy in ("distributed", "stpipe"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    names = ["weather", "traffic", "regional"] if args.case == "all" else [args.case]
-    margins = {}
-    for name in names:
-        raw = case_config(
-            name, quick=args.quick, epochs=args.epochs, model=args.model, seed=args.seed
-        )
-        evaluation, _ = run_case(name, raw)
-        margins[name] = report(name, evaluation, model=args.model)
-    print(
-        " ".join(f"{n}_margin_min={m:.4f}" for n, m in margins.items())
-        + f" beats_all={all(m > 0 for m in margins.values())}"
-    )
+    runs = plan(args)
+    jobs = args.jobs or (4 if torch.cuda.is_available() else 1)
+    print(f"{len(runs)} runs on {jobs} worker(s)", file=sys.stderr, flush=True)
+    outcomes = run_all(runs, min(jobs, len(runs)))
+    console = Console(width=240, soft_wrap=True)
+    rows = []
+    for outcome in outcomes:
+        evaluation = scores.from_dict(outcome.evaluation)
+        print(f"[{outcome.run.label}] {outcome.trained}")
+        print(f"  climatology: {evaluation.attrs.get('climatology', 'none')}")
+        print(f"  calibration: {outcome.calibration}")
+        console.print(lead_table(evaluation, role=f"model {args.model}").to_rich())
+        rows.append(margin_row(outcome.run, evaluation))
+    print("margin = 1 − RMSE_model / RMSE_best_baseline per lead (best baseline in brackets)")
+    print("\n".join(margin_table(rows)))
+    for case in dict.fromkeys(row.case for row in rows):
+        of_case = [row for row in rows if row.case == case]
+        lowest = min(m for row in of_case for m in row.margins)
+        print(f"case={case} runs={len(of_case)} min_margin={lowest:.4f}")
+    print(summary_line(rows))
 
 
 if __name__ == "__main__":

@@ -226,7 +226,7 @@ def _waiting_for_truth(config: Config, truth: xr.Dataset) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from stpipe.app.jobs import compare_versions
 
-    table = compare_versions(_config(args))
+    table = compare_versions(_config(args), rescore=args.rescore)
     table_console().print(table.to_rich())
     if args.csv is not None:
         print(f"wrote {table.to_csv(args.csv)}")
@@ -387,10 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = _verb(sub, "compare", "table of registered versions, metrics and aliases", _cmd_compare)
     p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
     p.add_argument("--json", type=Path, default=None, help="also write the table as JSON")
-    p = _verb(sub, "nightly", "the Prefect nightly flow: ingest → train → forecast", _cmd_nightly)
     p.add_argument(
-        "--wait", action="store_true", help="queue behind a running flow of this pipeline"
+        "--rescore",
+        action="store_true",
+        help="score every version on today's test window, beside the baselines there",
     )
+    p = _verb(sub, "nightly", "the Prefect nightly flow: ingest → train → forecast", _cmd_nightly)
+    stop = (
+        "stop at once if a flow of this pipeline runs (default: queue, [pipeline] lock_timeout_s)"
+    )
+    p.add_argument("--no-wait", dest="wait", action="store_false", help=stop)
     p = _verb(
         sub,
         "serve",

@@ -26,6 +26,7 @@ import tomli_w
 from pydantic import (
     BaseModel,
     Field,
+    PositiveFloat,
     ValidationError,
     field_validator,
     model_validator,
@@ -42,10 +43,17 @@ from stpipe.learn.settings import TrainSection
 from stpipe.models.registry import MODELS, ModelUnion, model_settings
 from stpipe.tracking.settings import MlflowSection
 
+PIPELINE_LOCK_TIMEOUT_S = 4 * 3600.0
+
 
 class PipelineSection(Settings):
     name: str = Field(description="Pipeline name; used for the store, run names and locks.")
     workdir: Path = Field(description="Store, mlflow.db, artifacts and forecasts live here.")
+    lock_timeout_s: PositiveFloat = Field(
+        default=PIPELINE_LOCK_TIMEOUT_S,
+        description="How long a flow run waits for a running flow of this pipeline (the "
+        "night overrunning into the morning forecast) before it stops with an error.",
+    )
 
     @field_validator("name")
     @classmethod

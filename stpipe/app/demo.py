@@ -7,9 +7,11 @@
 3. The nights are replayed through the Prefect ``nightly_flow`` (ingest → statistics →
    train → evaluate → promote → forecast; Prefect's ephemeral API, no server needed): the
    first night backfills ``history_days``, each later night one new day arrives in the feed.
-   The config's ``[split] val_days``/``test_days`` roll the split forward with the data: the
-   newest ``test_days`` are the test split, the ``val_days`` before them the validation
-   window on which promotion compares the candidate with the champion.
+   The base config's own keys drive it, as they drive the deployed nightly run: ``[split]
+   val_days``/``test_days`` roll the split forward with the data (the newest ``test_days``
+   are the test split, the ``val_days`` before them the validation window on which
+   promotion compares the candidate with the champion), and ``[train] init_from =
+   "champion"`` trains the first night in full and fine-tunes the champion each later night.
 4. A summary (rich, on the given console) shows each night, the champion per lead beside
    every baseline with its margin over the best (:func:`stpipe.learn.lead_table.lead_table`),
    where the forecast store and plots are, and the commands that open the MLflow and
@@ -56,15 +58,14 @@ PREFECT_UI_PORT = 4200
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """What the demo replays: the base config, the feed, the nights and the split windows."""
+    """What the demo replays: the base config, the feed, the nights and demo-sized settings
+    (the split windows and fine-tuning are the base config's)."""
 
     base_config: str
     feed: str  # "weather" | "traffic"
     source: dict[str, Any]
     history_days: int
     nights: int
-    val_days: int
-    test_days: int
     grid: tuple[int, int]
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -75,14 +76,18 @@ WEATHER = DemoPlan(
     source={"kind": "netcdf", "paths": "feed/*.nc"},
     history_days=8,
     nights=3,
-    val_days=2,
-    test_days=2,
     grid=(32, 32),
     settings={
         "pipeline": {"name": "demo-weather"},
         "patches": {"size": [16, 16]},
         "model": {"hidden": 24},
-        "train": {"epochs": 4, "batch_size": 32, "max_batches_per_epoch": 12, "patience": 2},
+        "train": {
+            "epochs": 4,
+            "finetune_epochs": 2,
+            "batch_size": 32,
+            "max_batches_per_epoch": 12,
+            "patience": 2,
+        },
         "mlflow": {"experiment": "demo-weather", "model_name": "demo-weather-t2m"},
     },
 )
@@ -92,14 +97,18 @@ TRAFFIC = DemoPlan(
     source={"kind": "taxibj", "paths": "feed/*.h5"},
     history_days=14,
     nights=3,
-    val_days=2,
-    test_days=1,
     grid=(32, 32),
     settings={
         "pipeline": {"name": "demo-traffic"},
         "patches": {"size": [16, 16]},
         "model": {"hidden": 24},
-        "train": {"epochs": 4, "batch_size": 32, "max_batches_per_epoch": 12, "patience": 2},
+        "train": {
+            "epochs": 4,
+            "finetune_epochs": 2,
+            "batch_size": 32,
+            "max_batches_per_epoch": 12,
+            "patience": 2,
+        },
         "mlflow": {"experiment": "demo-traffic", "model_name": "demo-traffic-flow"},
     },
 )
@@ -263,7 +272,6 @@ def _write_config(
     raw["source"] = {"variables": base["source"]["variables"], **plan.source}
     for section, values in plan.settings.items():
         raw.setdefault(section, {}).update(values)
-    raw["split"] = {"val_days": plan.val_days, "test_days": plan.test_days}
     raw = apply_overrides(raw, overrides, origin="stpipe demo --set")
     path = workdir / CONFIG_NAME
     header = (

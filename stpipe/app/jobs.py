@@ -38,7 +38,9 @@ from mlflow.exceptions import MlflowException
 from torch import Tensor
 
 from stpipe.app.config import Config
+from stpipe.app.finetune import SCRATCH, starting_point
 from stpipe.app.promotion import promote
+from stpipe.app.rescore import rescore_table
 from stpipe.core.card import ModelCard, card_for
 from stpipe.core.errors import ConfigError, TrackingError
 from stpipe.forecast.access import check_forecast_store
@@ -52,7 +54,13 @@ from stpipe.forecast.store import (
 from stpipe.forecast.verify import Verification, verifiable_inits, verify_forecast
 from stpipe.io.store import open_store, store_digest
 from stpipe.learn import scores
-from stpipe.learn.context import DataContext, Distributed, load_data_context, make_split_loader
+from stpipe.learn.context import (
+    DataContext,
+    Distributed,
+    check_split_windows,
+    load_data_context,
+    make_split_loader,
+)
 from stpipe.learn.evaluate import SampleMaps, evaluate_model, sample_maps
 from stpipe.learn.plots import plot_rmse_vs_lead, plot_sample_maps
 from stpipe.learn.train import EpochLog, TrainResult, train_model
@@ -176,23 +184,36 @@ def run_training(
 ) -> TrainingOutcome | None:
     """Train ``config``'s model, log everything, register a version and promote it if better.
 
-    Under DDP every rank trains; only rank 0 talks to MLflow and gets the outcome (the
-    other ranks return None).
+    Training starts where ``[train] init_from`` says (:mod:`stpipe.app.finetune`: the
+    seeded initialisation, or the champion's or a version's weights, fine-tuned). The run
+    and the version are tagged with the windows of the split (``stpipe.train_end``,
+    ``stpipe.val_window``, ``stpipe.test_window``) and ``stpipe.init_from``.
+
+    Under DDP every rank trains; only rank 0 writes to MLflow and gets the outcome (the
+    other ranks return None; they read the starting weights from the registry too).
     """
     registry.check_metric(config.mlflow.metric)
     data = data_context(config)
-    if not Distributed.from_env().is_main:
+    check_split_windows(data)  # an empty window fails here, not after the training
+    main = Distributed.from_env().is_main
+    if not main and config.train.init_from == SCRATCH:
         train(config, data, resume=resume, progress=False)
         return None
-
     tracking = tracking_for(config)
+    start = starting_point(tracking, config, data)
+    tuned = config.model_copy(update={"train": start.train})
+    if not main:
+        train(tuned, data, resume=resume, progress=False, init_from=start.state)
+        return None
+
     leases = config.workdir / RUN_LEASES
     _end_abandoned_runs(tracking, leases)
     started = time.strftime("%Y%m%dT%H%M%S")
+    tags = registry.window_tags(data.splits.describe()) | start.tags()
     run_id = runs.start_run(
         tracking,
         run_name=f"{config.pipeline.name}-{started}",
-        tags={"stpipe.pipeline": config.pipeline.name, "stpipe.model": config.model.name},
+        tags={"stpipe.pipeline": config.pipeline.name, "stpipe.model": config.model.name} | tags,
     )
     failed = True
     with run_lease(leases, run_id):
@@ -202,11 +223,12 @@ def run_training(
             )
             lineage = runs.log_lineage(tracking, run_id, data, name=f"{config.pipeline.name}-store")
             result = train(
-                config,
+                tuned,
                 data,
                 resume=resume,
                 progress=progress,
                 on_epoch_end=runs.epoch_logger(tracking, run_id, leads=data.spec.leads),
+                init_from=start.state,
             )
             runs.log_system(tracking, run_id, result)
             test = evaluate_model(result.model, data, split="test", device=config.train.device)
@@ -219,7 +241,7 @@ def run_training(
                 tracking, run_id, result.model, example=_example_batch(data), card=card
             )
             promotion, version = promote(
-                tracking, config, data, logged=logged, run_id=run_id, tags=lineage
+                tracking, config, data, logged=logged, run_id=run_id, tags=lineage | tags
             )
             failed = False
         finally:
@@ -340,7 +362,6 @@ def run_forecast(
             run_id=version.run_id,
             store_digest=store_digest(config.store_path),
         ),
-        Conventions="CF-1.10",
         title=f"{config.pipeline.name} forecasts",
         source=f"stpipe, MLflow model {tracking.model_name}",
     )
@@ -426,7 +447,11 @@ def verify_forecasts(config: Config, *, tracking: Tracking | None = None) -> lis
 
 
 @_job
-def compare_versions(config: Config) -> VersionTable:
-    """The registered versions of ``[mlflow] model_name``: run, date, data range, the
-    promotion metric per lead on each run's test split, aliases and decisions."""
-    return version_table(tracking_for(config), metric=config.mlflow.metric)
+def compare_versions(config: Config, *, rescore: bool = False) -> VersionTable:
+    """The registered versions of ``[mlflow] model_name``: run, date, data range, split
+    windows, the promotion metric per lead on each run's test window, aliases and decisions;
+    with ``rescore``, every version re-scored on the store's current test window beside the
+    baselines there (:mod:`stpipe.app.rescore`)."""
+    tracking = tracking_for(config)
+    table = version_table(tracking, metric=config.mlflow.metric)
+    return rescore_table(tracking, config, data_context(config), table) if rescore else table

@@ -5,7 +5,9 @@ Both are scored on the validation windows of the store as it is now, each throug
 card: a champion trained with another patch size, halo or inputs is fed patches cut as it
 was trained. A champion that forecasts other targets, leads or time steps than the
 candidate, or that the store cannot feed, cannot be scored against it: it stays champion
-and the candidate becomes challenger, the reason saying why.
+and the candidate becomes challenger, the reason saying why. The candidate is scored with
+the baselines too: worse than the best of them at some lead by more than ``[mlflow]
+baseline_tolerance``, it is not promoted at all (:func:`stpipe.tracking.registry.decide`).
 
 :func:`promote` holds a lock file in the workdir from scoring the champion to setting the
 alias, so two trainings at once never both replace the same champion: the second waits
@@ -53,10 +55,10 @@ def promote(
     champion, log the decision to the run and register the version with ``tags`` and its
     alias."""
     candidate = load_model(tracking, logged.uri)
-    score = registry.promotion_score(_validate(candidate, config, data), config.mlflow.metric)
+    score, baselines = _candidate_scores(candidate, config, data)
     lock = config.workdir / PROMOTION_LOCK
     with workdir_lock(lock, timeout_s=lock_timeout_s, what="promote a version"):
-        promotion = _against_champion(tracking, config, data, candidate.card, score)
+        promotion = _against_champion(tracking, config, data, candidate.card, score, baselines)
         runs.log_scores(
             tracking,
             run_id,
@@ -77,8 +79,21 @@ def score_promotion(
     """The decision for the logged candidate ``candidate_uri`` against the current champion
     (module docstring), without the lock and without registering."""
     candidate = load_model(tracking, candidate_uri)
-    score = registry.promotion_score(_validate(candidate, config, data), config.mlflow.metric)
-    return _against_champion(tracking, config, data, candidate.card, score)
+    score, baselines = _candidate_scores(candidate, config, data)
+    return _against_champion(tracking, config, data, candidate.card, score, baselines)
+
+
+def _candidate_scores(
+    candidate: nn.Module, config: Config, data: DataContext
+) -> tuple[float, registry.BaselineMargins]:
+    """The candidate's ``[mlflow] metric`` on the validation window, and its margins over the
+    best baseline per lead there (:func:`stpipe.tracking.registry.baseline_margins`)."""
+    metric = config.mlflow.metric
+    validation = evaluate_model(candidate, data, split="val", device=config.train.device)
+    margins = registry.baseline_margins(
+        validation, metric, tolerance=config.mlflow.baseline_tolerance
+    )
+    return registry.promotion_score(validation, metric), margins
 
 
 def _validate(model: nn.Module, config: Config, data: DataContext) -> xr.Dataset:
@@ -86,13 +101,19 @@ def _validate(model: nn.Module, config: Config, data: DataContext) -> xr.Dataset
 
 
 def _against_champion(
-    tracking: Tracking, config: Config, data: DataContext, card: ModelCard, score: float
+    tracking: Tracking,
+    config: Config,
+    data: DataContext,
+    card: ModelCard,
+    score: float,
+    baselines: registry.BaselineMargins,
 ) -> Promotion:
-    """The decision for a candidate with ``card`` and validation ``score``."""
+    """The decision for a candidate with ``card``, validation ``score`` and margins over the
+    baselines ``baselines``."""
     metric = config.mlflow.metric
     current = registry.champion(tracking)
     if current is None:
-        return registry.decide(metric=metric, candidate_score=score)
+        return registry.decide(metric=metric, candidate_score=score, baselines=baselines)
     version = str(current.version)
     champion = load_model(tracking, f"models:/{tracking.model_name}/{version}")
     spec = _spec_of(champion.card, config)
@@ -107,6 +128,7 @@ def _against_champion(
             reason=f"champion v{version} cannot be scored against this candidate "
             f"({'; '.join(problems)}), so it stays champion; set the alias by hand if the "
             "candidate should forecast",
+            baseline_margin=baselines.smallest,
         )
     own = data if spec == data.spec else _context_for(config, data, spec)
     return registry.decide(
@@ -114,6 +136,7 @@ def _against_champion(
         candidate_score=score,
         champion_version=version,
         champion_score=registry.promotion_score(_validate(champion, config, own), metric),
+        baselines=baselines,
     )
 
 

@@ -13,6 +13,7 @@ import xarray as xr
 
 from stpipe.core.errors import StoreError
 
+CF_CONVENTIONS = "CF-1.10"  # the ``Conventions`` attribute of the data and forecast stores
 LATLON_DIMS = ("lat", "lon")
 CELL_DIMS = ("y", "x")
 
@@ -30,6 +31,10 @@ def is_latlon(ds: xr.Dataset | xr.DataArray) -> bool:
 
 
 def latitude_weights(lat: np.ndarray) -> np.ndarray:
-    """cos(lat) normalised to mean 1 (WeatherBench convention), as float64."""
+    """cos(lat) normalised to mean 1 over ``lat`` [rows] (degrees), as float64 [rows].
+
+    WeatherBench 1's weights; WeatherBench 2's cell-area weights equal them on global
+    equiangular grids without pole rows (:mod:`stpipe.core.metrics` says where they differ).
+    """
     w = np.cos(np.deg2rad(np.asarray(lat, dtype=np.float64)))
     return w / w.mean()

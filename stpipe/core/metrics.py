@@ -13,16 +13,24 @@ A batch (:class:`ScoredBatch`) is every forecaster's prediction, the target and 
 counts where ``mask > 0`` and the target is finite; a NaN prediction at such a cell makes
 the metric NaN (it is not dropped), so forecasters are always scored on the same cells.
 
-Conventions (WeatherBench: Rasp et al. 2020, doi:10.1029/2020MS002203; WeatherBench 2:
-Rasp et al. 2024, doi:10.1029/2023MS004019):
+Conventions, and how they relate to WeatherBench (WB1: Rasp et al. 2020,
+doi:10.1029/2020MS002203; WB2: Rasp et al. 2024, doi:10.1029/2023MS004019):
 
-- latitude weights w = cos(lat) / mean(cos(lat)) over the grid
-  (:func:`stpipe.core.grid.latitude_weights`), cropped to patches by :func:`patch_weights`;
+- latitude weights w = cos(lat) / mean(cos(lat)) over the grid's rows
+  (:func:`stpipe.core.grid.latitude_weights`; WB1's weights), cropped to patches by
+  :func:`patch_weights`. WB2 weights by cell area instead (sin of the upper minus sin of the
+  lower cell edge, edges halfway between rows and at ±90° beyond the first and last row):
+  on a global equiangular grid without rows at the poles the two agree after normalising,
+  on grids with pole rows (weight 0 here) or regional grids they differ;
 - RMSE = sqrt(Σ w·m·e² / Σ w·m) over all samples (times) and cells, e = ŷ − y, m the
-  counted cells: the square root is taken after averaging over time (WeatherBench 1;
-  WeatherBench 2 calls this ``RMSESqrtAfterTimeAvg``). With w = 1 it is the plain RMSE;
+  counted cells: one mean square over times and cells, root taken last. It equals WB2's
+  reported RMSE (the root of the time-averaged area-weighted MSE) when every time counts
+  the same cells with the same weights; WB2's ``RMSESqrtBeforeTimeAvg`` (root per time,
+  then averaged) is another, never larger, number. With w = 1 it is the plain RMSE;
 - skill = 1 − MSE_model / MSE_reference (:func:`skill`; MSE-based);
-- ACC against a climatology C: see :class:`AnomalyCorrelation`.
+- ACC against a climatology C: one correlation pooled over all samples and cells (see
+  :class:`AnomalyCorrelation`); WB2's ACC is a correlation per init time, averaged over
+  init times, which stpipe does not compute.
 
 The headline metric, which tables and plots lead with and the default promotion metric
 averages over leads, is :func:`headline_metric`. Cells of overlapping patches count once
@@ -226,7 +234,8 @@ class RMSE(Metric):
 
 
 class LatitudeWeightedRMSE(RMSE):
-    """sqrt(Σ w·m·e² / Σ w·m) with latitude weights w (lat/lon grids only)."""
+    """sqrt(Σ w·m·e² / Σ w·m) with latitude weights w = cos(lat)/mean(cos(lat)) (lat/lon
+    grids only; WB1's weights, see the module docstring for WB2's)."""
 
     name = "rmse_lat_weighted"
     long_name = "latitude-weighted RMSE"
@@ -283,15 +292,17 @@ class MSESkill(Metric):
 class AnomalyCorrelation(Metric):
     """Anomaly correlation coefficient (ACC) against the climatology C (lat/lon grids).
 
-    With f' = ŷ − C, o' = y − C and weights w over counted cells of all samples:
+    With f' = ŷ − C, o' = y − C and weights w over the counted cells of all samples,
+    pooled over samples (times) and cells together:
 
-    - uncentred (default; WeatherBench 2's ACC formula, pooled over time and space rather
-      than averaged per time step): ACC = Σ w f' o' / sqrt(Σ w f'² · Σ w o'²);
-    - centred (``centred=True``; WeatherBench 1's ``compute_weighted_acc`` with
-      ``mean_dims`` all dims): the weighted means of f' and o' are removed first.
+    - uncentred (default): ACC = Σ w f' o' / sqrt(Σ w f'² · Σ w o'²). This is WB2's ACC
+      formula, but WB2 takes it over the cells of each init time and averages the
+      per-time values; pooled, times with large anomalies weigh more;
+    - centred (``centred=True``): the weighted means of f' and o' are removed first, as
+      WB1's ``compute_weighted_acc`` with ``mean_dims`` all dims.
 
     Cells where C is NaN (slot without data, outside the grid) are left out. The
-    climatology itself is not scored (0/0). Pooled: the mean over variables.
+    climatology itself is not scored (0/0). Pooled over variables: their mean.
     """
 
     name = "acc"

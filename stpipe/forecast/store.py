@@ -3,13 +3,15 @@
 Layout
 ------
 Per target variable an array ``(init_time, lead_time, <lat|y>, <lon|x>)`` float32 in
-physical units (NaN fill), one chunk per init time and lead. Coordinates: ``init_time``
-(CF ``forecast_reference_time``: the time of the last input step; int64 seconds since
-1970-01-01), ``lead_time`` (CF ``forecast_period``, a timedelta), ``valid_time``
-``(init_time, lead_time)``, the grid coordinates, and per init time the provenance of that
-forecast: ``model_name``, ``model_version``, ``run_id``, ``store_digest`` (the manifest
-digest of the input store). The root attributes repeat the provenance of the latest write
-and its ``written_init_time``. Readable by ``xr.open_zarr``; :func:`open_forecasts` returns
+physical units (NaN fill), one chunk (one object) per init time holding every lead: a
+forecast is written and read whole, and N init times of V variables are N·V objects.
+Coordinates: ``init_time`` (CF ``forecast_reference_time``: the time of the last input
+step; int64 seconds since 1970-01-01), ``lead_time`` (CF ``forecast_period``, a
+timedelta), ``valid_time`` ``(init_time, lead_time)`` (CF ``time``), the grid coordinates,
+and per init time the provenance of that forecast: ``model_name``, ``model_version``,
+``run_id``, ``store_digest`` (the manifest digest of the input store). The root attributes
+carry ``Conventions`` (:data:`stpipe.core.grid.CF_CONVENTIONS`, as the data store) and
+repeat the provenance of the latest write and its ``written_init_time``. Readable by ``xr.open_zarr``; :func:`open_forecasts` returns
 the committed init times, sorted.
 
 Commits and crash safety
@@ -57,6 +59,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from stpipe.core.errors import StoreError
+from stpipe.core.grid import CF_CONVENTIONS
 from stpipe.forecast.access import (
     ROOT,
     StorageOptions,
@@ -78,6 +81,14 @@ TIME_UNITS = "seconds since 1970-01-01 00:00:00"
 NAT = np.iinfo(np.int64).min
 INIT_CHUNK = 4096
 LOCK_TIMEOUT_S = 600.0
+COORD_ATTRS = {
+    INIT: {
+        "standard_name": "forecast_reference_time",
+        "long_name": "initialisation time (time of the last input step)",
+    },
+    LEAD: {"standard_name": "forecast_period", "long_name": "lead time"},
+    VALID: {"standard_name": "time", "long_name": "valid time"},
+}
 
 log = logging.getLogger(__name__)
 
@@ -200,11 +211,12 @@ def _template(forecast: xr.Dataset) -> xr.Dataset:
         }
     )
     for name in (INIT, LEAD, VALID, *PROVENANCE):
-        empty[name].attrs = forecast[name].attrs if name in forecast.variables else {}
+        given = forecast[name].attrs if name in forecast.variables else {}
+        empty[name].attrs = COORD_ATTRS.get(name, {}) | given
     for name in forecast.data_vars:
         empty[name] = empty[name].astype(np.float32)
     empty.attrs = {k: v for k, v in forecast.attrs.items() if k not in PROVENANCE}
-    empty.attrs[FORMAT_KEY] = FORMAT
+    empty.attrs |= {FORMAT_KEY: FORMAT, "Conventions": CF_CONVENTIONS}
     return empty
 
 
@@ -213,7 +225,7 @@ def _encoding(forecast: xr.Dataset) -> dict[str, dict[str, Any]]:
     rows, cols = (forecast.sizes[d] for d in forecast[next(iter(forecast.data_vars))].dims[2:])
     time = {"units": TIME_UNITS, "dtype": "int64", "_FillValue": NAT, "fill_value": NAT}
     encoding = {
-        name: {"chunks": (1, 1, rows, cols), "dtype": "float32"} for name in forecast.data_vars
+        name: {"chunks": (1, leads, rows, cols), "dtype": "float32"} for name in forecast.data_vars
     }
     encoding[INIT] = time | {"chunks": (INIT_CHUNK,)}
     encoding[VALID] = time | {"chunks": (1, leads)}
@@ -417,6 +429,9 @@ def _write_row(zstore: zarr.abc.store.Store, forecast: xr.Dataset, row: int) -> 
             **{k: (INIT, np.array([str(forecast.attrs[k])], dtype=object)) for k in PROVENANCE},
         }
     )
+    for name in forecast.data_vars:  # one Dask chunk per Zarr chunk: each written once
+        if data[name].chunks is not None:
+            data[name] = data[name].chunk(dict.fromkeys(data[name].dims, -1))
     data.attrs = {}
     for name in data.variables:
         data[name].attrs = {}

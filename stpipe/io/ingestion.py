@@ -44,7 +44,7 @@ import numpy as np
 import xarray as xr
 
 from stpipe.core.errors import SourceError, StoreError, StpipeError
-from stpipe.core.grid import spatial_dims
+from stpipe.core.grid import CF_CONVENTIONS, spatial_dims
 from stpipe.core.splits import TimeRange, time_gaps
 from stpipe.io import store as st
 from stpipe.io.checksums import CHECKSUM_CACHE, Signature, cached_checksums, save_checksums
@@ -395,7 +395,7 @@ def _write_target(store_path: Path) -> Path:
 def _global_attrs(template: xr.Dataset) -> dict[str, Any]:
     per_file = {"source_file", "time_step_s", "history", "Conventions"}
     attrs = {k: v for k, v in template.attrs.items() if k not in per_file}
-    return attrs | {"Conventions": "CF-1.8", "source": attrs.get("source", "stpipe ingest")}
+    return attrs | {"Conventions": CF_CONVENTIONS, "source": attrs.get("source", "stpipe ingest")}
 
 
 def _history(what: str) -> str:

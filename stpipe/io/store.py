@@ -6,7 +6,8 @@ One group ``workdir/store.zarr``; one array per variable, dims ``(time, lat, lon
 ``(time, y, x)``, float32 with NaN fill; 1-D coordinate arrays ``time`` (int64 seconds
 since 1970-01-01, CF ``units``/``calendar``), ``lat``/``lon`` or ``y``/``x``; variable
 attributes (``units``, ``long_name``, ``standard_name``) as the source gave them; CF
-globals ``Conventions`` and ``history`` (one line per commit); ``time_step_s``. Readable
+globals ``Conventions`` and ``history`` (a line per commit: the first and the newest
+:data:`HISTORY_LINES`); ``time_step_s``. Readable
 by ``xr.open_zarr``.
 
 Chunks and compression: :mod:`stpipe.io.layout`.
@@ -85,6 +86,7 @@ __all__ = [
 STORE_NAME = "store.zarr"
 TIME_UNITS = "seconds since 1970-01-01 00:00:00"
 TIME_COORD_CHUNK = 8192
+HISTORY_LINES = 100  # newest lines of the CF history kept after its first (bounded_history)
 
 CRASH_ENV = "STPIPE_CRASH_AT_WRITE"
 
@@ -357,10 +359,21 @@ def read_times(store_path: Path) -> np.ndarray:
 def commit(store_path: Path, manifest: Manifest, *, history: str) -> None:
     """Make ``manifest`` the committed state: rewrite the root ``zarr.json``, atomically.
 
-    ``history`` is appended to the CF ``history`` attribute. In a staging store the
+    ``history`` is appended to the CF ``history`` attribute, which keeps its first line and
+    the newest :data:`HISTORY_LINES` (:func:`bounded_history`). In a staging store the
     commit ends with renaming it to the final store path.
     """
     Committer(store_path).commit(manifest, history=history)
+
+
+def bounded_history(previous: str, entry: str) -> str:
+    """The CF ``history`` text ``previous`` with ``entry`` appended: its first line (when
+    the store was made) and the newest :data:`HISTORY_LINES` lines, so a store ingested
+    file by file for years keeps a root ``zarr.json`` of bounded size."""
+    lines = [*previous.splitlines(), *entry.splitlines()]
+    if len(lines) > HISTORY_LINES + 1:
+        lines = [lines[0], *lines[-HISTORY_LINES:]]
+    return "\n".join(lines)
 
 
 class Committer:
@@ -406,7 +419,7 @@ class Committer:
 
     def _write(self, target: Path, manifest: Manifest, history: str) -> None:
         attrs = dict(self._attrs or {})
-        attrs["history"] = "\n".join(filter(None, [attrs.get("history", ""), history]))
+        attrs["history"] = bounded_history(attrs.get("history", ""), history)
         attrs["time_step_s"] = manifest.time_step_s
         attrs[MANIFEST_KEY] = manifest.to_json()
         for meta in self._arrays.values():

@@ -3,7 +3,9 @@
 :func:`load_data_context` opens the store and gathers the patch spec, the time step, the
 train-split normalisation statistics (cached by :mod:`stpipe.learn.stats`) and the train-split
 climatology; :func:`build_forecaster` turns ``[model]`` (or a baseline's name) into a
-forecaster for that data; :func:`make_split_loader` gives the loader of one split; and
+forecaster for that data; :func:`check_split_windows` refuses splits without a sample
+before a job spends time on the others; :func:`make_split_loader` gives the loader of one
+split; and
 :func:`iterate_on_device` moves batches to the device while timing the wait for each.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,15 +22,15 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from stpipe.core.errors import ConfigError
+from stpipe.core.errors import ConfigError, StoreError
 from stpipe.core.grid import is_latlon, spatial_dims
-from stpipe.core.patches import PatchSpec
+from stpipe.core.patches import PatchIndex, PatchSpec, is_global_lon
 from stpipe.core.settings import SplitSection
 from stpipe.core.splits import SplitName, Splits
 from stpipe.io.settings import DaskSection
 from stpipe.io.store import open_store, store_digest
 from stpipe.learn.loader import PatchLoader, make_loader
-from stpipe.learn.stats import NormStats, compute_stats
+from stpipe.learn.stats import NormStats, compute_stats, nan_steps
 from stpipe.models import Climatology, Forecaster, build_model, model_settings
 from stpipe.models import climatology_period as resolve_climatology_period
 from stpipe.models.baselines import BASELINES
@@ -148,6 +150,59 @@ def load_data_context(
         climatology=climatology,
         dask=dask,
     )
+
+
+def check_split_windows(
+    data: DataContext, splits: Sequence[SplitName] = ("train", "val", "test")
+) -> None:
+    """StoreError naming the first of ``splits`` that holds no complete sample window.
+
+    A window is ``input_steps`` + the largest lead regular steps inside the split (with
+    ``nan_policy = "skip"``: none holding a NaN), as the loaders cut them; a job checks
+    every split it will read before it trains, so an empty test window fails at once and
+    not after hours of training. The message names the split, its dates, the steps it
+    holds and what a window needs.
+    """
+    times = data.ds["time"].values
+    rows, cols = spatial_dims(data.ds)
+    spec = data.spec
+    bad_steps = (
+        nan_steps(data.store_path, variables=spec.input_variables, dask=data.dask)
+        if spec.nan_policy == "skip"
+        else None
+    )
+    for split in splits:
+        a, b = data.splits.index_range(split, times)
+        index = PatchIndex.build(
+            spec,
+            times=times,
+            step_s=data.step_s,
+            grid_shape=(data.ds.sizes[rows], data.ds.sizes[cols]),
+            index_range=(a, b),
+            bad_steps=bad_steps,
+            global_lon=data.latlon and is_global_lon(data.ds[cols].values),
+        )
+        if len(index):
+            continue
+        start, stop = (
+            f"store {end}" if t is None else _seconds(t)
+            for t, end in zip(data.splits.time_range(split), ("start", "end"), strict=True)
+        )
+        held = f"{b - a} steps" + (
+            f" ({_seconds(times[a])} … {_seconds(times[b - 1])})" if b > a else ""
+        )
+        skipped = " without NaN" if bad_steps is not None else ""
+        raise StoreError(
+            f"{data.store_path}: the {split} window [{start}, {stop}) holds no complete "
+            f"sample: one needs {spec.span} regular steps{skipped} (input_steps "
+            f"{spec.input_steps} + max lead {spec.leads[-1]}) on one of {index.n_rows}×"
+            f"{index.n_cols} patch positions, and the window holds {held} in "
+            f"{len(index.segments)} gap-free run(s); move the [split] dates or ingest more data"
+        )
+
+
+def _seconds(t: np.datetime64) -> str:
+    return str(np.datetime64(t, "s"))
 
 
 def build_forecaster(

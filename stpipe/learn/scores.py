@@ -12,14 +12,16 @@ Layout (built by :func:`scores_dataset`):
   or ``"higher"``) and ``forecasters`` (those the metric scores; the others are NaN);
 - attrs ``split``, ``n_samples``, ``lead_unit`` (``"h"``), ``headline`` (the metric that
   tables and plots lead with, :func:`stpipe.core.metrics.headline_metric`) and, where
-  known, ``model_version`` (the registered version evaluated as ``"model"``).
+  known, ``model_version`` (the registered version evaluated as ``"model"``) and
+  ``climatology`` (what the climatology baselines' slots are, e.g. ``"day of year × hour,
+  ±30-day smoothing"``: :attr:`stpipe.models.climatology.Climatology.description`).
 
 :func:`to_json` writes (``stpipe evaluate --json``, the ``evaluation/<split>.json``
 artifact of a training run)::
 
     {"leads": [1.0, 3.0, 6.0, 12.0], "lead_unit": "h", "lead_steps": [1, 3, 6, 12],
      "split": "test", "variables": ["t2m"], "variable_units": {"t2m": "K"},
-     "n_samples": 412, "headline": "rmse_lat_weighted",
+     "n_samples": 412, "headline": "rmse_lat_weighted", "climatology": "hour of day",
      "forecasters": ["model", "persistence", "climatology", "persistence_clim_change"],
      "metrics": {"rmse": {"model": [...], "persistence": [...], "climatology": [...],
                           "persistence_clim_change": [...]},
@@ -56,6 +58,7 @@ MODEL = "model"
 HEADLINE_MEAN = "rmse_wmean"
 FORECASTER_WORDS = {"persistence_clim_change": "persistence + climatological change"}
 DIMS = ("forecaster", "lead", "variable")
+OPTIONAL_ATTRS = ("model_version", "climatology")  # attrs the JSON carries where known
 
 PerLead = tuple[float, ...]
 Table = dict[str, dict[str, PerLead]]  # metric → forecaster → per lead
@@ -227,7 +230,7 @@ def to_dict(evaluation: xr.Dataset) -> dict[str, Any]:
         ),
         "n_samples": int(evaluation.attrs["n_samples"]),
         "headline": headline(evaluation),
-        **{k: evaluation.attrs[k] for k in ("model_version",) if k in evaluation.attrs},
+        **{k: evaluation.attrs[k] for k in OPTIONAL_ATTRS if k in evaluation.attrs},
         "forecasters": [str(f) for f in evaluation["forecaster"].values],
         "metrics": metrics_table(evaluation),
         "metric_attrs": {
@@ -281,8 +284,7 @@ def from_dict(raw: Mapping[str, Any]) -> xr.Dataset:
         n_samples=raw["n_samples"],
         headline=raw["headline"],
     )
-    if "model_version" in raw:
-        evaluation.attrs["model_version"] = raw["model_version"]
+    evaluation.attrs |= {k: raw[k] for k in OPTIONAL_ATTRS if k in raw}
     return evaluation
 
 

@@ -1,10 +1,17 @@
-"""The ``[train]`` section: optimisation, precision, devices, calibration."""
+"""The ``[train]`` section: optimisation, precision, devices, calibration, fine-tuning.
+
+``init_from`` picks where training starts: ``"none"`` (the seeded initialisation, a full
+training of ``epochs`` at ``lr``), ``"champion"`` (the registered champion's weights) or a
+version number of ``[mlflow] model_name``. A run that starts from registered weights trains
+``finetune_epochs`` at ``finetune_lr`` instead (:meth:`TrainSection.finetuning`); with
+``"champion"`` and no champion yet (a pipeline's first night) it trains in full.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator
 
 from stpipe.core.settings import Settings
 
@@ -47,3 +54,32 @@ class TrainSection(Settings):
         default="baseline",
         description="Loss weight per lead: 1/MSE of the best baseline at that lead, or equal.",
     )
+    init_from: Literal["none", "champion"] | PositiveInt = Field(
+        default="none",
+        description="Start from: 'none' (seeded initialisation, full training), 'champion' "
+        "(the registered champion's weights; full training while there is none) or a "
+        "registered version number. A version whose model card differs from this config's "
+        "(model, patch shape, variables, leads, grid) is refused.",
+    )
+    finetune_epochs: PositiveInt = Field(
+        default=3, description="Epochs of a run that starts from registered weights."
+    )
+    finetune_lr: float = Field(
+        default=5e-4, gt=0, description="Peak learning rate of a run that starts from weights."
+    )
+
+    @field_validator("init_from", mode="before")
+    @classmethod
+    def _start(cls, v: object) -> object:
+        version = isinstance(v, int) and not isinstance(v, bool) and v > 0
+        if v not in ("none", "champion") and not version:
+            raise ValueError(
+                f"must be 'none', 'champion' or a registered version number (an integer > 0), "
+                f"got {v!r}"
+            )
+        return v
+
+    def finetuning(self) -> Self:
+        """This section as a fine-tuning run trains: ``finetune_epochs`` and ``finetune_lr``
+        in place of ``epochs`` and ``lr``."""
+        return self.model_copy(update={"epochs": self.finetune_epochs, "lr": self.finetune_lr})

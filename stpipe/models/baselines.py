@@ -8,8 +8,12 @@ t0 the last input time and t the valid time of a lead:
 - ``climatology``:              C(t)
 - ``persistence_clim_change``:  p + C(t) − C(t0)
 
-Each is a linear combination w_p·p + w_c·C(t) + w_0·C(t0); :func:`baseline_weights` gives
-those weights per lead, which is how residual models start from a baseline.
+Each is a linear combination w_p·p + w_c·C(t) + w_0·C(t0) of the terms
+(:func:`reference_terms`) with the weights of :data:`BASELINE_WEIGHTS`, computed by
+:func:`reference_forecast`: a calibrated model (:mod:`stpipe.models.scnn`) that falls back to
+a baseline computes it with the same function from the same terms, so it forecasts exactly
+what the baseline does. :func:`baseline_weights` gives the weights per lead that residual
+models start from.
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ from stpipe.models.common import Batch, Forecaster, last_valid
 
 BaselineName = Literal["persistence", "climatology", "persistence_clim_change"]
 BASELINES: tuple[BaselineName, ...] = ("persistence", "climatology", "persistence_clim_change")
+Terms = tuple[Tensor, Tensor | None, Tensor | None]  # p, C(t), C(t0): reference_terms
+BASELINE_WEIGHTS: dict[BaselineName, tuple[float, float, float]] = {
+    "persistence": (1.0, 0.0, 0.0),
+    "climatology": (0.0, 1.0, 0.0),
+    "persistence_clim_change": (1.0, 1.0, -1.0),
+}
 
 
 def baseline_terms(
@@ -45,6 +55,40 @@ def baseline_terms(
     times = torch.cat([batch["x_times"], batch["y_times"]], dim=1)
     clim = climatology(times, batch["row0"], batch["col0"], height=height, width=width)
     return persistence, clim[:, :steps], clim[:, steps:]
+
+
+def reference_terms(
+    persistence: Tensor, clim_inputs: Tensor | None, clim_valid: Tensor | None
+) -> Terms:
+    """The terms of :func:`baseline_terms` that the references weigh: p [B, 1, V, H, W],
+    C(t) [B, L, V, H, W] and C(t0) [B, 1, V, H, W] in physical units (None, None without a
+    climatology; NaN where a term has no value: p outside the grid, C where its slot had
+    no train data)."""
+    if clim_inputs is None or clim_valid is None:
+        return persistence, None, None
+    return persistence, clim_valid, clim_inputs[:, -1:]
+
+
+def reference_forecast(terms: Terms, weights: Tensor) -> Tensor:
+    """Σ_k w_k·term_k of :func:`reference_terms` with ``weights`` [L, V, 3] (p, C(t), C(t0))
+    → [B, L, V, H, W].
+
+    Added in the order p, C(t), C(t0), a term of weight 0 skipped (its NaN too) and a
+    missing one (None) left out: the weights of :data:`BASELINE_WEIGHTS` give each baseline
+    bit for bit, e.g. (p + C(t)) − C(t0) for persistence plus the climatological change.
+    """
+    persistence, *climatology = terms
+    out = _weighted(persistence, weights, 0)
+    for k, term in enumerate(climatology, start=1):
+        if term is not None:
+            out = out + _weighted(term, weights, k)
+    return out
+
+
+def _weighted(term: Tensor, weights: Tensor, k: int) -> Tensor:
+    """w_k·term [B, L, V, H, W] with w_k the k-th weights [L, V]; 0 where w_k is 0."""
+    w = weights[None, :, :, None, None, k]
+    return torch.where(w != 0, w * term, 0.0)
 
 
 def baseline_weights(
@@ -67,10 +111,8 @@ def baseline_weights(
         return weights
     if climatology is None:
         raise ConfigError(f"[model] baseline {name!r} needs a climatology, none was given")
-    if name == "climatology":
-        weights[..., 1] = 1.0
-    elif name == "persistence_clim_change":
-        weights[...] = (1.0, 1.0, -1.0)
+    if name != "auto":
+        weights[...] = BASELINE_WEIGHTS[name]
     else:
         for i, lead in enumerate(leads):
             for j, var in enumerate(variables):
@@ -91,13 +133,10 @@ class Baseline(Forecaster):
             if kind == "persistence"
             else ClimatologyLookup(climatology, variables=self.target_variables, step_s=self.step_s)
         )
+        weights = torch.tensor(BASELINE_WEIGHTS[kind])
+        shape = (len(self.leads), len(self.target_variables), 3)
+        self.register_buffer("weights", weights.expand(shape).clone())  # [L, V, 3]
 
     def forward(self, batch: Batch) -> Tensor:
-        persistence, clim_inputs, clim_valid = baseline_terms(
-            batch, target_index=self.target_index, climatology=self.climatology
-        )
-        if self.kind == "persistence":
-            return persistence.expand(-1, len(self.leads), -1, -1, -1).clone()
-        if self.kind == "climatology":
-            return clim_valid
-        return persistence + clim_valid - clim_inputs[:, -1:]
+        terms = baseline_terms(batch, target_index=self.target_index, climatology=self.climatology)
+        return reference_forecast(reference_terms(*terms), self.weights)

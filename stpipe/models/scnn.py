@@ -24,12 +24,16 @@ weight decay pulls the model back towards the baseline. Untrained, the model *is
 baseline; with little data it degrades to it rather than below it.
 
 Calibration (:func:`stpipe.learn.train.calibrate`, after training): per lead and variable,
-ŷ' = a + s·(ŷ − a), with a the reference (a baseline, or the mean of two) that does best on
-the validation split once blended, and s ∈ [0, 1] the least-squares weight there. At a
-lead where the network has learned little beyond the baselines (long leads on a few weeks
-of data) this combination beats both; where it has learned a lot, s ≈ 1. Until calibrated
-s = 1. (A free least-squares fit of ŷ, p, C(t), C(t0) was tried: C(t) and C(t0) are
-nearly collinear, and its large opposite weights failed badly out of sample.)
+ŷ' = a + s·(ŷ − a) in physical units, with a a reference (a baseline, or the mean of two)
+and s ∈ [0, 1] the weight the model keeps, both chosen after training. At a lead where the
+network has learned little beyond the baselines (long leads on a few weeks of data) s is
+small or 0; where it has learned a lot, s ≈ 1. Until calibrated s = 1 and a = 0.
+The reference is computed from the baseline terms by
+:func:`stpipe.models.baselines.reference_forecast`, as the baselines are, so at s = 0 on
+a baseline the forecast *is* that baseline, bit for bit. Where the reference has no value
+(a climatology slot the train split never saw) the forecast is ŷ. (A free least-squares
+fit of ŷ, p, C(t), C(t0) was tried: C(t) and C(t0) are nearly collinear, and its large
+opposite weights failed badly out of sample.)
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stpipe.models.baselines import baseline_terms
+from stpipe.models.baselines import Terms, baseline_terms, reference_forecast, reference_terms
 from stpipe.models.climatology import Climatology, ClimatologyLookup
 from stpipe.models.common import Batch, Forecaster, conv_block
 
@@ -128,13 +132,14 @@ class ScnnRnn(Forecaster):
         self.shrink.fill_(1.0)
 
     def forward(self, batch: Batch) -> Tensor:
-        z, terms = self.normalised_forecast(batch)
-        anchor = (terms * self.anchor[None, :, :, None, None, :]).sum(-1)
-        return self.denormalise_targets(anchor + self.shrink[..., None, None] * (z - anchor))
+        forecast, terms = self.uncalibrated_forecast(batch)
+        reference = reference_forecast(terms, self.anchor)
+        calibrated = reference + self.shrink[..., None, None] * (forecast - reference)
+        return torch.where(torch.isfinite(reference), calibrated, forecast)
 
-    def normalised_forecast(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """The uncalibrated forecast [B, L, V, H, W] and the baseline terms p, C(t), C(t0)
-        [B, L, V, H, W, 3] (zeros for C without a climatology), in normalised units."""
+    def uncalibrated_forecast(self, batch: Batch) -> tuple[Tensor, Terms]:
+        """The network's forecast [B, L, V, H, W] (float32, physical units) and the terms
+        of the references (:func:`~stpipe.models.baselines.reference_terms`)."""
         x = batch["x"]
         b, t, _, height, width = x.shape
         n_leads = len(self.leads)
@@ -178,7 +183,7 @@ class ScnnRnn(Forecaster):
         seq = h.unflatten(0, (b, t)).transpose(1, 2)  # [B, C, T, h, w]
         seq = seq + self.temporal(seq)
         c, lh, lw = seq.shape[1], seq.shape[3], seq.shape[4]
-        states, _ = self.rnn(seq.permute(0, 3, 4, 2, 1).reshape(b * lh * lw, t, c))
+        states = run_rnn(self.rnn, seq.permute(0, 3, 4, 2, 1).reshape(b * lh * lw, t, c))
         latent = states[:, -1].reshape(b, lh, lw, c).permute(0, 3, 1, 2) + seq[:, :, -1]
 
         cond = self.lead_embedding[None]  # [1, L, C]
@@ -189,12 +194,26 @@ class ScnnRnn(Forecaster):
         for stage, skip in zip(self.up, reversed(skips[:-1]), strict=True):
             d = stage(d, skip.unflatten(0, (b, t))[:, -1], extra, n_leads=n_leads)
         r = self.head(self.dropout(d)).unflatten(0, (b, n_leads)).float()
-        terms = [z_last.expand(-1, n_leads, -1, -1, -1)]
-        if clim_inputs is not None and clim_valid is not None:
-            terms += [z_clim_valid, z_clim_init.expand(-1, n_leads, -1, -1, -1)]
-        else:
-            terms += [torch.zeros_like(terms[0])] * 2
-        return (blend + r if self.residual else r), torch.stack(terms, dim=-1).float()
+        terms = reference_terms(persistence, clim_inputs, clim_valid)
+        return self.denormalise_targets(blend + r if self.residual else r), terms
+
+
+def run_rnn(rnn: nn.LSTM | nn.GRU, seq: Tensor) -> Tensor:
+    """The outputs [N, T, C] of a batch-first, one-way ``rnn`` over ``seq`` [N, T, C] from zero
+    states.
+
+    While ``torch.export`` traces, the weights go to the op by name (``all_weights``): the
+    module's own forward would re-assign its cached flat weights to the traced stand-ins,
+    which export reports as attributes that should have been buffers. The op and the
+    numbers are the same either way."""
+    if not torch.compiler.is_exporting():
+        return rnn(seq)[0]
+    weights = [w for layer in rnn.all_weights for w in layer]
+    h0 = seq.new_zeros(rnn.num_layers, seq.shape[0], rnn.hidden_size)
+    args = (weights, rnn.bias, rnn.num_layers, rnn.dropout, rnn.training, False, True)
+    if isinstance(rnn, nn.LSTM):
+        return torch.lstm(seq, (h0, h0), *args)[0]
+    return torch.gru(seq, h0, *args)[0]
 
 
 class _UpStage(nn.Module):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,8 +34,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import mlflow
-import mlflow.tracking._model_registry.utils as registry_utils
-import mlflow.tracking._tracking_service.utils as tracking_utils
 import requests
 import sqlalchemy
 from mlflow import MlflowClient
@@ -47,6 +46,9 @@ from stpipe.core.errors import TrackingError
 from stpipe.tracking.settings import MlflowSection
 
 log = logging.getLogger(__name__)
+# MLflow logs the traceback of every SQL error it then raises; stpipe reports the error
+# itself, in one line (tracking_errors), so a failed write shows no page of SQLAlchemy text.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 T = TypeVar("T")
 
@@ -63,6 +65,7 @@ _ARTIFACT_COLUMNS = (
     (SqlModelVersion, "storage_location"),
 )
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+_SQLITE_FULL = "database or disk is full"
 _fluent_lock = threading.RLock()
 _retry_lock = threading.Lock()
 _retry_scopes: list[dict[str, str]] = []  # the open scopes' values, oldest first
@@ -196,10 +199,11 @@ def with_retries(call: Callable[[], T], *, what: str, attempts: int, backoff_s: 
 
 @contextlib.contextmanager
 def tracking_errors(uri: str, what: str) -> Iterator[None]:
-    """Turn MLflow and connection failures into a TrackingError naming ``what`` and ``uri``."""
+    """Turn MLflow, connection and file-system failures (artifacts are files under a local
+    backend) into a TrackingError naming ``what`` and ``uri``."""
     try:
         yield
-    except (MlflowException, requests.RequestException) as exc:
+    except (MlflowException, requests.RequestException, OSError) as exc:
         raise TrackingError(f"{uri}: cannot {what}: {_short(exc)}") from exc
 
 
@@ -207,20 +211,30 @@ def tracking_errors(uri: str, what: str) -> Iterator[None]:
 def fluent_scope(uri: str) -> Iterator[None]:
     """Point MLflow's process-wide tracking and registry URIs at ``uri`` for the block.
 
-    Serialised by a lock; on exit the previous URIs and environment variables are back
-    exactly as they were (``mlflow.set_tracking_uri`` also writes the environment).
+    Serialised by a lock; on exit the URIs and their environment variables are back exactly
+    as they were. Through MLflow's public API only: the environment variables
+    (``MLFLOW_TRACKING_URI``, ``MLFLOW_REGISTRY_URI``) when they decide the URIs; if code
+    in this process pinned a URI with ``mlflow.set_tracking_uri`` (or
+    ``set_registry_uri``), which outranks the variable, it is pinned to ``uri`` for the
+    block and back to its old value after.
     """
     with _fluent_lock:
         saved_env = {name: os.environ.get(name) for name in _URI_ENV}
-        saved_tracking = tracking_utils._tracking_uri
-        saved_registry = registry_utils._registry_uri
+        pinned_tracking = pinned_registry = None
         try:
-            mlflow.set_tracking_uri(uri)
-            mlflow.set_registry_uri(uri)
+            os.environ.update(dict.fromkeys(_URI_ENV, uri))
+            if mlflow.get_tracking_uri() != uri:
+                pinned_tracking = mlflow.get_tracking_uri()
+                mlflow.set_tracking_uri(uri)
+            if mlflow.get_registry_uri() != uri:
+                pinned_registry = mlflow.get_registry_uri()
+                mlflow.set_registry_uri(uri)
             yield
         finally:
-            tracking_utils._tracking_uri = saved_tracking
-            registry_utils._registry_uri = saved_registry
+            if pinned_tracking is not None:
+                mlflow.set_tracking_uri(pinned_tracking)
+            if pinned_registry is not None:
+                mlflow.set_registry_uri(pinned_registry)
             for name, value in saved_env.items():
                 if value is None:
                     os.environ.pop(name, None)
@@ -267,5 +281,36 @@ def request_retries(settings: MlflowSection) -> Iterator[None]:
 
 
 def _short(exc: BaseException) -> str:
+    """One line for ``exc``: the operating system's or SQLite's reason beneath MLflow's and
+    SQLAlchemy's wrapping when there is one (what to fix: a full disk, a permission), else
+    the first line of ``exc`` itself."""
+    reason = next(filter(None, map(_os_reason, _chain(exc))), None)
+    if reason is not None:
+        return reason
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling, outermost first."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
+
+
+def _os_reason(exc: BaseException) -> str | None:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{os.strerror(exc.errno).lower()}"
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).strip()
+        # SQLITE_FULL: the file cannot grow (a full disk, or a file size limit)
+        return (
+            "no space left on device (SQLite: database or disk is full)"
+            if text == _SQLITE_FULL
+            else f"SQLite: {text}"
+        )
+    return None

@@ -1,7 +1,9 @@
 """File locks in the workdir around what MLflow cannot make atomic.
 
 - :func:`workdir_lock`: one holder at a time, the others wait up to a timeout (promotion:
-  from scoring the champion to setting the alias);
+  from scoring the champion to setting the alias); :func:`file_lock` is the same lock
+  raising :class:`LockTimeout` for callers that word the error themselves (the flows'
+  pipeline lock);
 - :func:`run_lease` / :func:`abandoned`: a training run holds its lease while its process
   lives, so a later job can tell a run left RUNNING by a killed process from a live one.
 
@@ -39,13 +41,19 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def workdir_lock(path: Path, *, timeout_s: float, what: str) -> Iterator[None]:
-    """Hold the lock file ``path`` (created if missing) for the block.
+class LockTimeout(Exception):
+    """Another process held the lock file ``path`` for the ``timeout_s`` seconds this one
+    waited; ``holder`` says who (pid, host, since when) as the holder wrote it."""
 
-    Waits up to ``timeout_s`` for another holder; then TrackingError naming ``what``, the
-    file and the holder (pid, host, since when).
-    """
+    def __init__(self, path: Path, holder: str, timeout_s: float) -> None:
+        self.path, self.holder, self.timeout_s = path, holder, timeout_s
+        super().__init__(f"{path}: held by {holder} for the {timeout_s:g} s this process waited")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, timeout_s: float) -> Iterator[None]:
+    """Hold the lock file ``path`` (created if missing) for the block, writing this process
+    into it; waits up to ``timeout_s`` (0: not at all) for another holder, then LockTimeout."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -53,10 +61,7 @@ def workdir_lock(path: Path, *, timeout_s: float, what: str) -> Iterator[None]:
         while not _try_lock(fd):
             if time.monotonic() >= deadline:
                 holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
-                raise TrackingError(
-                    f"{path}: cannot {what}: another job ({holder}) held the lock for the "
-                    f"{timeout_s:g} s this job waited; try again when it has finished"
-                )
+                raise LockTimeout(path, holder, timeout_s)
             time.sleep(POLL_S)
         os.ftruncate(fd, 0)
         os.pwrite(fd, _holder(), 0)
@@ -67,6 +72,24 @@ def workdir_lock(path: Path, *, timeout_s: float, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def workdir_lock(path: Path, *, timeout_s: float, what: str) -> Iterator[None]:
+    """Hold the lock file ``path`` (created if missing) for the block.
+
+    Waits up to ``timeout_s`` for another holder; then TrackingError naming ``what``, the
+    file and the holder (pid, host, since when).
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(path, timeout_s=timeout_s))
+        except LockTimeout as exc:
+            raise TrackingError(
+                f"{path}: cannot {what}: another job ({exc.holder}) held the lock for the "
+                f"{timeout_s:g} s this job waited; try again when it has finished"
+            ) from None
+        yield
 
 
 LEASE_SUFFIX = ".lease"

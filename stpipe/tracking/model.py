@@ -1,18 +1,22 @@
-"""Logged models: ``torch.export`` programs that load without unpickling and forecast
-without stpipe's config.
+"""Logged models: ``torch.export`` programs that load without unpickling, forecast without
+stpipe's config, and serve through MLflow's ``python_function`` interface.
 
-``mlflow.pytorch.log_model(..., serialization_format="pt2")`` (MLflow 3's default outside
-Databricks) traces ``forward`` with ``torch.export`` and saves a PT2 archive: the graph as
-JSON, every weight and buffer (normalisation statistics, climatology) as raw tensor bytes
-(``use_pickle: false``), and the sample inputs as a ``torch.save`` record.
+:func:`log_model` exports ``forward`` with ``torch.export`` into a PT2 archive: the graph as
+JSON, every weight and buffer (normalisation statistics, climatology) as raw tensor bytes,
+and the sample inputs as a ``torch.save`` record. It logs that archive as the artifact of a
+pyfunc model from code, :mod:`stpipe.tracking.pyfunc_model` (MLflow copies the file, it
+pickles nothing), so that ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` call it
+with a dict of named arrays (that module's docstring gives the format).
 
-Loading never unpickles, whatever ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` says (MLflow
-unpickles unless it is false, and it defaults to true): :func:`load_model` refuses a model
-directory holding anything but ``data/model.pt2`` (a pickled ``data/model.pth`` runs
-arbitrary code when loaded), checks every record of the archive with MLflow's own
-validator (only JSON, raw tensors, and records that torch's restricted ``weights_only``
-unpickler reads: tensors and primitive containers), and only then hands it to
-``torch.export.load``, which would otherwise fall back to unrestricted unpickling.
+stpipe itself never goes through pyfunc: :func:`load_model` reads the archive directly and
+never unpickles, whatever ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` says (MLflow unpickles
+unless it is false, and it defaults to true). It refuses a model directory holding any data
+but the archive (:data:`PROGRAM_FILE`, or :data:`LEGACY_PROGRAM_FILE` for models logged
+with the pytorch flavour before; a pickled ``data/model.pth`` runs arbitrary code when
+loaded), checks every record of the archive with MLflow's own validator (only JSON, raw
+tensors, and records that torch's restricted ``weights_only`` unpickler reads: tensors and
+primitive containers), and only then hands it to ``torch.export.load``, which would
+otherwise fall back to unrestricted unpickling.
 
 ``torch.export`` takes positional tensors, not the batch dict of
 :mod:`stpipe.models.common`, so the logged program is the forecaster behind
@@ -34,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import mlflow.pytorch
+import mlflow.pyfunc
 import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
@@ -52,11 +56,15 @@ from stpipe.tracking.client import Tracking, fluent_scope, tracking_errors
 
 BATCH_INPUTS = ("x", "x_time", "y_time", "x_times", "y_times", "static", "row0", "col0")
 MODEL_ARTIFACT = "model"
-PROGRAM_FILE = "data/model.pt2"
+# The pyfunc model's code (MLflow runs it to load the model as pyfunc; stpipe never does).
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+PROGRAM_FILE = "artifacts/model.pt2"
+# Where models logged with the pytorch flavour (before the pyfunc model) keep the archive.
+LEGACY_PROGRAM_FILE = "data/model.pt2"
+PROGRAM_FILES = (PROGRAM_FILE, LEGACY_PROGRAM_FILE)
 # torch.export.load keeps its deserializer in a global: two loads at once (flows run in
 # threads) fail with "_CURRENT_DESERIALIZER is already set".
 _export_load_lock = threading.Lock()
-EXAMPLE_FILE = "input_example.npz"
 CARD_KEY = "stpipe"
 
 Batch = dict[str, Tensor]
@@ -159,36 +167,34 @@ def log_model(
     example: Mapping[str, Tensor],
     card: ModelCard,
 ) -> LoggedModel:
-    """Export ``model`` (put in eval mode on the CPU) and log it to run ``run_id`` as
-    :data:`MODEL_ARTIFACT`; ``example`` is a batch of the training loader's.
+    """Export ``model`` (put in eval mode on the CPU) and log it to run ``run_id`` as the
+    pyfunc model :data:`MODEL_ARTIFACT`; ``example`` is a batch of the training loader's.
 
-    The signature names every input tensor (batch dimension -1); the input example is
-    stored next to the model as ``extra_files/input_example.npz`` (MLflow's own example
-    format takes no tuple of tensors).
+    The signature names the input tensors (batch dimension -1) and the output
+    ``forecast``; the input example is two samples of ``example`` as named numpy arrays,
+    what ``mlflow.pyfunc`` predicts from (MLflow stores it as JSON, with the request body
+    ``mlflow models serve`` answers: ``serving_input_example.json``).
     """
     model = model.cpu().eval()
     inputs = export_inputs(example)
     with torch.no_grad():
         output = model(dict(zip(BATCH_INPUTS, inputs, strict=True)))
-    signature = ModelSignature(
-        inputs=Schema([_spec(name, t) for name, t in zip(BATCH_INPUTS, inputs, strict=True)]),
-        outputs=Schema([_spec("forecast", output)]),
-    )
+    signature, input_example, model_config = _pyfunc_interface(inputs, output)
     with tempfile.TemporaryDirectory() as tmp:
-        example_path = Path(tmp) / EXAMPLE_FILE
-        np.savez(example_path, **{k: t.numpy() for k, t in zip(BATCH_INPUTS, inputs, strict=True)})
+        archive = Path(tmp) / Path(PROGRAM_FILE).name
+        _export(model, inputs, archive)
         with (
             tracking_errors(tracking.uri, f"log the model of run {run_id}"),
             fluent_scope(tracking.uri),
             mlflow.start_run(run_id=run_id),
         ):
-            info = mlflow.pytorch.log_model(
-                _TensorInputs(model).eval(),
+            info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT,
+                python_model=PYFUNC_CODE,
+                artifacts={"program": str(archive)},
+                model_config=model_config,
                 signature=signature,
-                input_example=inputs,
-                serialization_format="pt2",
-                extra_files=[str(example_path)],
+                input_example=input_example,
                 metadata={CARD_KEY: card.to_json()},
                 pip_requirements=[
                     f"torch=={torch.__version__.split('+')[0]}",
@@ -201,16 +207,51 @@ def log_model(
     return LoggedModel(model_id=info.model_id, uri=info.model_uri)
 
 
-def _spec(name: str, tensor: Tensor) -> TensorSpec:
-    dtype = np.dtype(str(tensor.dtype).removeprefix("torch."))
-    return TensorSpec(dtype, (-1, *tensor.shape[1:]), name)
+def _export(model: nn.Module, inputs: tuple[Tensor, ...], path: Path) -> None:
+    """Save ``model`` traced on ``inputs`` (positional, :data:`BATCH_INPUTS`) as a PT2
+    archive at ``path``, the batch dimension of every input dynamic."""
+    batch = {0: torch.export.Dim.AUTO}
+    program = torch.export.export(
+        _TensorInputs(model).eval(), inputs, dynamic_shapes=[batch] * len(inputs)
+    )
+    torch.export.save(program, str(path))
+
+
+def _pyfunc_interface(
+    inputs: tuple[Tensor, ...], output: Tensor
+) -> tuple[ModelSignature, dict[str, np.ndarray], dict[str, Any]]:
+    """The pyfunc model's signature, input example and ``model_config`` for the export
+    ``inputs`` (:data:`BATCH_INPUTS`) and their ``output``.
+
+    JSON (the stored input example, a served request) cannot hold an array with a
+    zero-size dimension, e.g. ``static`` [B, 0, H, W] of a model without static fields:
+    such inputs are left out of the signature and the example, and ``model_config``
+    ``"empty_inputs"`` gives their shape past the batch dimension and dtype, from which
+    :mod:`stpipe.tracking.pyfunc_model` makes them.
+    """
+    arrays = {k: t.numpy() for k, t in zip(BATCH_INPUTS, inputs, strict=True)}
+    empty = {
+        k: {"shape": list(a.shape[1:]), "dtype": str(a.dtype)}
+        for k, a in arrays.items()
+        if 0 in a.shape[1:]
+    }
+    example = {k: a for k, a in arrays.items() if k not in empty}
+    signature = ModelSignature(
+        inputs=Schema([_spec(k, a) for k, a in example.items()]),
+        outputs=Schema([_spec("forecast", output.numpy())]),
+    )
+    return signature, example, {"inputs": list(BATCH_INPUTS), "empty_inputs": empty}
+
+
+def _spec(name: str, array: np.ndarray) -> TensorSpec:
+    return TensorSpec(array.dtype, (-1, *array.shape[1:]), name)
 
 
 def load_model(tracking: Tracking, uri: str) -> RegisteredForecaster:
     """Load a logged or registered model (``models:/...`` URI) as a forecaster.
 
-    Never unpickles (see the module docstring): a model directory that holds anything but
-    the PT2 archive :data:`PROGRAM_FILE`, or an archive with a record that is not
+    Never unpickles (see the module docstring): a model directory whose data is anything
+    but one PT2 archive of :data:`PROGRAM_FILES`, or an archive with a record that is not
     pickle-free, is refused with a TrackingError naming ``uri`` and the file.
     """
     with tempfile.TemporaryDirectory() as tmp, tracking_errors(tracking.uri, f"load {uri}"):
@@ -227,11 +268,12 @@ def _pickle_free_program(uri: str, model_dir: Path) -> Path:
     """The checked PT2 archive of the downloaded model ``model_dir``; TrackingError if the
     model holds any other data file or the archive a record that would be unpickled."""
     data_files = sorted(
-        str(p.relative_to(model_dir)) for p in (model_dir / "data").rglob("*") if p.is_file()
+        str(p.relative_to(model_dir))
+        for folder in ("artifacts", "data")
+        for p in (model_dir / folder).rglob("*")
+        if p.is_file()
     )
-    if not data_files:
-        raise TrackingError(f"{uri}: the model's artifacts hold no {PROGRAM_FILE} (nor any data)")
-    others = [name for name in data_files if name != PROGRAM_FILE]
+    others = [name for name in data_files if name not in PROGRAM_FILES]
     if others:
         raise TrackingError(
             f"{uri}: refusing to load {', '.join(others)}: stpipe loads only the "
@@ -239,17 +281,21 @@ def _pickle_free_program(uri: str, model_dir: Path) -> Path:
             "data/model.pth, runs any code it holds); train the model again with "
             "`stpipe train CONFIG`"
         )
+    if len(data_files) != 1:
+        held = ", ".join(data_files) or "no data"
+        raise TrackingError(f"{uri}: the model's artifacts hold {held}, not one {PROGRAM_FILE}")
+    (program,) = data_files
     try:
-        _validate_pt2_archive_is_pickle_free(str(model_dir / PROGRAM_FILE))
+        _validate_pt2_archive_is_pickle_free(str(model_dir / program))
     except MlflowException as exc:
         record = re.search(r"record '([^']+)'", exc.message)
         what = f"its record {record.group(1)}" if record else "it"
         raise TrackingError(
-            f"{uri}: refusing to load {PROGRAM_FILE}: {what} would be unpickled (not JSON, raw "
+            f"{uri}: refusing to load {program}: {what} would be unpickled (not JSON, raw "
             "tensors or tensors in plain containers); train the model again with "
             "`stpipe train CONFIG`"
         ) from None
-    return model_dir / PROGRAM_FILE
+    return model_dir / program
 
 
 def read_card(model_dir: str | Path) -> ModelCard:

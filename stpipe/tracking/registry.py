@@ -4,7 +4,11 @@ Every training registers a new version. The alias ``champion`` names the version
 forecasts; it moves to a candidate only when the candidate scores better (lower) on
 ``[mlflow] metric`` than the champion on the same validation window; otherwise the
 candidate gets the alias ``challenger``. Ties keep the champion; the first version becomes
-champion. The decision and both scores are tags of the version (and of its run).
+champion. A candidate worse than the best baseline at any lead of that window by more than
+``[mlflow] baseline_tolerance`` (:class:`BaselineMargins`) is never promoted, not even as the
+first version: a free baseline would forecast that lead better. The decision, both scores
+and the candidate's smallest margin over the best baseline are tags of the version (and of
+its run).
 
 Registration is one request (the version with its tags) plus one to set the alias; if the
 alias cannot be set, the version is deleted again, so no version is left without its
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,13 +30,24 @@ from mlflow.exceptions import MlflowException
 
 from stpipe.core.errors import ConfigError, TrackingError
 from stpipe.core.metrics import METRICS, Metric
-from stpipe.learn.scores import HEADLINE_MEAN, MODEL, summary
+from stpipe.learn.scores import (
+    HEADLINE_MEAN,
+    MODEL,
+    best_baseline,
+    forecaster_label,
+    headline,
+    lead_hours,
+    margins,
+    summary,
+)
 from stpipe.tracking.client import Tracking, fluent_scope, tracking_errors
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 Alias = Literal["champion", "challenger"]
 TAG_PREFIX = "stpipe."
+# The windows of the split a version was trained, validated and tested on (Splits.describe).
+WINDOW_KEYS = ("train_end", "val_window", "test_window")
 
 
 @dataclass(frozen=True)
@@ -40,7 +55,9 @@ class Promotion:
     """The outcome of comparing a candidate with the champion on one validation window.
 
     Scores are ``[mlflow] metric`` (lower is better); ``champion_score`` is None when there
-    was no champion to compare with (``reason`` says why).
+    was no champion to compare with (``reason`` says why). ``baseline_margin`` is the
+    candidate's smallest margin over the best baseline across leads
+    (:attr:`BaselineMargins.smallest`; None when it was not scored against the baselines).
     """
 
     alias: Alias
@@ -49,6 +66,7 @@ class Promotion:
     champion_version: str | None
     champion_score: float | None
     reason: str
+    baseline_margin: float | None = None
 
     @property
     def promoted(self) -> bool:
@@ -63,8 +81,62 @@ class Promotion:
             "champion_version": self.champion_version or "",
             "champion_score": "" if self.champion_score is None else repr(self.champion_score),
             "reason": self.reason,
+            "baseline_margin": "" if self.baseline_margin is None else repr(self.baseline_margin),
         }
         return {TAG_PREFIX + k: str(v) for k, v in values.items()}
+
+
+@dataclass(frozen=True)
+class BaselineMargins:
+    """The candidate against the best baseline at each lead of the validation window.
+
+    ``margins`` [L]: 1 − candidate / best baseline on ``metric``, the per-lead error that
+    ``[mlflow] metric`` averages (> 0: the candidate beats every baseline at that lead);
+    ``best`` [L] the best baseline's name; ``tolerance`` the margin below −tolerance that
+    refuses promotion (``[mlflow] baseline_tolerance``, a fraction).
+    """
+
+    metric: str
+    lead_hours: tuple[float, ...]
+    best: tuple[str, ...]
+    margins: tuple[float, ...]
+    tolerance: float
+
+    @property
+    def smallest(self) -> float:
+        """The smallest finite margin across leads (NaN if none is finite)."""
+        finite = [m for m in self.margins if math.isfinite(m)]
+        return min(finite) if finite else math.nan
+
+    def shortfall(self) -> str | None:
+        """Why the candidate may not be promoted (the leads where a baseline beats it by more
+        than ``tolerance``), or None. A lead whose margin is NaN (its best baseline scored
+        0) refuses nothing: a non-finite candidate score is refused by :func:`decide`."""
+        worse = [
+            f"{forecaster_label(self.best[i])} at {self.lead_hours[i]:g} h by {-100 * m:.1f} %"
+            for i, m in enumerate(self.margins)
+            if m < -self.tolerance
+        ]
+        if not worse:
+            return None
+        return (
+            f"worse than {', '.join(worse)} ({self.metric} on the validation window; "
+            f"tolerance {100 * self.tolerance:g} %)"
+        )
+
+
+def baseline_margins(evaluation: xr.Dataset, metric: str, *, tolerance: float) -> BaselineMargins:
+    """:class:`BaselineMargins` of the model of ``evaluation`` (scored with its baselines)
+    on the per-lead metric that ``[mlflow] metric`` ``metric`` averages."""
+    per_lead = per_lead_metric(metric, headline(evaluation)) or headline(evaluation)
+    best, _ = best_baseline(evaluation, per_lead)
+    return BaselineMargins(
+        metric=per_lead,
+        lead_hours=lead_hours(evaluation),
+        best=best,
+        margins=margins(evaluation, per_lead),
+        tolerance=tolerance,
+    )
 
 
 def decide(
@@ -74,16 +146,21 @@ def decide(
     champion_version: str | None = None,
     champion_score: float | None = None,
     unscored: str = "no champion yet",
+    baselines: BaselineMargins | None = None,
 ) -> Promotion:
     """The promotion rule of the module docstring.
 
     ``champion_score`` None means the champion could not be scored (``unscored`` says why:
     there is none, or it was trained for other inputs): the candidate wins. A candidate
-    whose score is not finite never wins.
+    whose score is not finite never wins, nor one that ``baselines`` (its margins over the
+    best baseline per lead on the same window) finds worse than a baseline at some lead.
     """
     alias: Alias
+    shortfall = None if baselines is None else baselines.shortfall()
     if not math.isfinite(candidate_score):
         alias, reason = CHALLENGER, f"candidate score {candidate_score} is not finite"
+    elif shortfall is not None:
+        alias, reason = CHALLENGER, shortfall
     elif champion_score is None:
         alias, reason = CHAMPION, unscored
     elif not math.isfinite(champion_score) or candidate_score < champion_score:
@@ -99,6 +176,7 @@ def decide(
         champion_version=champion_version,
         champion_score=champion_score,
         reason=reason,
+        baseline_margin=None if baselines is None else baselines.smallest,
     )
 
 
@@ -225,3 +303,9 @@ def versions(tracking: Tracking) -> list[ModelVersion]:
 
 def _quote(name: str) -> str:
     return name.replace("'", "\\'")
+
+
+def window_tags(windows: Mapping[str, str]) -> dict[str, str]:
+    """The split's windows (:meth:`stpipe.core.splits.Splits.describe`: ``train_end``,
+    ``val_window``, ``test_window``) as version/run tags ``stpipe.<key>``."""
+    return {TAG_PREFIX + key: windows[key] for key in WINDOW_KEYS}

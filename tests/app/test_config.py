@@ -11,6 +11,7 @@ from stpipe.app.config import load_config
 from stpipe.core.errors import ConfigError
 from stpipe.models import MODELS
 from stpipe.models.settings import ConvLstmSettings, ScnnSettings
+from tests.tracking.conftest import make_config
 
 from ..models.test_registry import TOY, ToySettings
 
@@ -177,3 +178,21 @@ def test_unreadable_inputs(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(write(tmp_path, "[pipeline\nname="))
+
+
+# --- the config as MLflow params and artifact ----------------------------------------------
+
+
+def test_the_config_artifact_loads_back_to_the_same_config(tmp_path: Path) -> None:
+    config = make_config(tmp_path, train={"epochs": 3}, forecast={"overlap": [2, 2]})
+    path = tmp_path / "logged.toml"
+    path.write_text(config.to_toml())
+    again = load_config(path)
+    assert again.model_dump() == config.model_dump()
+    assert tomllib.loads(config.to_toml())["pipeline"]["workdir"] == str(tmp_path)
+
+    params = config.flat_params()
+    assert params["train.epochs"] == "3"
+    assert params["patches.leads"] == "[1, 3]"
+    assert params["source.synthetic.days"] == "30"
+    assert params["pipeline.name"] == "unit"

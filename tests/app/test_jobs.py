@@ -5,6 +5,7 @@ errors a user meets (no champion, a champion for another store)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -64,21 +65,34 @@ device = "cpu"
 
 [mlflow]
 model_name = "tiny-t2m"
+baseline_tolerance = {baseline_tolerance}
 {mlflow}
 {extra}
 """
 
 
 def pipeline(
-    root: Path, *, grid=(20, 24), variables=("t2m", "u10"), mlflow: str = "", extra: str = ""
+    root: Path,
+    *,
+    grid=(20, 24),
+    variables=("t2m", "u10"),
+    mlflow: str = "",
+    extra: str = "",
+    baseline_tolerance: float = math.inf,
 ) -> Config:
     """A tiny synthetic weather pipeline in ``root``, ingested; ``mlflow`` adds keys to
-    ``[mlflow]``, ``extra`` more tables."""
+    ``[mlflow]``, ``extra`` more tables. The candidates here are no forecasters (a ConvLSTM
+    of one epoch, persistence shifted), so promotion ignores the baselines unless
+    ``baseline_tolerance`` is given."""
     root.mkdir(parents=True, exist_ok=True)
     path = root / "pipeline.toml"
     path.write_text(
         PIPELINE.format(
-            grid=list(grid), variables=json.dumps(list(variables)), mlflow=mlflow, extra=extra
+            grid=list(grid),
+            variables=json.dumps(list(variables)),
+            mlflow=mlflow,
+            extra=extra,
+            baseline_tolerance=baseline_tolerance,
         )
     )
     config = load_config(path)
@@ -355,3 +369,30 @@ def test_a_champion_trained_for_another_store_is_refused(trained, tmp_path: Path
     assert "variables ['t2m', 'u10'] vs ['t2m']" in message
     assert "grid lat×lon 20×24" in message and "vs lat×lon 12×12" in message
     assert not Path(other.forecast_store).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"patches.size": [12, 12]}, r"patch_shape \[8, 8\] vs \[12, 12\] \(v1 vs config\)"),
+        ({"model.name": "scnn_lstm", "model.hidden": 8}, r"model convlstm vs scnn_lstm"),
+        ({"model.hidden": [6]}, r"weight \S+ \[\d+, \d+(, \d+)*\] vs \[\d+, \d+(, \d+)*\]"),
+        ({"train.init_from": 99}, r"init_from = 99: tiny-t2m has no version 99 \(it has [\d, ]+\)"),
+    ],
+)
+def test_fine_tuning_refuses_a_version_that_does_not_fit_before_a_run_starts(
+    trained, overrides: dict, problem: str
+) -> None:
+    config, first = trained
+    tuned = load_config(config.path, overrides={"train.init_from": "champion"} | overrides)
+    tracking = tracking_for(config)
+    runs_before = tracking.client.search_runs([tracking.experiment_id])
+
+    with pytest.raises(ConfigError, match=problem) as info:
+        jobs.run_training(tuned, progress=False)
+
+    assert str(info.value).startswith("[train] init_from = ")
+    assert "\n" not in str(info.value)
+    assert len(tracking.client.search_runs([tracking.experiment_id])) == len(runs_before)
+    assert str(registry.champion(tracking).version) == first.version

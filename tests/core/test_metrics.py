@@ -276,3 +276,25 @@ def test_metric_sums_add_batches_and_refuse_empty_results_bad_scaling_and_twins(
         scored(target, target, value_range=(1.0, 1.0))
     with pytest.raises(ValueError, match="unique"):
         MetricSums([RMSE(), RMSE()], ScoringSetup(latlon=False, forecasters=("f",)))
+
+
+def _cell_area_weights(lat: np.ndarray) -> np.ndarray:
+    """Cell-area weights as WeatherBench 2 defines them: sin(upper edge) − sin(lower edge),
+    edges halfway between rows and at ±90° outside the first and last row, mean 1."""
+    phi = np.deg2rad(lat)
+    edges = np.concatenate([[-np.pi / 2], (phi[:-1] + phi[1:]) / 2, [np.pi / 2]])
+    area = np.sin(edges[1:]) - np.sin(edges[:-1])
+    return area / area.mean()
+
+
+def test_latitude_weights_equal_cell_area_weights_only_on_global_grids_without_pole_rows():
+    # a global 5.625° grid without pole rows (WeatherBench's 32 × 64): the same weights
+    offset = np.linspace(-90 + 5.625 / 2, 90 - 5.625 / 2, 32)
+    np.testing.assert_allclose(latitude_weights(offset), _cell_area_weights(offset), rtol=1e-12)
+    # with rows at the poles (1.5°, 121 rows) the pole rows differ: 0 here, half a cell there
+    with_poles = np.linspace(-90, 90, 121)
+    assert latitude_weights(with_poles)[0] == pytest.approx(0, abs=1e-12)
+    assert _cell_area_weights(with_poles)[0] > 0
+    # a regional grid: the edge rows' cells reach to the poles in WeatherBench 2's formula
+    regional = np.linspace(49.0, 59.0, 41)
+    assert not np.allclose(latitude_weights(regional), _cell_area_weights(regional), rtol=1e-3)

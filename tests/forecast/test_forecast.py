@@ -128,26 +128,28 @@ def test_another_zarr_group_is_not_overwritten(tmp_path: Path) -> None:
         open_forecasts(str(tmp_path / "missing.zarr"))
 
 
+KILLED_VARIABLES = ("t2m", "u10")  # the killed writer blocks on the second
 KILLED_WRITER = textwrap.dedent("""
     import sys, time
+    import numpy as np
     import xarray as xr
     from stpipe.forecast.store import write_forecast
 
-    def never(block, block_info=None):
-        if block_info[0]["chunk-location"][1] == 1:
-            time.sleep(3600)  # the test kills the process while this chunk is pending
+    def never(block):
+        time.sleep(3600)  # the test kills the process while this chunk is pending
         return block
 
     ds = xr.open_dataset(sys.argv[2]).load()
-    blocked = ds["t2m"].chunk({"lead_time": 1}).data.map_blocks(never, dtype="float32")
-    ds["t2m"] = (ds["t2m"].dims, blocked, ds["t2m"].attrs)
+    meta = np.array((), dtype="float32")  # so that Dask need not call never() to find it
+    blocked = ds["u10"].chunk().data.map_blocks(never, meta=meta)
+    ds["u10"] = (ds["u10"].dims, blocked, ds["u10"].attrs)
     write_forecast(ds, sys.argv[1])
 """)
 
 
 def kill_mid_write(store: Path, forecast: xr.Dataset, *, written: Callable[[], bool]) -> None:
-    """Run a writer of ``forecast`` that blocks on its second lead; SIGKILL it once
-    ``written()`` says the first lead's chunk is on disk."""
+    """Run a writer of ``forecast`` (variables t2m and u10) that blocks on u10; SIGKILL it
+    once ``written()`` says t2m's chunk (every lead of the init time) is on disk."""
     source = store.parent / "forecast.nc"
     forecast.to_netcdf(source)
     proc = subprocess.Popen(
@@ -170,10 +172,14 @@ def kill_mid_write(store: Path, forecast: xr.Dataset, *, written: Callable[[], b
 
 def test_a_killed_append_leaves_the_new_init_time_invisible(tmp_path: Path) -> None:
     store = tmp_path / "f.zarr"
-    write_forecast(forecast_dataset("2024-01-02T00", 1.0), str(store))
+    write_forecast(forecast_dataset("2024-01-02T00", 1.0, variables=KILLED_VARIABLES), str(store))
     new_chunk = store / "t2m" / "c" / "1" / "0" / "0" / "0"
 
-    kill_mid_write(store, forecast_dataset("2024-01-03T00", 5.0), written=new_chunk.exists)
+    kill_mid_write(
+        store,
+        forecast_dataset("2024-01-03T00", 5.0, variables=KILLED_VARIABLES),
+        written=new_chunk.exists,
+    )
 
     for ds in (open_forecasts(str(store)), xr.open_zarr(store)):
         np.testing.assert_array_equal(ds["init_time"].values, ns("2024-01-02T00"))
@@ -181,7 +187,7 @@ def test_a_killed_append_leaves_the_new_init_time_invisible(tmp_path: Path) -> N
     assert zarr.open_group(store, use_consolidated=False)["t2m"].shape[0] == 2, (
         "the killed writer had resized the arrays: the protocol, not luck, hid the row"
     )
-    write_forecast(forecast_dataset("2024-01-03T00", 4.0), str(store))
+    write_forecast(forecast_dataset("2024-01-03T00", 4.0, variables=KILLED_VARIABLES), str(store))
     ds = open_forecasts(str(store))
     assert ds.sizes["init_time"] == 2
     np.testing.assert_array_equal(ds["t2m"].values[1, :, 0, 0], [4.0, 5.0])
@@ -189,11 +195,15 @@ def test_a_killed_append_leaves_the_new_init_time_invisible(tmp_path: Path) -> N
 
 def test_a_killed_rewrite_keeps_the_old_forecast_and_a_rerun_replaces_it(tmp_path: Path) -> None:
     store = tmp_path / "f.zarr"
-    write_forecast(forecast_dataset("2024-01-02T00", 1.0), str(store))
-    write_forecast(forecast_dataset("2024-01-03T00", 2.0), str(store))
+    write_forecast(forecast_dataset("2024-01-02T00", 1.0, variables=KILLED_VARIABLES), str(store))
+    write_forecast(forecast_dataset("2024-01-03T00", 2.0, variables=KILLED_VARIABLES), str(store))
     new_row_chunk = store / "t2m" / "c" / "2" / "0" / "0" / "0"  # a rewrite goes to a new row
 
-    kill_mid_write(store, forecast_dataset("2024-01-02T00", 5.0), written=new_row_chunk.exists)
+    kill_mid_write(
+        store,
+        forecast_dataset("2024-01-02T00", 5.0, variables=KILLED_VARIABLES),
+        written=new_row_chunk.exists,
+    )
 
     for ds in (open_forecasts(str(store)), xr.open_zarr(store)):
         np.testing.assert_array_equal(ds["init_time"].values, ns("2024-01-02T00", "2024-01-03T00"))
@@ -202,7 +212,7 @@ def test_a_killed_rewrite_keeps_the_old_forecast_and_a_rerun_replaces_it(tmp_pat
             [[1.0, 2.0], [2.0, 3.0]],
             err_msg="a half-written rewrite must not be visible: the old forecast stays",
         )
-    write_forecast(forecast_dataset("2024-01-02T00", 6.0), str(store))
+    write_forecast(forecast_dataset("2024-01-02T00", 6.0, variables=KILLED_VARIABLES), str(store))
     ds = open_forecasts(str(store))
     assert ds.sizes["init_time"] == 2
     np.testing.assert_array_equal(ds.sel(init_time="2024-01-02")["t2m"].values[:, 0, 0], [6.0, 7.0])

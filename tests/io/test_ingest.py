@@ -11,6 +11,7 @@ import xarray as xr
 
 from stpipe.app.cli import main
 from stpipe.core.errors import SourceError
+from stpipe.core.grid import CF_CONVENTIONS
 from stpipe.core.splits import time_gaps
 from stpipe.io.ingestion import ingest
 from stpipe.io.manifest import read_manifest, store_digest
@@ -35,7 +36,7 @@ def test_files_append_in_order_and_round_trip_exactly(
     ds = open_store(config.store_path)
     assert ds["t2m"].chunks is not None, "open_store must be lazy (dask)"
     assert_same_values(ds.load(), source_data)
-    assert ds.attrs["time_step_s"] == 3600 and ds.attrs["Conventions"] == "CF-1.8"
+    assert ds.attrs["time_step_s"] == 3600 and ds.attrs["Conventions"] == CF_CONVENTIONS
     assert ds["t2m"].attrs["units"] == "K" and ds["lat"].attrs["units"] == "degrees_north"
     assert ds.attrs["history"].count("stpipe ingest: appended 24 steps") == 3
     manifest = read_manifest(config.store_path)

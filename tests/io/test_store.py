@@ -14,7 +14,15 @@ from stpipe.core.splits import time_gaps
 from stpipe.io.ingestion import ingest
 from stpipe.io.manifest import FileEntry, Manifest, manifest_digest, read_manifest
 from stpipe.io.settings import StoreSection
-from stpipe.io.store import Layout, choose_layout, open_store, recover, store_lock
+from stpipe.io.store import (
+    HISTORY_LINES,
+    Layout,
+    choose_layout,
+    commit,
+    open_store,
+    recover,
+    store_lock,
+)
 
 
 @pytest.mark.parametrize(
@@ -151,3 +159,19 @@ def test_read_manifest_of_a_directory_without_commit(tmp_path):
     (tmp_path / "s.zarr").mkdir()
     with pytest.raises(StoreError, match=r"has no committed data \(no zarr.json\)"):
         read_manifest(tmp_path / "s.zarr")
+
+
+def test_history_keeps_its_first_line_and_the_newest_ones(source_data, write_feed, make_config):
+    write_feed(source_data.isel(time=slice(0, 24)))
+    config = make_config()
+    ingest(config.ingest_job, progress=False)
+    manifest = read_manifest(config.store_path)
+    first = open_store(config.store_path).attrs["history"]
+    assert "stpipe ingest: appended 24 steps" in first and "\n" not in first
+
+    for k in range(HISTORY_LINES + 20):  # a store ingested file by file, for long
+        commit(config.store_path, manifest, history=f"commit {k}")
+
+    lines = open_store(config.store_path).attrs["history"].splitlines()
+    assert lines == [first, *(f"commit {k}" for k in range(20, HISTORY_LINES + 20))]
+    assert read_manifest(config.store_path) == manifest, "only the history text changed"

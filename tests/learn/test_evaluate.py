@@ -205,6 +205,7 @@ def test_a_metric_added_to_the_table_is_in_the_result_the_json_and_promotion(sto
     assert per_lead(evaluation, "mse")["model"] == per_lead(evaluation, "mse")["persistence"]
     raw = to_dict(evaluation)
     assert raw["metrics"]["mse"]["climatology"] == list(per_lead(evaluation, "mse")["climatology"])
+    assert raw["climatology"] == evaluation.attrs["climatology"] == "hour of day"
     assert raw["summary"]["mse_mean"]["model"] == pytest.approx(
         np.mean(raw["metrics"]["mse"]["model"])
     )

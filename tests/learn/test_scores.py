@@ -87,8 +87,10 @@ def test_model_label_and_metric_label(hand_scores) -> None:
 def test_json_round_trip_gives_the_same_dataset(hand_scores, tmp_path: Path) -> None:
     evaluation = hand_scores()
     evaluation.attrs["model_version"] = "3"
+    evaluation.attrs["climatology"] = "day of year × hour, ±30-day smoothing"
     raw = json.loads(to_json(evaluation, tmp_path / "e.json").read_text())
     assert raw["metrics"]["acc"].keys() == {"model", "persistence"}, "unscored left out"
     assert raw["model_version"] == "3"
+    assert raw["climatology"] == "day of year × hour, ±30-day smoothing"
     xr.testing.assert_identical(from_json(tmp_path / "e.json"), evaluation)
     assert to_dict(from_dict(raw)) == raw

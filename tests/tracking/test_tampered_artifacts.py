@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from stpipe.app.config import Config
 from stpipe.app.jobs import tracking_for
 from stpipe.core.errors import TrackingError
 from stpipe.tracking import registry
+from stpipe.tracking.model import PROGRAM_FILE
 from tests.app.test_jobs import pipeline, register_baseline
 
 
@@ -51,16 +53,17 @@ def champion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Config, P
 def replace_with_pickle(artifacts: Path, marker: Path) -> None:
     """What ``mlflow.pytorch.log_model(serialization_format="pickle")`` writes, holding a
     payload: ``data/model.pth`` and ``data/pickle_module_info.txt``."""
+    (artifacts / PROGRAM_FILE).unlink()
     data = artifacts / "data"
-    (data / "model.pt2").unlink()
+    data.mkdir()
     (data / "model.pth").write_bytes(pickle.dumps(Payload(marker)))
     (data / "pickle_module_info.txt").write_text("pickle")
 
 
 def pickle_into_archive(artifacts: Path, marker: Path) -> None:
-    """Keep ``data/model.pt2`` but make its sample-inputs record a pickled payload (the
+    """Keep the program archive but make its sample-inputs record a pickled payload (the
     archive's records are unpickled by ``torch.export.load`` unless checked first)."""
-    archive = artifacts / "data" / "model.pt2"
+    archive = artifacts / PROGRAM_FILE
     records = {}
     with zipfile.ZipFile(archive) as old:
         for name in old.namelist():
@@ -75,9 +78,12 @@ def pickle_into_archive(artifacts: Path, marker: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tamper", [replace_with_pickle, pickle_into_archive])
+@pytest.mark.parametrize(
+    ("tamper", "refused"),
+    [(replace_with_pickle, "data/model.pth"), (pickle_into_archive, PROGRAM_FILE)],
+)
 def test_a_tampered_champion_is_refused_by_forecast_evaluate_and_promotion(
-    champion, tamper, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    champion, tamper, refused, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config, artifacts = champion
     marker = tmp_path / "payload-ran"
@@ -87,15 +93,16 @@ def test_a_tampered_champion_is_refused_by_forecast_evaluate_and_promotion(
     assert main(["-q", "forecast", str(config.path)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
-    assert "models:/tiny-t2m/1" in lines[0] and "refusing to load data/model.pt" in lines[0]
+    assert "models:/tiny-t2m/1" in lines[0] and f"refusing to load {refused}" in lines[0]
     assert not marker.exists(), "the payload ran during `stpipe forecast`"
 
-    with pytest.raises(TrackingError, match=r"models:/tiny-t2m/1.*refusing to load data/model"):
+    refusal = rf"models:/tiny-t2m/1.*refusing to load {re.escape(refused)}"
+    with pytest.raises(TrackingError, match=refusal):
         jobs.run_evaluation(config)
     assert not marker.exists(), "the payload ran during `stpipe evaluate`"
 
     # promotion during training scores the champion: refused too, nothing registered
-    with pytest.raises(TrackingError, match=r"models:/tiny-t2m/1.*refusing to load data/model"):
+    with pytest.raises(TrackingError, match=refusal):
         register_baseline(config)
     assert not marker.exists(), "the payload ran while scoring the champion for promotion"
     assert [v.version for v in registry.versions(tracking_for(config))] == [1]

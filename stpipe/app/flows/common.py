@@ -13,8 +13,11 @@ committed data reuses them), and the training outcome of a flow run under
 ``<workdir>/flow-outcomes/<flow run id>/`` (so a retried flow run reuses it instead of
 training again).
 
-One flow run per pipeline at a time: :func:`pipeline_lock` (a file lock in the workdir;
-ingest takes the store's own writer lock inside it).
+One flow run per pipeline at a time: :func:`pipeline_lock` holds a file lock in the workdir
+(one host, or a shared filesystem) and a slot of the Prefect global concurrency limit
+``stpipe-<pipeline name>`` (every host reporting to the same Prefect server); a second run
+waits for both, up to ``[pipeline] lock_timeout_s``. Ingest takes the store's own writer
+lock inside it.
 """
 
 from __future__ import annotations
@@ -31,15 +34,19 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
-from prefect.context import TaskRunContext
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder, TaskRun
+from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.exceptions import ObjectAlreadyExists
 from prefect.states import State
 from prefect.tasks import Task
 
 from stpipe.app.config import Config, load_config
 from stpipe.core.errors import SourceError, StoreError, TrackingError
-from stpipe.io.store import store_lock
 from stpipe.learn import scores
+from stpipe.tracking.locks import LockTimeout, file_lock
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -54,7 +61,8 @@ OUTCOMES_DIR = "flow-outcomes"
 OUTCOME_FILE = "training.json"
 TEST_FILE = "test.json"
 OUTCOME_MAX_AGE_S = 30 * 86400
-RUN_LOCK_DIR = "flow-runs"
+PIPELINE_LOCK = "pipeline.lock"
+NO_WAIT_S = 1.0  # a run that may not wait still gives the Prefect server this long to answer
 TRANSIENT_ERRORS = (OSError, TimeoutError, SourceError, TrackingError)
 
 
@@ -65,21 +73,74 @@ def pipeline_config(config_path: str | Path, overrides: Overrides | None) -> Con
 
 @contextlib.contextmanager
 def pipeline_lock(config: Config, *, wait: bool) -> Iterator[None]:
-    """Hold the pipeline's run lock: a second flow run waits (``wait``) or fails clearly.
+    """Hold the pipeline's run lock: a second flow run waits (``wait``, up to ``[pipeline]
+    lock_timeout_s``) or fails at once; either way with a one-line StoreError.
 
-    The lock is :func:`stpipe.io.store.store_lock` on ``<workdir>/flow-runs``, a lock apart
-    from the store's own, which ingest takes for its writes inside the run.
+    Two locks, taken in this order by every run so that none waits in a cycle:
+    ``<workdir>/pipeline.lock`` (a ``flock``: released by the kernel if the holder dies;
+    serialises runs on one host, with or without a Prefect server, and names the holder),
+    then a slot of the Prefect global concurrency limit :func:`concurrency_limit_name`
+    (created with limit 1 if missing; its lease lapses if the holder dies), which serialises
+    runs on every host reporting to the same Prefect server.
     """
+    timeout_s = config.pipeline.lock_timeout_s if wait else 0.0
+    deadline = time.monotonic() + timeout_s
+    limit = concurrency_limit_name(config.pipeline.name)
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(store_lock(config.workdir / RUN_LOCK_DIR, wait=wait))
-        except StoreError as exc:
-            raise StoreError(
-                f"pipeline {config.pipeline.name!r} is already running; this run stops "
-                f"(`stpipe nightly --wait`, or the flow parameter wait_for_lock, queues "
-                f"behind it): {exc}"
-            ) from None
+            stack.enter_context(file_lock(config.workdir / PIPELINE_LOCK, timeout_s=timeout_s))
+        except LockTimeout as exc:
+            raise StoreError(_busy(config, f"held by {exc.holder}", wait)) from None
+        _ensure_limit(limit)
+        try:
+            stack.enter_context(
+                concurrency(
+                    limit,
+                    timeout_seconds=max(deadline - time.monotonic(), NO_WAIT_S),
+                    strict=True,
+                    holder=_lease_holder(),
+                    # A night outlives a brief API outage: a failed lease renewal is logged.
+                    raise_on_lease_renewal_failure=False,
+                )
+            )
+        except TimeoutError:
+            holder = f"Prefect concurrency limit {limit!r} has no free slot"
+            raise StoreError(_busy(config, holder, wait)) from None
         yield
+
+
+def concurrency_limit_name(pipeline: str) -> str:
+    """The Prefect global concurrency limit whose one slot a flow run of ``pipeline`` holds."""
+    return f"stpipe-{pipeline}"
+
+
+def _busy(config: Config, holder: str, waited: bool) -> str:
+    name = config.pipeline.name
+    if waited:
+        return (
+            f"pipeline {name!r} is still running ({holder}) after this run waited "
+            f"{config.pipeline.lock_timeout_s:g} s for it ([pipeline] lock_timeout_s); this "
+            "run stops"
+        )
+    return (
+        f"pipeline {name!r} is already running; this run stops (`stpipe nightly` without "
+        f"--no-wait, or the flow parameter wait_for_lock=True, queues behind it): {holder}"
+    )
+
+
+def _ensure_limit(limit: str) -> None:
+    """Create the global concurrency limit ``limit`` with one slot unless it exists (an
+    operator may have changed or deactivated it: that is kept)."""
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1))
+
+
+def _lease_holder() -> ConcurrencyLeaseHolder | None:
+    """The flow run that holds the slot (shown by Prefect); None outside a flow run."""
+    run = FlowRunContext.get()
+    if run is None or run.flow_run is None:
+        return None
+    return ConcurrencyLeaseHolder(type="flow_run", id=run.flow_run.id)
 
 
 def is_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:

@@ -24,7 +24,7 @@ def forecast_flow(
     overrides: Overrides | None = None,
     init_time: str | None = None,
     ingest_first: bool = False,
-    wait_for_lock: bool = False,
+    wait_for_lock: bool = True,
 ) -> ForecastOutcome:
     """Forecast with the champion from the newest complete input window (or the one ending at
     ``init_time``, ISO), write it, and verify past forecasts whose truth has arrived.

@@ -14,12 +14,13 @@ if TYPE_CHECKING:
 
 @flow(name="ingest")
 def ingest_flow(
-    config_path: str, overrides: Overrides | None = None, wait_for_lock: bool = False
+    config_path: str, overrides: Overrides | None = None, wait_for_lock: bool = True
 ) -> IngestReport:
     """Ingest the new files of the pipeline ``config_path`` (see :func:`stpipe.io.store.ingest`).
 
     ``overrides``: config keys to replace for this run (``{"source.on_bad_file": "skip"}``);
-    ``wait_for_lock``: queue behind a running flow of the same pipeline instead of failing.
+    ``wait_for_lock``: queue behind a running flow of the same pipeline (up to ``[pipeline]
+    lock_timeout_s``; the default) or fail at once (False).
     """
     config = pipeline_config(config_path, overrides)
     with pipeline_lock(config, wait=wait_for_lock):

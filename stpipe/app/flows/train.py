@@ -20,12 +20,13 @@ if TYPE_CHECKING:
 
 @flow(name="train")
 def train_flow(
-    config_path: str, overrides: Overrides | None = None, wait_for_lock: bool = False
+    config_path: str, overrides: Overrides | None = None, wait_for_lock: bool = True
 ) -> TrainingOutcome:
     """Train the model of ``config_path`` on its store, register it, promote it if better.
 
     ``overrides``: config keys to replace for this run (``{"train.epochs": 2}``);
-    ``wait_for_lock``: queue behind a running flow of the same pipeline instead of failing.
+    ``wait_for_lock``: queue behind a running flow of the same pipeline (up to ``[pipeline]
+    lock_timeout_s``; the default) or fail at once (False).
     """
     config = pipeline_config(config_path, overrides)
     with pipeline_lock(config, wait=wait_for_lock):

@@ -308,6 +308,7 @@ class Trainer:
                 calibration = calibrate(
                     final.to(self.device),
                     self.val_loader,
+                    history=self.train_loader,
                     precision=self.precision,
                     device=self.device,
                     dist=self.dist,

@@ -30,8 +30,10 @@ def test_prefect_yaml_schedules_nightly_and_morning_runs_of_both_example_configs
     assert sorted(specs) == [
         "traffic-morning-forecast",
         "traffic-nightly",
+        "traffic-weekly-retrain",
         "weather-morning-forecast",
         "weather-nightly",
+        "weather-weekly-retrain",
     ]
     for name, spec in specs.items():
         kind = name.split("-")[0]
@@ -39,7 +41,7 @@ def test_prefect_yaml_schedules_nightly_and_morning_runs_of_both_example_configs
         load_config(spec.config_path)  # every deployed config is valid
         (schedule,) = spec.schedules
         zoneinfo.ZoneInfo(schedule["timezone"])  # a real IANA time zone
-        flow_file = "nightly" if name.endswith("nightly") else "forecast"
+        flow_file = "forecast" if name.endswith("forecast") else "nightly"
         assert spec.entrypoint == f"flows/{flow_file}.py:{flow_file}_flow", name
         assert (REPO / spec.entrypoint.split(":")[0]).is_file(), name
         assert spec.concurrency_limit == {"limit": 1, "collision_strategy": "ENQUEUE"}, name
@@ -48,12 +50,25 @@ def test_prefect_yaml_schedules_nightly_and_morning_runs_of_both_example_configs
         "timezone": "Europe/London",
     }
     assert specs["traffic-morning-forecast"].parameters["ingest_first"] is True
+    # nightly: fine-tune the champion (the config's init_from); weekly: a full retrain
+    for kind in ("weather", "traffic"):
+        nightly, weekly = specs[f"{kind}-nightly"], specs[f"{kind}-weekly-retrain"]
+        assert load_config(nightly.config_path).train.init_from == "champion"
+        assert "overrides" not in nightly.parameters
+        assert weekly.parameters["overrides"] == {"train.init_from": "none"}
+        retrain = load_config(weekly.config_path, overrides=weekly.parameters["overrides"])
+        assert retrain.train.init_from == "none"
+        assert weekly.schedules[0]["cron"] == "0 4 * * 0"
 
 
 def test_serve_builds_the_file_s_deployments_for_the_configs_asked_for():
     deployments = build_deployments(read_deployments(configs=[WEATHER]))
 
-    assert [d.name for d in deployments] == ["weather-nightly", "weather-morning-forecast"]
+    assert [d.name for d in deployments] == [
+        "weather-nightly",
+        "weather-weekly-retrain",
+        "weather-morning-forecast",
+    ]
     nightly = deployments[0]
     assert nightly.entrypoint == "stpipe.app.flows.nightly.nightly_flow"
     assert nightly.parameters == {"config_path": str(WEATHER)}

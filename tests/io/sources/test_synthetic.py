@@ -4,7 +4,7 @@ ERA5 / TaxiBJ file layouts, and physically plausible."""
 from __future__ import annotations
 
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import h5py
 import netCDF4
@@ -227,8 +227,12 @@ def test_wind_follows_the_pressure_gradient_and_warm_sectors_follow_southerlies(
 
 
 def test_weather_moves_east_with_the_westerlies():
-    ds = weather_days(date(2024, 1, 1), 5)
-    t2m = ds["t2m"].values
+    east, west = eastward_correlations(weather_days(date(2024, 1, 1), 5)["t2m"].values)
+    assert east - west > 0.15, f"6 h later, corr 6 cells east {east:.2f}, west {west:.2f}"
+
+
+def eastward_correlations(t2m: np.ndarray) -> tuple[float, float]:
+    """corr(anomaly now, anomaly 6 h later 6 cells east), and 6 cells west."""
     anomaly = t2m - t2m.mean(axis=0)
     anomaly -= anomaly.mean(axis=(1, 2), keepdims=True)
     lag, nx = 6, t2m.shape[2]
@@ -238,8 +242,41 @@ def test_weather_moves_east_with_the_westerlies():
         now = anomaly[:-lag, :, max(-shift, 0) : nx - max(shift, 0)]
         return np.corrcoef(later.ravel(), now.ravel())[0, 1]
 
-    east, west = lagged_corr(6), lagged_corr(-6)
-    assert east - west > 0.15, f"6 h later, corr 6 cells east {east:.2f}, west {west:.2f}"
+    return lagged_corr(6), lagged_corr(-6)
+
+
+def test_a_regime_change_cools_the_air_from_its_start_on_and_nothing_before():
+    start = datetime(2024, 1, 3, 12)
+    regime = syn.Regime(start=start, flow=(0.0, 0.0), t2m=-5.0, ramp_hours=6.0)
+    hours = hours_of(date(2024, 1, 2), 72)
+    base = syn.weather_fields(hours, grid=SMALL)
+    changed = syn.weather_fields(hours, grid=SMALL, regime=regime)
+    cooling = -5.0 * (0.6 + 0.4 * syn.land_sea_mask(grid=SMALL).values.astype(np.float64))
+    since_start = hours - hours_of(date(2024, 1, 3), 1)[0] - 12
+    before, after = since_start <= -12, since_start >= 12
+    np.testing.assert_allclose(changed["t2m"][before], base["t2m"][before], atol=1e-5)
+    np.testing.assert_allclose(
+        changed["t2m"][after] - base["t2m"][after],
+        np.broadcast_to(cooling, base["t2m"][after].shape),
+        atol=1e-5,
+    )
+    half = since_start == 0
+    np.testing.assert_allclose(
+        changed["t2m"][half] - base["t2m"][half], 0.5 * cooling[None], atol=1e-9
+    )
+    for name in ("u10", "v10", "msl"):
+        np.testing.assert_array_equal(changed[name], base[name])  # no change of flow
+
+
+def test_a_regime_change_turns_the_flow_that_carries_the_weather():
+    westerlies = weather_days(date(2024, 1, 1), 5)
+    regime = syn.Regime(start=datetime(2023, 12, 30), flow=(-16.0, 0.0), t2m=0.0)
+    days = [date(2024, 1, 1) + timedelta(days=i) for i in range(5)]
+    easterlies = xr.concat([syn.weather_day(d, grid=SMALL, regime=regime) for d in days], "time")
+    assert "regime change at 2023-12-30T00:00" in easterlies.attrs["history"]
+    assert float(easterlies["u10"].mean()) < 0 < float(westerlies["u10"].mean())
+    east, west = eastward_correlations(easterlies["t2m"].values)
+    assert west - east > 0.15, f"6 h later, corr 6 cells east {east:.2f}, west {west:.2f}"
 
 
 def test_weather_is_predictable_beyond_persistence_and_hourly_climatology():

@@ -28,6 +28,7 @@ from stpipe.io.sources.synthetic.traffic import (
 from stpipe.io.sources.synthetic.weather import (
     WEATHER_GRID,
     WEATHER_VARIABLES,
+    Regime,
     generate_weather_files,
     land_sea_mask,
     weather_day,
@@ -42,6 +43,7 @@ __all__ = [
     "WEATHER_GRID",
     "WEATHER_VARIABLES",
     "Grid",
+    "Regime",
     "TrafficEvent",
     "generate_traffic_files",
     "generate_weather_files",

@@ -11,6 +11,10 @@ around 52 N, 0 E.
   cycle peaking at 14:30 local solar time (large over land, small over sea, damped by a
   cloudiness proxy: low pressure) + warm/cold sectors, the exact linear solution of
   ∂T'/∂t + U·∇T' = −v'·∂T̄/∂y − T'/τ for each wave (damped over sea).
+- A regime change (:class:`Regime`, optional): from a given time on, the mean flow turns
+  and the air mass cools (or warms), reached smoothly over a few hours and kept after.
+  It tests forecasts whose validation days came before it (climatology fitted before a
+  cold spell is off by its anomaly; persistence is not).
 - Noise: smooth small-scale fields seeded per 6-hour knot (cubic B-spline in time) plus white
   noise seeded per hour. A land/sea mask (smooth noise around a central island, fixed per
   seed) shapes the climate.
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -80,6 +84,31 @@ _ATTRS = {
         "standard_name": "air_pressure_at_mean_sea_level",
     },
 }
+
+
+@dataclass(frozen=True)
+class Regime:
+    """A lasting change of regime from ``start`` (UTC): the mean flow changes by ``flow``
+    (Δu, Δv, m s-1) and t2m by ``t2m`` K over land (60 % of it over sea), both reached
+    along a logistic ramp centred on ``start`` that takes ``ramp_hours`` from 2 % to 98 %."""
+
+    start: datetime
+    flow: tuple[float, float] = (-4.0, -4.0)
+    t2m: float = -4.0
+    ramp_hours: float = 6.0
+
+    def ramp(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ramp s(t) (0 before, 1 after) and its integral ∫s dt (s), at ``t`` seconds
+        since 1900-01-01, both closed-form (the integral is τ·log(1 + e^(t−t0)/τ))."""
+        tau = self.ramp_hours * 3600.0 / 8
+        z = (t - (self.start - EPOCH).total_seconds()) / tau
+        return 1 / (1 + np.exp(-z)), tau * np.logaddexp(0.0, z)
+
+    def describe(self) -> str:
+        return (
+            f"regime change at {self.start:%Y-%m-%dT%H:%M}: flow {self.flow[0]:+g}, "
+            f"{self.flow[1]:+g} m/s, t2m {self.t2m:+g} K"
+        )
 
 
 def _plane_waves(coef: np.ndarray, ey: np.ndarray, ex: np.ndarray) -> np.ndarray:
@@ -239,23 +268,40 @@ def _noise(seed: int, model: _Weather, hours: np.ndarray) -> np.ndarray:
     return smooth + white
 
 
+def _mean_flow(
+    m: _Weather, t: np.ndarray, regime: Regime | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """At ``t`` seconds: the mean flow U(t) = mean + swing·sin(ωt + ψ) [t, (u, v)] m s-1, its
+    displacement D(t) = ∫U dt [t, 2] m, and the regime's t2m change [t] K (0 without one)."""
+    mean, swing, om, ps = m.flow.T
+    arg = om[None] * t[:, None] + ps[None]
+    flow = mean + swing * np.sin(arg)
+    shift = mean * t[:, None] - swing / om * np.cos(arg)
+    if regime is None:
+        return flow, shift, np.zeros_like(t)
+    ramp, ramp_integral = regime.ramp(t)
+    flow = flow + np.outer(ramp, regime.flow)
+    shift = shift + np.outer(ramp_integral, regime.flow)
+    return flow, shift, regime.t2m * ramp
+
+
 def weather_fields(
-    hours: Iterable[int], *, seed: int = 0, grid: Grid | None = None
+    hours: Iterable[int],
+    *,
+    seed: int = 0,
+    grid: Grid | None = None,
+    regime: Regime | None = None,
 ) -> dict[str, np.ndarray]:
     """The weather at whole ``hours`` since 1900-01-01 00 UTC: arrays [time, latitude,
     longitude] (latitude descending, as :func:`weather_grid`) of t2m (K), u10 and v10
-    (m s-1), msl (Pa), float64."""
+    (m s-1), msl (Pa), float64; with ``regime``, changed from its start on."""
     grid = check_grid(seed, grid, WEATHER_GRID)
     m = _weather(seed, grid)
     h = np.asarray(list(hours), dtype=np.int64)
     t = h * 3600.0
 
-    # Mean flow U(t) = mean + swing·sin(ωt + ψ) and its displacement D(t) = ∫U dt.
-    mean, swing, om, ps = m.flow.T
-    arg = om[None] * t[:, None] + ps[None]
-    flow = mean + swing * np.sin(arg)  # [t, (u, v)]
-    shift = mean * t[:, None] - swing / om * np.cos(arg)
-
+    flow, shift, cooling = _mean_flow(m, t, regime)
+    _, swing, om, ps = m.flow.T
     arg = m.omega[None] * t[:, None, None] + m.psi[None]
     amp = np.sum(m.amp * np.sin(arg), axis=-1)  # [t, K] Pa
     lag = _relaxed(m.amp, m.omega, arg)  # [t, K] Pa s
@@ -306,6 +352,7 @@ def weather_fields(
         - (4.5 + 2.5 * land) * cold_season
         + (0.3 + 4.0 * land) * (0.55 + 0.6 * summer) * (1 - 0.6 * cloud) * diurnal
         + (0.4 + 0.45 * land) * t_adv
+        + (0.6 + 0.4 * land) * cooling[:, None, None]
         + noise[0]
     )
     u10 = speed * (ug * np.cos(turn) - vg * np.sin(turn)) + noise[1]
@@ -337,14 +384,19 @@ def land_sea_mask(*, seed: int = 0, grid: Grid | None = None) -> xr.DataArray:
     )
 
 
-def weather_day(day: str | date, *, seed: int = 0, grid: Grid | None = None) -> xr.Dataset:
+def weather_day(
+    day: str | date, *, seed: int = 0, grid: Grid | None = None, regime: Regime | None = None
+) -> xr.Dataset:
     """One day of hourly weather, laid out as an ERA5 CDS file decodes: dims (time, latitude,
     longitude), latitude descending, longitude 0..360; t2m (K), u10, v10 (m s**-1), msl (Pa),
-    float32."""
+    float32 (with ``regime``: :func:`weather_fields`)."""
     grid = check_grid(seed, grid, WEATHER_GRID)
     day = as_date(day, what="day")
     hours = _hours_since_epoch(day) + np.arange(24)
-    fields = weather_fields(hours, seed=seed, grid=grid)
+    fields = weather_fields(hours, seed=seed, grid=grid, regime=regime)
+    history = history_attr("weather", seed, grid)
+    if regime is not None:
+        history += f"; {regime.describe()}"
     lat, lon = weather_grid(grid)
     dims = ("time", "latitude", "longitude")
     return xr.Dataset(
@@ -362,7 +414,7 @@ def weather_day(day: str | date, *, seed: int = 0, grid: Grid | None = None) -> 
                 {"units": "degrees_east", "standard_name": "longitude"},
             ),
         },
-        attrs={"Conventions": "CF-1.6", "history": history_attr("weather", seed, grid)},
+        attrs={"Conventions": "CF-1.6", "history": history},
     )
 
 
@@ -419,10 +471,11 @@ def generate_weather_files(
     seed: int = 0,
     grid: Grid | None = None,
     overwrite: bool = False,
+    regime: Regime | None = None,
 ) -> list[Path]:
     """Write ``era5_YYYYMMDD.nc`` (ERA5 CDS NetCDF layout, see :func:`weather_day`) for each
-    day from ``start``; return the paths in time order. Existing files are kept unless
-    ``overwrite``."""
+    day from ``start``, with ``regime`` if given; return the paths in time order. Existing
+    files are kept unless ``overwrite``."""
     grid = check_grid(seed, grid, WEATHER_GRID)
     return write_daily_files(
         outdir,
@@ -431,5 +484,5 @@ def generate_weather_files(
         start=start,
         overwrite=overwrite,
         filename=lambda d: f"era5_{d:%Y%m%d}.nc",
-        write=lambda d, p: _write_era5(weather_day(d, seed=seed, grid=grid), p),
+        write=lambda d, p: _write_era5(weather_day(d, seed=seed, grid=grid, regime=regime), p),
     )

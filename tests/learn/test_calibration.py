@@ -1,0 +1,106 @@
+"""Calibration: a lead that falls back to a baseline forecasts exactly that baseline (in
+memory and through the logged model), and the per-lead choice holds on every block of the
+validation split."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stpipe.app.jobs import data_context, model_card, tracking_for, train
+from stpipe.learn import scores
+from stpipe.learn.context import build_baselines, make_split_loader
+from stpipe.learn.evaluate import evaluate_model
+from stpipe.learn.train.calibration import BLOCKS, choose
+from stpipe.models.baselines import BASELINE_WEIGHTS
+from stpipe.tracking import runs
+from stpipe.tracking.model import load_model, log_model
+from tests.learn import test_train
+
+# the tiny store of the training tests, on one thread
+pipeline, one_thread = test_train.pipeline, test_train.one_thread
+
+# per leads 1 and 3, the baselines they fall back to (each baseline at least once)
+FALLBACKS = [("persistence_clim_change", "climatology"), ("persistence", "climatology")]
+
+
+def test_a_lead_calibrated_to_a_baseline_forecasts_exactly_that_baseline(pipeline) -> None:
+    config = pipeline(train={"epochs": 1})
+    data = data_context(config)
+    model = train(config, data, resume=False, progress=False).model
+    model.reset_calibration()
+    uncalibrated = scores.per_lead(evaluate_model(model, data, device="cpu"), "rmse")
+    batch = next(
+        iter(
+            make_split_loader(
+                data, split="test", batch_size=4, shuffle=False, drop_last=False, max_batches=1
+            )
+        )
+    )
+    baselines = build_baselines(data)
+    tracking = tracking_for(config)
+    run_id = runs.start_run(tracking, run_name="calibrated", tags={})
+
+    for fallbacks in FALLBACKS:
+        for i, name in enumerate(fallbacks):
+            assert uncalibrated["model"][i] != uncalibrated[name][i], "the network is no baseline"
+            model.anchor[i] = torch.tensor(BASELINE_WEIGHTS[name])
+            model.shrink[i] = 0.0
+        with torch.no_grad():
+            forecast = model(batch)
+            for i, name in enumerate(fallbacks):
+                counted = batch["mask"][:, i] > 0
+                expected = baselines[name](batch)[:, i]
+                assert torch.equal(forecast[:, i][counted], expected[counted]), name
+
+        card = model_card(config, data.ds)
+        logged = log_model(tracking, run_id, model, example=batch, card=card)
+        for forecaster in (model, load_model(tracking, logged.uri)):
+            rmse = scores.per_lead(evaluate_model(forecaster, data, device="cpu"), "rmse")
+            for i, name in enumerate(fallbacks):
+                assert rmse["model"][i] == rmse[name][i], f"lead {i}: model vs {name}"
+
+
+def block_sums(yy: list[float], zy: list[float], zz: list[float], *, refs: int = 2) -> torch.Tensor:
+    """:func:`~stpipe.learn.train.calibration.block_sums` of one lead and variable on
+    len(yy) days (the other blocks empty) for ``refs`` references, all alike."""
+    sums = torch.zeros(3, BLOCKS, refs, 1, 1, dtype=torch.float64)
+    sums[:, : len(yy), :, 0, 0] = torch.tensor([yy, zy, zz], dtype=torch.float64)[..., None]
+    return sums
+
+
+@pytest.mark.parametrize(
+    ("yy", "zy", "zz", "shrink"),
+    [
+        # the days agree: their least-squares weight s_b = Σ(ŷ−a)(y−a) / Σ(ŷ−a)², in [0, 1]
+        ([10.0, 20.0, 5.0], [4.0, 8.0, 2.0], [8.0, 16.0, 4.0], 0.5),
+        ([10.0, 20.0, 5.0], [6.0, 12.0, 3.0], [4.0, 8.0, 2.0], 1.0),
+        ([10.0, 20.0, 5.0], [-1.0, -2.0, -0.5], [6.0, 12.0, 3.0], 0.0),
+        # s_b = 1/2, 1/2, 1/6 (7/18 over the split): above 2/6 the blend loses to the
+        # reference on day 3
+        ([10.0, 10.0, 10.0], [3.0, 3.0, 1.0], [6.0, 6.0, 6.0], 2 / 6),
+        # the model is the best on day 1 (s_1 = 1), the reference on day 2 (s_2 = 0), whose
+        # errors are ten times larger (1/11 over the split): no consistent win, the reference
+        ([10.0, 40.0], [6.0, 0.0], [6.0, 60.0], 0.0),
+    ],
+)
+def test_the_model_keeps_only_the_weight_that_beats_the_reference_on_every_day(
+    yy, zy, zz, shrink
+) -> None:
+    sums = block_sums(yy, zy, zz)
+    _, s = choose(sums, sums[0].sum(0)[None], torch.tensor([True, True]))
+    assert float(s) == pytest.approx(shrink, rel=1e-6)
+
+
+def test_the_reference_does_as_well_as_the_best_baseline_and_holds_on_the_train_days() -> None:
+    # two baselines and a mean of two: on the validation days the mean is the best and
+    # the second baseline trails the first; on the train days the mean is the worst
+    sums = block_sums([10.0, 40.0], [6.0, 0.0], [6.0, 60.0], refs=3)
+    is_baseline = torch.tensor([True, True, False])
+    validation = torch.tensor([1.0, 1.2, 0.95], dtype=torch.float64)[:, None, None]
+    train = torch.tensor([1.0, 0.5, 1.5], dtype=torch.float64)[:, None, None]
+
+    assert choose(sums, validation[None], is_baseline)[0].tolist() == [[2]]
+    # the mean holds only on the validation days; the second baseline, best on the train
+    # days, trails on the validation days: the first baseline
+    assert choose(sums, torch.stack([validation, train]), is_baseline)[0].tolist() == [[0]]

@@ -1,0 +1,70 @@
+"""benchmarks/bench_quality.py: the split positions, the margin table and the last line."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location(
+    "bench_quality", ROOT / "benchmarks" / "bench_quality.py"
+)
+bench = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+spec.loader.exec_module(bench)
+
+
+def row(case, seed, split, margins, best=("persistence_clim_change",) * 2):
+    return bench.MarginRow(case, seed, split, (1.0, 12.0), tuple(margins), tuple(best))
+
+
+def test_split_positions_put_the_test_days_at_the_end_or_a_week_earlier() -> None:
+    start = date(2024, 2, 1)
+    end = bench.split_dates(start, days=21, val_days=3, test_days=3, days_before_end=0)
+    assert end == {"val_start": "2024-02-16", "test_start": "2024-02-19"}
+    earlier = bench.split_dates(start, days=21, val_days=3, test_days=3, days_before_end=7)
+    assert earlier == {
+        "val_start": "2024-02-09",
+        "test_start": "2024-02-12",
+        "test_end": "2024-02-15",
+    }
+
+
+def test_every_regional_and_regime_run_has_its_seed_split_and_regime_at_the_test_start() -> None:
+    runs = bench.regional_runs("regime", seeds=range(1, 6), quick=False, epochs=None, model="m")
+    assert [(r.seed, r.split) for r in runs] == [
+        (s, p) for s in range(1, 6) for p in ("end", "earlier")
+    ]
+    assert len({r.raw["pipeline"]["workdir"] for r in runs}) == 10
+    for run in runs:
+        assert run.regime["start"].date().isoformat() == run.raw["split"]["test_start"]
+        assert run.raw["source"]["kind"] == "netcdf"
+    regional = bench.regional_runs("regional", seeds=[1], quick=False, epochs=None, model="m")
+    assert all(
+        r.regime is None and r.raw["source"]["kind"] == "synthetic-weather" for r in regional
+    )
+
+
+def test_the_last_line_gives_each_case_minimum_and_counts_leads_below_minus_two_percent() -> None:
+    rows = [
+        row("regional", 1, "end", [0.10, -0.021]),
+        row("regional", 1, "earlier", [0.05, -0.02]),  # -2 % exactly is not worse
+        row("regime", 1, "end", [-0.5, 0.0]),
+        row("weather", None, "default", [0.2, 0.1]),
+        row("longclim", 7, "end", [0.3, -0.4]),
+    ]
+    line = bench.summary_line(rows)
+    assert line == (
+        "min_margin_regional=-0.0210 min_margin_regime=-0.5000 min_margin_weather=0.1000 "
+        "min_margin_traffic=nan worse_than_baseline_cases=3"
+    )
+    assert math.isnan(float(line.split()[3].split("=")[1]))
+
+
+def test_the_margin_table_names_the_run_the_margin_and_the_best_baseline_per_lead() -> None:
+    rows = [row("regime", 3, "earlier", [0.123, -0.5], ("persistence", "climatology"))]
+    assert bench.margin_table(rows) == [
+        "regime    seed=3   split=earlier  1h  +12.3% (pers)  12h  -50.0% (clim)"
+    ]

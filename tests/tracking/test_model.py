@@ -1,0 +1,64 @@
+"""Logged models (stpipe.tracking.model): they load without pickle and predict identically,
+are pt2 archives with a signature and an input example, and a model stpipe did not log is
+refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from stpipe.core.errors import TrackingError
+from stpipe.tracking.client import Tracking, fluent_scope
+from stpipe.tracking.model import BATCH_INPUTS, PROGRAM_FILE, load_model
+from tests.tracking.conftest import CARD, batch
+
+
+def test_the_logged_model_loads_without_pickle_and_predicts_identically(
+    tracking: Tracking, model: torch.nn.Module, logged, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MLflow's default (true) lets it unpickle; loading must not depend on the environment
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+    _, info = logged
+    loaded = load_model(tracking, info.uri)
+
+    for n in (1, 5):  # other batch sizes than the export example's
+        other = batch(n, seed=n)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(other), model(other), rtol=0, atol=0)
+    assert loaded.card == CARD
+    assert loaded.leads == (1, 3) and loaded.target_variables == ("t2m",)
+    assert loaded.to("cpu").eval() is loaded
+
+
+def test_the_logged_model_is_a_pt2_archive_with_signature_and_input_example(
+    tracking: Tracking, logged, tmp_path: Path
+) -> None:
+    _, info = logged
+    with fluent_scope(tracking.uri):
+        local = Path(mlflow.artifacts.download_artifacts(info.uri, dst_path=str(tmp_path)))
+    assert (local / PROGRAM_FILE).is_file()
+    assert not list(local.rglob("*.pth")) and not list(local.rglob("*.pkl"))
+    mlmodel = mlflow.models.Model.load(str(local))
+    assert [s.name for s in mlmodel.signature.inputs.inputs] == list(BATCH_INPUTS)
+    assert mlmodel.signature.inputs.inputs[0].shape == (-1, 4, 2, 8, 8)
+    assert mlmodel.signature.outputs.inputs[0].shape == (-1, 2, 1, 8, 8)
+    example = mlmodel.load_input_example(str(local))
+    assert sorted(example) == sorted(BATCH_INPUTS)
+    assert example["x"].shape == (2, 4, 2, 8, 8)
+
+
+def test_a_model_not_logged_by_stpipe_is_refused(tracking: Tracking, tmp_path: Path) -> None:
+    run_id = tracking.client.create_run(tracking.experiment_id).info.run_id
+    with fluent_scope(tracking.uri), mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            torch.nn.Linear(2, 1),
+            name="plain",
+            input_example=np.zeros((2, 2), np.float32),
+            pip_requirements=["torch"],
+        )
+    with pytest.raises(TrackingError, match="has no 'stpipe' metadata"):
+        load_model(tracking, info.model_uri)
