@@ -21,6 +21,11 @@ ingests the same files into a fresh Zarr v3 store, in its own subprocess:
 ``[dask] address`` (cluster start-up not timed), for the rule in
 :mod:`stpipe.io.ingest_workers`.
 
+Each stpipe run also prints its CPU time (its process tree's), where the ingest loop's
+own time went (``ingest loop seconds``: waiting for workers' decodes and writes, checking
+and planning, committing, resizing; the loop is the serial part of an ingest) and, with
+worker processes, when they were ready.
+
 MB are uncompressed float32 bytes of the ingested variables. Peak RSS is stpipe's process
 tree (its worker processes' RSS added, sampled every 0.1 s; shared pages count in each, so
 it is an upper bound). Last line: ``stpipe_mb_per_s=… naive_mb_per_s=… mfdataset_mb_per_s=…
@@ -44,7 +49,7 @@ GRID = (256, 256)
 
 STPIPE_RUN = textwrap.dedent(
     """
-    import json, os, resource, sys, threading, time
+    import json, logging, os, resource, sys, threading, time
     import psutil
     from stpipe.app.config import config_from_dict
     from stpipe.io.ingestion import ingest
@@ -78,11 +83,28 @@ STPIPE_RUN = textwrap.dedent(
                     pass
             peak[0] = max(peak[0], rss)
 
+    class Stages(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if "seconds:" in message or "ready after" in message:
+                stages.append(message)
+
+    stages = []
+    for name in ("stpipe.io.ingestion", "stpipe.io.ingest_workers"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+        logging.getLogger(name).addHandler(Stages())
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    t0 = time.perf_counter()
+    def cpu_s():
+        return sum(
+            r.ru_utime + r.ru_stime
+            for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        )
+
+    c0, t0 = cpu_s(), time.perf_counter()
     report = ingest(config.ingest_job, progress=False)
-    t1 = time.perf_counter()
+    c1, t1 = cpu_s(), time.perf_counter()
+    first_stages = list(stages)
     rerun = ingest(config.ingest_job, progress=False)
     t2 = time.perf_counter()
     done.set()
@@ -90,7 +112,8 @@ STPIPE_RUN = textwrap.dedent(
     assert not report.refused and len(rerun.skipped) == len(report.ingested), rerun.summary()
     print(json.dumps({"seconds": t1 - t0, "bytes": report.bytes_ingested, "noop_s": t2 - t1,
                       "main_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "peak_rss_mb": peak[0] / 2**20}))
+                      "peak_rss_mb": peak[0] / 2**20, "stages": first_stages,
+                      "cpu_s": c1 - c0}))
     """
 )
 
@@ -185,6 +208,19 @@ def compare(names: str, runs: Path, variables: str) -> None:
             f"stpipe, workers {name}: {mb_per_s(side):.1f} MB/s, "
             f"peak RSS {side['peak_rss_mb']:.0f} MB"
         )
+        print_stages(side)
+
+
+def print_stages(side: dict) -> None:
+    """CPU used, where the ingest loop's own time went, and when worker processes were
+    ready. CPU over wall time is the cores kept busy (worker processes count once they
+    have exited)."""
+    print(
+        f"  CPU {side['cpu_s']:.1f} s ({side['cpu_s'] / side['bytes'] * 1e9:.2f} ms per "
+        f"float32 MB), {side['cpu_s'] / side['seconds']:.1f} cores busy on average"
+    )
+    for line in side["stages"]:
+        print(f"  {line}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -204,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     variables = json.dumps(VARIABLES)
     names = json.dumps([str(f) for f in files])
     ours = run_json(STPIPE_RUN, names, str(runs / "stpipe"), variables, "local")
+    print(f"stpipe, workers as the rule chose: {mb_per_s(ours):.1f} MB/s")
+    print_stages(ours)
     naive = run_json(NAIVE_RUN, names, str(runs / "naive.zarr"), variables)
     mfdataset = run_json(MFDATASET_RUN, names, str(runs / "mfdataset.zarr"), variables)
     if args.compare:

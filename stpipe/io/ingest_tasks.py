@@ -15,15 +15,12 @@ from typing import Protocol
 
 import numpy as np
 import xarray as xr
-from xarray.backends.locks import HDF5_LOCK, NETCDFC_LOCK, combine_locks
 
 from stpipe.core.errors import SourceError
 from stpipe.io import store as st
 from stpipe.io.checksums import Signature, file_sha256, file_signature
 from stpipe.io.settings import SourceSection
 from stpipe.io.sources.kinds import read_source_file
-
-_HDF5_LOCKS = combine_locks([HDF5_LOCK, NETCDFC_LOCK])
 
 
 @dataclass(frozen=True)
@@ -55,9 +52,8 @@ def decode(path: Path, source: SourceSection) -> Loaded:
     except OSError as exc:
         return Loaded(None, f"cannot read the file: {exc.strerror}", [], "")
     try:
-        # netCDF4 and h5py are not thread-safe: hold the locks xarray's backends use too.
-        with _HDF5_LOCKS:
-            return Loaded(read_source_file(path, source), None, signature, sha256)
+        # The readers hold the format libraries' lock themselves, only while they call them.
+        return Loaded(read_source_file(path, source), None, signature, sha256)
     except SourceError as exc:
         # Returned, not raised: the loop records it as the file's refusal, in file order.
         return Loaded(None, exc.problem, signature, sha256)
@@ -73,7 +69,7 @@ def describe(loaded: Loaded) -> Decoded:
 def write_loaded(store_path: Path, loaded: Loaded, *, first: int, offset: int) -> int:
     """Write the data variables of ``loaded`` from step ``first`` on at store position
     ``offset`` (the ingest loop writes the time coordinate); the float32 bytes written."""
-    return st.write_steps(store_path, loaded.data, first=first, offset=offset, with_time=False)
+    return st.write_steps(store_path, loaded.data, first=first, offset=offset)
 
 
 def first_difference(

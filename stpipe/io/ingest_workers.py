@@ -10,35 +10,39 @@ in file order. A pool of ``workers`` holds at most ``workers + 1`` decoded files
 
 Threads or processes
 --------------------
-In one process the decodes take turns under the netCDF/HDF5 locks (netCDF-C and HDF5 are
-not thread-safe) and zarr's Python runs under the GIL: about :data:`SERIAL_SHARE` of a
-file's CPU runs one file at a time, however many threads, while compression and file I/O
-run in parallel. Threads therefore keep every core busy up to about ``1 / SERIAL_SHARE``
-cores. Worker processes share no lock, but they come from a launcher process that first
-imports numpy, xarray, zarr and the reader (1.4-1.6 s of CPU, :data:`LAUNCH_MB`), then
-forks them (no import each); a worker thread here works until they are ready. With ``c``
-the CPU per MB, ``workers`` threads take ``MB · c · max(SERIAL_SHARE, 1 / workers)`` and as
-many processes ``(MB + LAUNCH_MB) · c / workers``. :func:`plan_workers` takes
+In one process, reads take turns under the format libraries' lock
+(:data:`stpipe.io.sources.canonical.LIBRARY_LOCK`: netCDF-C and HDF5 are not thread-safe;
+the NetCDF reader holds it only while netCDF4 reads the packed values, and unpacks outside
+it) and the Python of zarr's writes and of the loop runs under the GIL: about
+:data:`SERIAL_SHARE` of a file's CPU runs one file at a time, however many threads, while
+checksums, unpacking, compression and file I/O run in parallel. Threads therefore keep
+every core busy up to about ``1 / SERIAL_SHARE`` cores. Worker processes share no lock,
+but they come from a launcher process that first imports numpy, xarray, zarr and the
+reader, then forks them (no import each): they are ready :data:`LAUNCH_S` seconds after
+the start, during which one worker thread here works alone. With ``c`` the CPU seconds per
+MB of input files (:data:`CPU_S_PER_MB`) and ``w`` workers, threads take
+``MB · c · max(SERIAL_SHARE, 1 / w)`` and processes ``LAUNCH_S + (MB · c - LAUNCH_S) / w``.
+:func:`plan_workers` takes
 
 - ``workers``: the cores (``[dask] n_workers`` when set), the files to ingest, and what
   memory allows (half the available memory over :data:`DECODED_BYTES_PER_FILE_BYTE` × the
   largest file), whichever is least;
-- worker processes when the input exceeds :func:`processes_pay_off_mb` (never on 2 cores;
-  on 16, above 26 MB), else that many worker threads (one per file for a nightly run).
+- worker processes when the input exceeds :func:`processes_pay_off_mb` (never below
+  ``1 / SERIAL_SHARE`` = 5 workers; on 16, above 1.4 GB of files), else that many worker
+  threads (one per file for a nightly run).
 
-Measured on a shared 2-core machine (other work kept its load average at 1-11, so the
-figures are ranges over runs; ``benchmarks/bench_ingest.py``, 256×256 hourly ERA5-like
-daily NetCDF files, int16-packed, 18.9 MB of float32 each). CPU per float32 MB, 31 files:
-threads 5.3-7.8 ms (decode 2.3-2.5 ms of it under the lock, checksum 0.6 ms; the zarr write
-3.5 ms with :func:`stpipe.io.compute.keep_freed_memory`, 5.8 ms without), the previous
-pipeline (one Dask worker in this process) 8.0-10.6 ms, the naive per-file ``to_zarr``
-append 10.6-12.1 ms. 60 files at load 1.3-3.4: threads 162 MB/s, worker processes 153 MB/s,
-the same tasks on a Dask ``LocalCluster`` of 2 single-thread processes 65 MB/s. With two
-cores the threads use about 1.5 of them and are bound by CPU, not by the lock, so
-processes only add their launcher there. ``STPIPE_INGEST_WORKERS=threads`` or
-``=processes`` (processes only, no bridging thread) overrides the rule, for benchmarks and
-tests; ``bench_ingest.py --compare`` measures both on the machine at hand (to check
-:data:`SERIAL_SHARE` on more than 2 cores).
+Measured (``benchmarks/bench_ingest.py``: 256×256 hourly ERA5-like daily NetCDF files,
+int16-packed, 12.6 MB each, 18.9 MB of float32). On a 16-core machine, 60 files, before the
+NetCDF reader released the lock while unpacking: threads 311 MB/s, worker processes
+222 MB/s (float32 MB), so the rule's earlier figures (serial share 0.45 and the launcher's
+start-up counted as CPU only, which chose processes above 26 MB) were wrong there. On a
+shared 2-core machine (load average 4-8): CPU per input MB 9.6-10.4 ms (checksum 1.0,
+decode 3.8-4.8 of which 1.3 under the lock, zarr write 4.6-5.9), so the lock holds 0.13 of the
+CPU; the GIL's share is estimated at 0.07 (the Python of zarr's writes, the loop); worker
+processes were ready 2.9 s after the start there (1.5-2.2 s on the 16-core machine).
+``STPIPE_INGEST_WORKERS=threads`` or ``=processes`` (processes only, no bridging thread)
+overrides the rule, for benchmarks and tests; ``bench_ingest.py --compare`` measures both
+on the machine at hand and prints when worker processes were ready.
 
 A worker process dies with the ingest: the launcher gets SIGKILL when the ingest process
 dies, and its workers when it dies. Each worker holds the store's data-write lock shared for
@@ -59,6 +63,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -78,14 +83,15 @@ from stpipe.io.settings import SourceSection
 log = logging.getLogger(__name__)
 
 MODE_ENV = "STPIPE_INGEST_WORKERS"
-SERIAL_SHARE = 0.45
-"""Share of a file's CPU that one process runs one file at a time, whatever its threads: the
-decode under the netCDF lock (2.4 of 6.2 ms per float32 MB, measured) and the Python of
-zarr's writes and of the loop under the GIL (estimated, 0.4 ms)."""
-LAUNCH_MB = 160.0
-"""The worker launcher's start-up CPU (1.4-1.6 s: importing numpy, xarray, zarr and the
-reader) as MB of input files' ingest work (9.3 ms of CPU per MB of these int16-packed
-NetCDF files, 6.2 ms per float32 MB, in threads)."""
+SERIAL_SHARE = 0.2
+"""Share of a file's CPU that one process runs one file at a time, whatever its threads:
+reading under the format libraries' lock (0.13, measured) and the Python of zarr's writes
+and of the loop under the GIL (0.07, estimated)."""
+LAUNCH_S = 2.0
+"""Seconds from the start until the worker processes are ready (the launcher imports
+numpy, xarray, zarr and the reader): 1.5-2.2 s on an idle machine, 2.9 s on a loaded one."""
+CPU_S_PER_MB = 0.010
+"""CPU seconds per MB of input file (int16-packed NetCDF: checksum, decode, zarr write)."""
 DECODED_BYTES_PER_FILE_BYTE = 4
 """Memory a worker needs per byte of its file: packed int16 decodes to twice its size in
 float32, and zarr holds the compressed chunks and a chunk being compressed besides."""
@@ -126,10 +132,13 @@ def processes_pay_off_mb(workers: int) -> float:
     """Input file MB above which ``workers`` worker processes finish sooner than threads.
 
     Threads take ``MB · c · max(SERIAL_SHARE, 1 / workers)``, processes
-    ``(MB + LAUNCH_MB) · c / workers``; infinite while threads keep every core busy.
+    ``LAUNCH_S + (MB · c - LAUNCH_S) / workers`` (one thread works until they are ready);
+    infinite while threads keep every core busy.
     """
-    spare = SERIAL_SHARE * workers - 1
-    return LAUNCH_MB / spare if spare > 0 else float("inf")
+    gain = SERIAL_SHARE - 1 / workers
+    if gain <= 0:
+        return float("inf")
+    return LAUNCH_S * (1 - 1 / workers) / (CPU_S_PER_MB * gain)
 
 
 def available_cores() -> int:
@@ -195,6 +204,7 @@ class LocalPool:
         self, source: SourceSection, store_path: Path, *, threads: int, processes: int
     ) -> None:
         self._source = source
+        self._started = time.perf_counter()
         self._queue: deque[_LocalDecoding] = deque()
         self._workers: list[_Worker] = []
         self._threads: list[threading.Thread] = []
@@ -306,6 +316,9 @@ class LocalPool:
             return
         if status == "ready":
             worker.ready = True
+            if worker.process and all(w.ready for w in self._workers if w.process):
+                ready_s = time.perf_counter() - self._started
+                log.debug("ingest worker processes ready after %.3f s", ready_s)
             return
         reply = worker.expecting.popleft()
         reply.done = True

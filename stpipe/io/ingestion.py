@@ -17,8 +17,9 @@ before it is committed) and
 The workers (:mod:`stpipe.io.ingest_workers`: threads and processes of this machine, chosen
 by its cores and the size of the work; :mod:`stpipe.io.ingest_dask` with ``[dask]
 address``) write an appended file's steps into the arrays beyond the committed length,
-where readers do not see them; this loop writes the time coordinate and commits the files
-in file order, each once its write and every earlier commit are done. Writes of several
+where readers do not see them; the time coordinate and the commits are written by one
+thread of this loop (:mod:`stpipe.io.ingest_commits`), in file order, each file's once its
+write and every earlier commit are done, while the loop goes on. Writes of several
 files run at once unless they share a time chunk (then the later one waits). A file that
 overlaps the store is compared with it once every earlier file is committed. A store's
 first commit renames the staging store, so the first file is committed before the next
@@ -33,9 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,9 +50,10 @@ from stpipe.io import store as st
 from stpipe.io.checksums import CHECKSUM_CACHE, Signature, cached_checksums, save_checksums
 from stpipe.io.compute import dask_context, keep_freed_memory, release_free_memory
 from stpipe.io.ingest_checks import check_compatible, check_gap, check_on_step
+from stpipe.io.ingest_commits import Commit, CommitQueue, Stopwatch
 from stpipe.io.ingest_dask import DaskPool
 from stpipe.io.ingest_report import IngestReport, finish_report
-from stpipe.io.ingest_tasks import Decoded, DecodePool, Decoding, Writing
+from stpipe.io.ingest_tasks import Decoded, DecodePool, Decoding
 from stpipe.io.ingest_workers import WorkerDied, available_cores, local_pool
 from stpipe.io.manifest import FileEntry, Manifest
 from stpipe.io.settings import DaskSection, SourceSection, StoreSection
@@ -61,7 +61,6 @@ from stpipe.io.settings import DaskSection, SourceSection, StoreSection
 log = logging.getLogger(__name__)
 
 ALREADY_INGESTED = "already ingested (same sha256)"
-GROWTH_FILES = 7
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,8 @@ class IngestJob:
 @dataclass
 class _StoreState:
     """The store as the ingest loop plans it: every file decided so far, committed or not
-    (``manifest``, ``times``); the arrays' length (``capacity``) and time chunk."""
+    (``manifest``, ``times``); the arrays' length (``capacity``) and time chunk; the files
+    not decided yet, counting the one being decided (``files_left``)."""
 
     path: Path
     manifest: Manifest | None
@@ -89,72 +89,7 @@ class _StoreState:
     template: xr.Dataset | None
     capacity: int = 0
     time_chunk: int = 1
-
-
-@dataclass(frozen=True)
-class _Commit:
-    """A decided file's commit: made once its writes (if any) are done, after earlier ones."""
-
-    manifest: Manifest
-    history: str
-    writing: Writing | None = None
-    times: Future[int] | None = None
-    chunks: range = range(0)
-
-    def done(self) -> bool:
-        return all(w is None or w.done() for w in (self.writing, self.times))
-
-
-class _Commits:
-    """The commits not made yet, in file order, and the writer of the time coordinate.
-
-    Every append rewrites the time coordinate's one chunk, so one thread writes it, in file
-    order, while the loop goes on deciding files.
-    """
-
-    def __init__(self, store_path: Path) -> None:
-        self.store_path = store_path
-        self.queue: deque[_Commit] = deque()
-        self.time_writer = ThreadPoolExecutor(1, thread_name_prefix="ingest-time")
-
-    def __enter__(self) -> _Commits:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.time_writer.shutdown()
-
-    def write_times(self, target: Path, times: np.ndarray, *, offset: int) -> Future[int]:
-        coord = xr.Dataset(coords={"time": times})
-        return self.time_writer.submit(st.write_steps, target, coord, first=0, offset=offset)
-
-    def add(self, commit: _Commit) -> None:
-        self.queue.append(commit)
-
-    def make_finished(self) -> None:
-        """Make the commits at the front whose writes are done, without waiting."""
-        while self.queue and self.queue[0].done():
-            self._make_next()
-
-    def make_through_chunks(self, chunks: range) -> None:
-        """Make every commit up to the last one whose write touches ``chunks``."""
-        touching = [
-            i
-            for i, c in enumerate(self.queue)
-            if c.chunks.start < chunks.stop and chunks.start < c.chunks.stop
-        ]
-        for _ in range(touching[-1] + 1 if touching else 0):
-            self._make_next()
-
-    def make_all(self) -> None:
-        while self.queue:
-            self._make_next()
-
-    def _make_next(self) -> None:
-        commit = self.queue.popleft()
-        for write in (commit.writing, commit.times):
-            if write is not None:
-                write.result()
-        st.commit(self.store_path, commit.manifest, history=commit.history)
+    files_left: int = 1
 
 
 def ingest(job: IngestJob, *, progress: bool = True) -> IngestReport:
@@ -166,9 +101,11 @@ def ingest(job: IngestJob, *, progress: bool = True) -> IngestReport:
     writer holds it); per-file problems go to the report, not exceptions.
     """
     started = datetime.now(UTC)
+    stopwatch = Stopwatch()
     with st.store_lock(job.workdir):
         files = _input_files(job)
-        manifest = st.recover(job.store_path)
+        with stopwatch.stage("recover"):
+            manifest = st.recover(job.store_path)
         cache = job.workdir / CHECKSUM_CACHE
         checksums = cached_checksums(files, cache=cache)
         known = manifest.checksums if manifest else frozenset()
@@ -182,10 +119,13 @@ def ingest(job: IngestJob, *, progress: bool = True) -> IngestReport:
             if state.template is not None:
                 _warn_on_layout_settings(job, state.template)
             keep_freed_memory()
-            report = _ingest_files(job, state, todo, checksums, report, progress=progress)
+            report = _ingest_files(
+                job, state, todo, checksums, report, progress=progress, stopwatch=stopwatch
+            )
             manifest = state.manifest
-            if manifest is not None and state.capacity != manifest.committed_length:
-                st.resize(state.path, manifest.committed_length)
+            with stopwatch.stage("resize"):
+                if manifest is not None and state.capacity != manifest.committed_length:
+                    st.resize(state.path, manifest.committed_length)
             save_checksums(cache, checksums)
             release_free_memory()
     report = finish_report(report, manifest, started)
@@ -196,6 +136,7 @@ def ingest(job: IngestJob, *, progress: bool = True) -> IngestReport:
         len(report.refused),
         report.summary().splitlines()[-1].strip(),
     )
+    log.debug("ingest loop seconds: %s", stopwatch.summary())
     return report
 
 
@@ -219,22 +160,22 @@ def _ingest_files(
     report: IngestReport,
     *,
     progress: bool,
+    stopwatch: Stopwatch,
 ) -> IngestReport:
-    from rich.progress import Progress
-
     ingested, skipped, refused = [], list(report.skipped), []
     added = nbytes = 0
     not_attempted: list[Path] = []
-    with (
-        _workers(job, files) as pool,
-        _Commits(state.path) as commits,
-        Progress(disable=not progress, transient=True) as bar,
-    ):
-        task = bar.add_task("ingesting", total=len(files))
+    with contextlib.ExitStack() as stack:
+        with stopwatch.stage("start workers"):
+            pool = stack.enter_context(_workers(job, files))
+        advance = stack.enter_context(_progress(len(files), shown=progress))
+        commits = stack.enter_context(CommitQueue(state.path, stopwatch))
         decodings = [pool.decode(path) for path in files]
         for i, (path, decoding) in enumerate(zip(files, decodings, strict=True)):
-            bar.update(task, advance=1, description=f"ingesting {path.name}")
-            decoded = decoding.described()
+            advance(path.name)
+            state.files_left = len(files) - i
+            with stopwatch.stage("wait for decodes"):
+                decoded = decoding.described()
             if decoded.sha256:
                 checksums[path] = (decoded.signature, decoded.sha256)
             if state.manifest is not None and decoded.sha256 in state.manifest.checksums:
@@ -242,7 +183,8 @@ def _ingest_files(
                 skipped.append((path, ALREADY_INGESTED))
                 continue
             try:
-                outcome = _ingest_one(state, commits, path, decoded, decoding, job=job)
+                with stopwatch.stage("check and plan"):
+                    outcome = _ingest_one(state, commits, path, decoded, decoding, job=job)
             except (st.StoreWriteError, WorkerDied):
                 raise  # the store's file system or a worker failed, not the file: stop
             except StpipeError as exc:
@@ -280,6 +222,19 @@ def _ingest_files(
     )
 
 
+@contextlib.contextmanager
+def _progress(total: int, *, shown: bool) -> Iterator[Callable[[str], None]]:
+    """A function to call as each file starts: it advances a progress bar if ``shown``."""
+    if not shown:
+        yield lambda name: None
+        return
+    from rich.progress import Progress  # importing rich takes 0.1-0.2 s: only for a bar
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("ingesting", total=total)
+        yield lambda name: bar.update(task, advance=1, description=f"ingesting {name}")
+
+
 @dataclass(frozen=True)
 class _Outcome:
     appended: int
@@ -289,7 +244,7 @@ class _Outcome:
 
 def _ingest_one(
     state: _StoreState,
-    commits: _Commits,
+    commits: CommitQueue,
     path: Path,
     decoded: Decoded,
     decoding: Decoding,
@@ -327,7 +282,7 @@ def _ingest_one(
     if not new_times.size:
         decoding.release()
         state.manifest = replace(manifest, files=(*manifest.files, entry))
-        commits.add(_Commit(state.manifest, _history(f"recorded duplicate {path.name}")))
+        commits.add(Commit(state.manifest, _history(f"recorded duplicate {path.name}")))
         return _Outcome(0)
     if state.times.size:
         check_on_step(path, new_times, origin=state.times[0], step_s=manifest.time_step_s)
@@ -338,14 +293,15 @@ def _ingest_one(
     length = offset + new_times.size
     target = _write_target(state.path)
     if length > state.capacity:
-        # Grow for about a week of such files at once: resizing rewrites every array's
-        # metadata, a cost worth paying once per several appends.
-        state.capacity = length + new_times.size * GROWTH_FILES
-        st.resize(target, state.capacity)
+        # Grow for every file left, if each is like this one: resizing rewrites every
+        # array's metadata in the loop, so once per ingest, not per file. Steps beyond the
+        # committed length are invisible, and cut off when the ingest (or recovery) ends.
+        state.capacity = length + new_times.size * state.files_left
+        with commits.stopwatch.stage("resize"):
+            st.resize(target, state.capacity)
     chunks = range(offset // state.time_chunk, (length - 1) // state.time_chunk + 1)
     commits.make_through_chunks(chunks)  # an earlier write to a shared chunk finishes first
     writing = decoding.write(target, first=first, offset=offset)
-    times_written = commits.write_times(target, new_times, offset=offset)
     joined = np.concatenate([state.times[-1:], new_times])
     state.manifest = replace(
         manifest,
@@ -357,7 +313,7 @@ def _ingest_one(
     )
     state.times = np.concatenate([state.times, new_times])
     history = _history(f"appended {new_times.size} steps from {path.name}")
-    commits.add(_Commit(state.manifest, history, writing, times_written, chunks))
+    commits.add(Commit(state.manifest, history, writing, offset, new_times, chunks))
     if target != state.path:
         commits.make_all()  # the first commit renames the staging store the writes go to
     nbytes = new_times.size * sum(_step_bytes(template[name]) for name in template.data_vars)

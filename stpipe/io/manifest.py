@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,9 @@ class Manifest:
         return frozenset(f.sha256 for f in self.files)
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
+        # Shallow: asdict would deep-copy every file entry, only to be replaced below (each
+        # ingest commit writes the manifest, so this runs once per file ingested).
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["format"] = MANIFEST_FORMAT
         out["variables"] = list(self.variables)
         out["start"], out["end"] = _iso(self.start), _iso(self.end)

@@ -10,26 +10,7 @@ globals ``Conventions`` and ``history`` (a line per commit: the first and the ne
 :data:`HISTORY_LINES`); ``time_step_s``. Readable
 by ``xr.open_zarr``.
 
-Chunks (``[store] time_chunk`` / ``spatial_chunk`` override the rule):
-
-- spatial tile ``min(ny, 128) × min(nx, 128)``: whole tiles hold 16 aligned 32×32 patches
-  and a patch reader fetches at most four tiles per patch;
-- time chunk: whole days of steps, the fewest of 1, 2, 4 or 8 days that make a chunk of at
-  least 1 MiB (fewer, halving the day, if one day exceeds 4 MiB). Daily files then fill
-  whole chunks or a few per chunk: an append rewrites at most one partly filled chunk, a
-  rewrite bounded by 8 days of one tile. 256×256 hourly → 24×128×128 (1.5 MiB);
-  64×64 hourly → 96×64×64 (1.5 MiB); 25×53 six-hourly → 32×25×53 (0.17 MiB).
-
-Compression: Blosc with byte shuffle and zstd inside. Measured on the 24×128×128 tiles of
-a synthetic ERA5-like day (256×256, int16-packed t2m/u10/v10 decoded to float32), one
-core: plain zstd 1/3/5 ratio 1.16/1.31/1.47 at 405/79/37 MB/s (zstd 3 is xarray's
-default); Blosc+shuffle+zstd 1/3/5/9 ratio 1.38/1.40/1.41/1.42 at 307/338/181/68 MB/s;
-bit-shuffle instead 1.35/1.36/1.37/1.41 at 309/235/196/126 MB/s; Blosc+lz4 1.34 at
-853 MB/s. Byte shuffle with zstd 3 compresses better than plain zstd 3 at 4× its speed,
-and higher levels buy little ratio for much time, so ``[store] compression_level`` (a
-zstd level) maps to the Blosc level whose zstd level is the first at or above it
-(default 3 → Blosc level 2 = zstd 3). Bit-rounding (numcodecs BitRound) would double the
-ratio but is lossy; the store must return the source values exactly, so it is not used.
+Chunks and compression: :mod:`stpipe.io.layout`.
 
 Commits and crash safety
 ------------------------
@@ -41,10 +22,12 @@ committed steps, whatever lies beyond in the arrays. An append: resize the array
 the region (the chunk holding the old end is rewritten whole; zarr 3.1's ``LocalStore``
 writes every key to a temporary file and renames it, so a chunk file is always either the
 old or the new version, both holding the same committed values) → write the root
-``zarr.json`` (temporary file, fsync, rename). A store's first commit is a directory
+``zarr.json`` (temporary file, rename). A store's first commit is a directory
 rename of a staging store. :func:`recover` truncates arrays back to the committed length
-after a crash. This protects against a killed process; against power loss the chunk files
-would also need fsync, which the store does not do.
+after a crash. This protects against a killed process (a rename is atomic and the page
+cache outlives the process); against power loss the chunk files would need fsync too, so
+the root is not fsynced either: an fsync per commit made the commits, the serial part of
+an ingest, several times slower (0.3-30 ms each, by file system) for no guarantee.
 
 A write the file system refuses (disk full, file size limit, read-only) raises
 :class:`StoreWriteError` naming the path and the cause; the committed state is unchanged.
@@ -69,7 +52,6 @@ import socket
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -77,10 +59,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
-from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore
 
 from stpipe.core.errors import StoreError
+from stpipe.io.layout import Layout, blosc_codecs, choose_layout
 from stpipe.io.manifest import (
     MANIFEST_KEY,
     ROOT_METADATA,
@@ -89,7 +71,6 @@ from stpipe.io.manifest import (
     read_root_metadata,
     store_digest,
 )
-from stpipe.io.settings import StoreSection
 
 __all__ = [
     "Layout",
@@ -105,12 +86,7 @@ __all__ = [
 STORE_NAME = "store.zarr"
 TIME_UNITS = "seconds since 1970-01-01 00:00:00"
 TIME_COORD_CHUNK = 8192
-MAX_TILE = 128
-MIN_CHUNK_BYTES = 1 << 20
-MAX_CHUNK_BYTES = 4 << 20
-MAX_CHUNK_DAYS = 8
 HISTORY_LINES = 100  # newest lines of the CF history kept after its first (bounded_history)
-FLOAT32_BYTES = 4
 
 CRASH_ENV = "STPIPE_CRASH_AT_WRITE"
 
@@ -135,41 +111,6 @@ def _os_errors(path: Path, doing: str) -> Iterator[None]:
             f"{path}: cannot {doing}: {exc.strerror or exc}{code}{where}; the committed "
             "store is unchanged"
         ) from exc
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Chunking and compression of the data variables."""
-
-    time_chunk: int
-    spatial_chunk: tuple[int, int]
-    compression_level: int
-
-
-def choose_layout(
-    grid: tuple[int, int], *, time_step_s: int, store: StoreSection | None = None
-) -> Layout:
-    """Chunks for a ``grid`` of (rows, cols) cells sampled every ``time_step_s`` seconds.
-
-    The rule is in the module docstring; ``store`` settings override it.
-    """
-    store = store or StoreSection()
-    tile = store.spatial_chunk or (min(grid[0], MAX_TILE), min(grid[1], MAX_TILE))
-    tile = (min(tile[0], grid[0]), min(tile[1], grid[1]))
-    step_bytes = tile[0] * tile[1] * FLOAT32_BYTES
-    steps = max(1, 86400 // time_step_s)
-    while steps % 2 == 0 and steps * step_bytes > MAX_CHUNK_BYTES:
-        steps //= 2
-    days = 1
-    while days < MAX_CHUNK_DAYS and steps * days * step_bytes < MIN_CHUNK_BYTES:
-        days *= 2
-    time_chunk = store.time_chunk or steps * days
-    return Layout(time_chunk, tile, store.compression_level)
-
-
-def _codecs(level: int) -> list[BloscCodec]:
-    # Blosc level c runs zstd level 2c-1 (c < 9) or 22 (c = 9).
-    return [BloscCodec(cname="zstd", clevel=min(9, (level + 2) // 2), shuffle="shuffle")]
 
 
 def store_location(workdir: Path) -> Path:
@@ -315,7 +256,7 @@ def _create_arrays(
 ) -> None:
     store = _local_store(staging)
     root = zarr.create_group(store=store, attributes=dict(attrs), zarr_format=3)
-    codecs = _codecs(layout.compression_level)
+    codecs = blosc_codecs(layout.compression_level)
     rows, cols = template[next(iter(template.data_vars))].dims[1:]
     for name in (rows, cols):
         coord = template[name]
@@ -368,28 +309,38 @@ def resize(store_path: Path, length: int) -> None:
                 array.resize((length, *array.shape[1:]))
 
 
-def write_steps(
-    store_path: Path, ds: xr.Dataset, *, first: int, offset: int, with_time: bool = True
-) -> int:
-    """Write the steps of ``ds`` from ``first`` on, data and (``with_time``) time, at store
-    positions ``offset``…; returns the float32 bytes written.
+def write_steps(store_path: Path, ds: xr.Dataset, *, first: int, offset: int) -> int:
+    """Write the data variables of ``ds`` from step ``first`` on at store positions
+    ``offset``…; returns the float32 bytes written.
 
     Runs where ``ds`` lives (an ingest worker). Every append rewrites the one chunk of the
-    time coordinate, so parallel writers leave it out and one writer writes it.
+    time coordinate, so parallel writers leave it out and the ingest loop writes it
+    (:func:`write_times`).
     """
     group = zarr.open_group(store=_local_store(store_path), mode="r+", use_consolidated=False)
-    seconds = ds["time"].values[first:].astype("datetime64[s]").astype(np.int64)
 
     def write(name: str) -> int:
-        values = seconds if name == "time" else ds[name].values[first:]
+        values = ds[name].values[first:]
         with _os_errors(store_path / name, f"write steps {offset}…{offset + len(values) - 1}"):
             group[name][offset : offset + len(values)] = values
-        return 0 if name == "time" else values.nbytes
+        return values.nbytes
 
     # A thread per array keeps all their chunks in zarr's codec pipeline at once.
-    names = [*(["time"] if with_time else []), *map(str, ds.data_vars)]
+    names = list(map(str, ds.data_vars))
     with data_write_lock(store_path, shared=True), ThreadPoolExecutor(len(names)) as pool:
         return sum(pool.map(write, names))
+
+
+def write_times(store_path: Path, times: np.ndarray, *, offset: int) -> None:
+    """Write ``times`` (datetime64) into the time coordinate at store positions ``offset``….
+
+    Called by the writer that holds :func:`store_lock` (the ingest loop), so it needs no
+    :func:`data_write_lock`: its writes cannot outlive it.
+    """
+    seconds = times.astype("datetime64[s]").astype(np.int64)
+    with _os_errors(store_path / "time", f"write times {offset}…{offset + seconds.size - 1}"):
+        array = zarr.open_array(store=_local_store(store_path), path="time", mode="r+")
+        array[offset : offset + seconds.size] = seconds
 
 
 def read_steps(store_path: Path, names: list[str], index: np.ndarray) -> dict[str, np.ndarray]:
@@ -412,14 +363,7 @@ def commit(store_path: Path, manifest: Manifest, *, history: str) -> None:
     the newest :data:`HISTORY_LINES` (:func:`bounded_history`). In a staging store the
     commit ends with renaming it to the final store path.
     """
-    staging = staging_path(store_path)
-    target = staging if staging.exists() else store_path
-    with _os_errors(target, "commit"):
-        _commit(target, manifest, history=history)
-    if target == staging:
-        crash_point()
-        with _os_errors(store_path, "commit the new store"):
-            os.rename(staging, store_path)
+    Committer(store_path).commit(manifest, history=history)
 
 
 def bounded_history(previous: str, entry: str) -> str:
@@ -432,38 +376,79 @@ def bounded_history(previous: str, entry: str) -> str:
     return "\n".join(lines)
 
 
-def _commit(target: Path, manifest: Manifest, *, history: str) -> None:
-    root = json.loads((target / ROOT_METADATA).read_bytes())
-    attrs = dict(root.get("attributes", {}))
-    attrs["history"] = bounded_history(attrs.get("history", ""), history)
-    attrs["time_step_s"] = manifest.time_step_s
-    attrs[MANIFEST_KEY] = manifest.to_json()
-    metadata = {}
-    for meta_path in sorted(target.glob(f"*/{ROOT_METADATA}")):
-        meta = json.loads(meta_path.read_bytes())
-        if meta.get("dimension_names", [None])[0] == "time":
-            meta["shape"][0] = manifest.committed_length
-        metadata[meta_path.parent.name] = meta
-    root = {
-        "zarr_format": 3,
-        "node_type": "group",
-        "attributes": attrs,
-        "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": metadata},
-    }
-    _atomic_write(target / ROOT_METADATA, json.dumps(root, indent=1).encode())
+class Committer:
+    """The commits of one writer (holding :func:`store_lock`) to ``store_path``, in order.
+
+    The root and array metadata are read at the first commit and kept: between commits
+    only this writer changes them (resizes change array shapes, which a commit overwrites
+    with the committed length anyway). A commit is then one write of the root ``zarr.json``
+    to a temporary file and a rename, with no fsync: the guarantee is against a killed
+    process, for which the rename alone is atomic (see the module docstring).
+    """
+
+    def __init__(self, store_path: Path) -> None:
+        self.store_path = Path(store_path)
+        self._staging = staging_path(self.store_path)
+        self._renamed = False
+        self._attrs: dict[str, Any] | None = None
+        self._arrays: dict[str, dict[str, Any]] = {}
+
+    @property
+    def target(self) -> Path:
+        """Where the arrays are now: the staging store until the first commit renames it."""
+        staged = not self._renamed and self._staging.exists()
+        return self._staging if staged else self.store_path
+
+    def commit(self, manifest: Manifest, *, history: str) -> None:
+        target = self.target
+        with _os_errors(target, "commit"):
+            if self._attrs is None:
+                self._read(target)
+            self._write(target, manifest, history)
+        if target == self._staging:
+            crash_point()
+            with _os_errors(self.store_path, "commit the new store"):
+                os.rename(self._staging, self.store_path)
+            self._renamed = True
+
+    def _read(self, target: Path) -> None:
+        root = json.loads((target / ROOT_METADATA).read_bytes())
+        self._attrs = dict(root.get("attributes", {}))
+        for meta_path in sorted(target.glob(f"*/{ROOT_METADATA}")):
+            self._arrays[meta_path.parent.name] = json.loads(meta_path.read_bytes())
+
+    def _write(self, target: Path, manifest: Manifest, history: str) -> None:
+        attrs = dict(self._attrs or {})
+        attrs["history"] = bounded_history(attrs.get("history", ""), history)
+        attrs["time_step_s"] = manifest.time_step_s
+        attrs[MANIFEST_KEY] = manifest.to_json()
+        for meta in self._arrays.values():
+            if meta.get("dimension_names", [None])[0] == "time":
+                meta["shape"][0] = manifest.committed_length
+        root = {
+            "zarr_format": 3,
+            "node_type": "group",
+            "attributes": attrs,
+            "consolidated_metadata": {
+                "kind": "inline",
+                "must_understand": False,
+                "metadata": self._arrays,
+            },
+        }
+        # Compact: the C encoder (json's indenting encoder is pure Python, 5× slower).
+        _atomic_write(target / ROOT_METADATA, json.dumps(root, separators=(",", ":")).encode())
+        self._attrs = attrs
 
 
 def _atomic_write(path: Path, blob: bytes) -> None:
     crash_point()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp.write_bytes(blob)
         os.replace(tmp, path)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
 
 
 def _is_timed(array: zarr.Array) -> bool:

@@ -32,8 +32,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import xarray as xr
+from xarray.backends.locks import HDF5_LOCK, NETCDFC_LOCK, combine_locks
 
 from stpipe.core.errors import SourceError
+
+LIBRARY_LOCK = combine_locks([HDF5_LOCK, NETCDFC_LOCK])
+"""Held by a reader while it calls netCDF-C, HDF5 (netCDF4, h5py) or ecCodes, which are not
+thread-safe: ingest decodes files on several threads. The locks xarray's backends take."""
 
 Variables = Mapping[str, tuple[np.ndarray, Mapping[str, Any]]]
 """Store name → (values ``[time, row, col]`` in canonical order, attributes to keep)."""

@@ -19,6 +19,7 @@ import xarray as xr
 
 from stpipe.core.errors import ConfigError, SourceError
 from stpipe.io.sources.canonical import (
+    LIBRARY_LOCK,
     SourceOptions,
     latlon_dataset,
     latlon_layout,
@@ -53,20 +54,21 @@ _KEPT_GLOBAL_ATTRS = (
 
 def read_grib(path: Path, source: SourceOptions) -> xr.Dataset:
     """Read one GRIB file into the canonical ``(time, lat, lon)`` dataset."""
-    try:
-        with warnings.catch_warnings():
-            # cfgrib merges its groups with xarray's old default; the warning is not ours.
-            warnings.simplefilter("ignore", FutureWarning)
-            groups = cfgrib.open_datasets(
-                str(path), backend_kwargs={"indexpath": "", "errors": "raise"}
-            )
-    except (EOFError, OSError, ValueError, KeyError, GribInternalError) as exc:
-        raise SourceError(path, f"not a readable GRIB file: {exc}") from exc
-    try:
-        return _read(path, groups, source)
-    finally:
-        for group in groups:
-            group.close()
+    with LIBRARY_LOCK:  # cfgrib reads the values lazily, in _read: ecCodes runs throughout
+        try:
+            with warnings.catch_warnings():
+                # cfgrib merges its groups with xarray's old default; the warning is not ours.
+                warnings.simplefilter("ignore", FutureWarning)
+                groups = cfgrib.open_datasets(
+                    str(path), backend_kwargs={"indexpath": "", "errors": "raise"}
+                )
+        except (EOFError, OSError, ValueError, KeyError, GribInternalError) as exc:
+            raise SourceError(path, f"not a readable GRIB file: {exc}") from exc
+        try:
+            return _read(path, groups, source)
+        finally:
+            for group in groups:
+                group.close()
 
 
 def _read(path: Path, groups: list[xr.Dataset], source: SourceOptions) -> xr.Dataset:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ import xarray as xr
 
 from stpipe.core.errors import SourceError
 from stpipe.io.sources.canonical import (
+    LIBRARY_LOCK,
     LatLonLayout,
     SourceOptions,
     cf_valid_range,
@@ -75,17 +77,52 @@ _NS_RANGE = (np.datetime64("1678-01-01", "us"), np.datetime64("2262-01-01", "us"
 
 
 def read_netcdf(path: Path, source: SourceOptions) -> xr.Dataset:
-    """Read one NetCDF file into the canonical ``(time, lat, lon)`` dataset."""
+    """Read one NetCDF file into the canonical ``(time, lat, lon)`` dataset.
+
+    :data:`LIBRARY_LOCK` is held only while netCDF4 reads the packed values; unpacking
+    them, most of the CPU, runs outside it, so threads decode several files at once.
+    """
     try:
-        with netCDF4.Dataset(path) as nc:
+        with LIBRARY_LOCK, netCDF4.Dataset(path) as nc:
             nc.set_auto_maskandscale(False)
             _check_not_truncated(path, nc)
-            return _read(path, nc, source)
+            packed = _read(path, nc, source)
     except (OSError, RuntimeError) as exc:
         raise SourceError(path, f"not a readable NetCDF file: {exc}") from exc
+    return packed.unpacked()
 
 
-def _read(path: Path, nc: netCDF4.Dataset, source: SourceOptions) -> xr.Dataset:
+@dataclass(frozen=True)
+class _Packed:
+    """A variable as stored: ``raw[time, row, col]`` in file order, its packing, its fill
+    values (in the packed type) and the attributes to keep."""
+
+    raw: np.ndarray
+    scale: Any
+    offset: Any
+    missing: np.ndarray
+    attrs: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class _PackedFile:
+    path: Path
+    times: np.ndarray
+    layout: LatLonLayout
+    variables: dict[str, _Packed]
+    attrs: dict[str, Any]
+
+    def unpacked(self) -> xr.Dataset:
+        variables = {
+            name: (_unpack_variable(var, self.layout), var.attrs)
+            for name, var in self.variables.items()
+        }
+        return latlon_dataset(
+            self.path, time=self.times, layout=self.layout, variables=variables, attrs=self.attrs
+        )
+
+
+def _read(path: Path, nc: netCDF4.Dataset, source: SourceOptions) -> _PackedFile:
     time_var, lat_var, lon_var = (_find_coord(path, nc, axis) for axis in _COORD_NAMES)
     times = _decode_times(path, time_var)
     layout = latlon_layout(
@@ -99,14 +136,11 @@ def _read(path: Path, nc: netCDF4.Dataset, source: SourceOptions) -> xr.Dataset:
     ]
     chosen = select_variables(path, candidates, source)
     variables = {
-        store_name: (
-            _read_values(path, nc, nc.variables[file_name], grid_dims, layout),
-            _descriptive_attrs(nc.variables[file_name]),
-        )
+        store_name: _read_packed(path, nc, nc.variables[file_name], grid_dims)
         for store_name, file_name in chosen.items()
     }
     attrs = {key: nc.getncattr(key) for key in nc.ncattrs()}
-    return latlon_dataset(path, time=times, layout=layout, variables=variables, attrs=attrs)
+    return _PackedFile(path, times, layout, variables, attrs)
 
 
 def _check_not_truncated(path: Path, nc: netCDF4.Dataset) -> None:
@@ -196,14 +230,10 @@ def _decode_times(path: Path, var: netCDF4.Variable) -> np.ndarray:
     return times.astype("datetime64[ns]")
 
 
-def _read_values(
-    path: Path,
-    nc: netCDF4.Dataset,
-    var: netCDF4.Variable,
-    grid_dims: tuple[str, ...],
-    layout: LatLonLayout,
-) -> np.ndarray:
-    """The variable as float32 ``[time, lat, lon]`` in canonical order, NaN where missing."""
+def _read_packed(
+    path: Path, nc: netCDF4.Dataset, var: netCDF4.Variable, grid_dims: tuple[str, ...]
+) -> _Packed:
+    """The variable's packed values ``[time, lat, lon]`` in file order, and how to unpack them."""
     extra = [d for d in var.dimensions if d not in grid_dims]
     kept = tuple(d for d in var.dimensions if d in grid_dims)
     if kept != grid_dims or any(nc.dimensions[d].size != 1 for d in extra):
@@ -218,12 +248,21 @@ def _read_values(
     if len(grid_dims) == 2:  # scalar time: a single step
         raw = raw[np.newaxis]
     scale, offset = getattr(var, "scale_factor", None), getattr(var, "add_offset", None)
-    missing = _missing_values(var)
+    return _Packed(raw, scale, offset, _missing_values(var), _descriptive_attrs(var))
+
+
+def _unpack_variable(var: _Packed, layout: LatLonLayout) -> np.ndarray:
+    """The variable as float32 ``[time, lat, lon]`` in canonical order, NaN where missing."""
+    raw = var.raw
     out = np.empty(raw.shape, np.float32)
     slab = np.empty(raw.shape[1:], raw.dtype)  # one time step, reused: stays in cache
     for t in range(raw.shape[0]):
         _unpack(
-            layout.orient(raw[t], out=slab), out[t], scale=scale, offset=offset, missing=missing
+            layout.orient(raw[t], out=slab),
+            out[t],
+            scale=var.scale,
+            offset=var.offset,
+            missing=var.missing,
         )
     return out
 

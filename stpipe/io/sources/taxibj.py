@@ -21,7 +21,12 @@ import numpy as np
 import xarray as xr
 
 from stpipe.core.errors import SourceError
-from stpipe.io.sources.canonical import SourceOptions, cell_dataset, select_variables
+from stpipe.io.sources.canonical import (
+    LIBRARY_LOCK,
+    SourceOptions,
+    cell_dataset,
+    select_variables,
+)
 
 CHANNELS = ("inflow", "outflow")
 _SLOT_COUNTS = (24, 48, 96, 144, 288)
@@ -36,7 +41,7 @@ def read_taxibj(path: Path, source: SourceOptions) -> xr.Dataset:
     """Read one TaxiBJ-style HDF5 file into the canonical ``(time, y, x)`` dataset."""
     chosen = select_variables(path, CHANNELS, source)
     try:
-        with h5py.File(path, "r") as f:
+        with LIBRARY_LOCK, h5py.File(path, "r") as f:
             data, dates = _dataset(path, f, "data"), _dataset(path, f, "date")
             if data.ndim != 4 or data.shape[1] != len(CHANNELS) or dates.shape != data.shape[:1]:
                 raise SourceError(
