@@ -24,7 +24,7 @@ pin() { # NAME -> NAME==VERSION as installed here, else NAME
   "$python" -m pip show "$1" 2>/dev/null | awk -v n="$1" '/^Version:/ {print n "==" $2; f=1} END {if (!f) print n}'
 }
 wanted=(prefect mlflow-skinny sqlalchemy alembic zarr numcodecs dask distributed netCDF4 cftime
-  pydantic tomli-w hvsampledata)
+  pydantic tomli-w psutil)
 pins=()
 for name in "${wanted[@]}"; do pins+=("$(pin "$name")"); done
 
