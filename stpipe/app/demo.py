@@ -70,6 +70,18 @@ class DemoPlan:
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+# demo-sized settings shared by both feeds: small patches and model, a few short epochs
+DEMO_SIZED: dict[str, Any] = {
+    "patches": {"size": [16, 16]},
+    "model": {"hidden": 24},
+    "train": {
+        "epochs": 4,
+        "finetune_epochs": 2,
+        "batch_size": 32,
+        "max_batches_per_epoch": 12,
+        "patience": 2,
+    },
+}
 WEATHER = DemoPlan(
     base_config="weather.toml",
     feed="weather",
@@ -79,15 +91,7 @@ WEATHER = DemoPlan(
     grid=(32, 32),
     settings={
         "pipeline": {"name": "demo-weather"},
-        "patches": {"size": [16, 16]},
-        "model": {"hidden": 24},
-        "train": {
-            "epochs": 4,
-            "finetune_epochs": 2,
-            "batch_size": 32,
-            "max_batches_per_epoch": 12,
-            "patience": 2,
-        },
+        **DEMO_SIZED,
         "mlflow": {"experiment": "demo-weather", "model_name": "demo-weather-t2m"},
     },
 )
@@ -100,15 +104,7 @@ TRAFFIC = DemoPlan(
     grid=(32, 32),
     settings={
         "pipeline": {"name": "demo-traffic"},
-        "patches": {"size": [16, 16]},
-        "model": {"hidden": 24},
-        "train": {
-            "epochs": 4,
-            "finetune_epochs": 2,
-            "batch_size": 32,
-            "max_batches_per_epoch": 12,
-            "patience": 2,
-        },
+        **DEMO_SIZED,
         "mlflow": {"experiment": "demo-traffic", "model_name": "demo-traffic-flow"},
     },
 )

@@ -32,7 +32,6 @@ import json
 import re
 import tempfile
 import threading
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,11 +187,7 @@ def log_model(
             tracking_errors(tracking.uri, f"log the model of run {run_id}"),
             fluent_scope(tracking.uri),
             mlflow.start_run(run_id=run_id),
-            warnings.catch_warnings(),
         ):
-            # MLflow advises type hints on predict for its hint-based validation, which has
-            # no form for a dict of arrays; the TensorSpec signature validates the input.
-            warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT,
                 python_model=PYFUNC_CODE,

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -29,8 +30,6 @@ from stpipe.app.config import Config
 from stpipe.app.jobs import data_context, model_card, tracking_for
 from stpipe.core.card import ModelCard
 from stpipe.learn.context import build_forecaster, make_split_loader
-from stpipe.models import build_model
-from stpipe.models.settings import ConvLstmSettings
 from stpipe.tracking import registry
 from stpipe.tracking.client import Tracking, fluent_scope
 from stpipe.tracking.model import (
@@ -117,28 +116,18 @@ def test_the_champion_loads_as_pyfunc_without_pickle_and_forecasts_like_stpipe(
     assert model.metadata.metadata[CARD_KEY]["leads"] == [1, 3]
 
 
-def test_a_model_with_static_fields_takes_every_input_through_pyfunc(trained) -> None:
-    _, tracking = trained
-    torch.manual_seed(0)
-    model = build_model(
-        ConvLstmSettings(hidden=(4,)),
-        input_variables=["t2m", "u10"],
-        target_variables=["t2m"],
-        input_steps=4,
-        leads=[1, 3],
-        patch_shape=(8, 8),
-        n_time_features=4,
-        n_static=1,
-        norm_mean=[280.0, 0.0],
-        norm_std=[5.0, 2.0],
-        climatology=None,
-        step_s=3600,
-    )
+def test_a_model_with_static_fields_takes_every_input_through_pyfunc(
+    trained, model: torch.nn.Module
+) -> None:
+    _, tracking = trained  # ``model``: tests/tracking/conftest.py's, with one static field
     run_id = tracking.client.create_run(tracking.experiment_id).info.run_id
-    logged = log_model(tracking, run_id, model, example=batch(2), card=CARD)
-    with fluent_scope(tracking.uri):
-        pyfunc = mlflow.pyfunc.load_model(logged.uri)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logged = log_model(tracking, run_id, model, example=batch(2), card=CARD)
+        with fluent_scope(tracking.uri):
+            pyfunc = mlflow.pyfunc.load_model(logged.uri)
     assert list(pyfunc.input_example) == list(BATCH_INPUTS)
+    assert not [w for w in caught if "type hints" in str(w.message)], "MLflow's advice shown"
     inputs = {k: v.numpy() for k, v in batch(3, seed=3).items()}
 
     forecast = pyfunc.predict(inputs)
