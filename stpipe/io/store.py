@@ -45,14 +45,13 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import shutil
 import signal
-import socket
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +62,7 @@ from zarr.storage import LocalStore
 
 from stpipe.core.errors import StoreError
 from stpipe.io.layout import Layout, blosc_codecs, choose_layout
+from stpipe.io.locks import LockTimeout, file_lock
 from stpipe.io.manifest import (
     MANIFEST_KEY,
     ROOT_METADATA,
@@ -140,30 +140,17 @@ def store_lock(workdir: Path, *, wait: bool = False) -> Iterator[None]:
     is an ``flock``: the kernel releases it when the holder dies, even by SIGKILL.
     """
     workdir = Path(workdir)
-    lock_path = workdir / "store.lock"
-    with _os_errors(workdir, "take the store's writer lock (a writable workdir is needed)"):
-        workdir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
-            raise StoreError(
-                f"{workdir}: the store is being written by another process ({holder}); "
-                f"try again when it has finished"
-            ) from None
-        since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        holder = f"pid {os.getpid()} on {socket.gethostname()} since {since}"
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, holder.encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    with contextlib.ExitStack() as stack:
+        with _os_errors(workdir, "take the store's writer lock (a writable workdir is needed)"):
+            try:
+                lock = file_lock(workdir / "store.lock", timeout_s=math.inf if wait else 0)
+                stack.enter_context(lock)
+            except LockTimeout as exc:
+                raise StoreError(
+                    f"{workdir}: the store is being written by another process "
+                    f"({exc.holder}); try again when it has finished"
+                ) from None
+        yield
 
 
 @contextlib.contextmanager

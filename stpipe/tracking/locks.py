@@ -1,9 +1,8 @@
 """File locks in the workdir around what MLflow cannot make atomic.
 
 - :func:`workdir_lock`: one holder at a time, the others wait up to a timeout (promotion:
-  from scoring the champion to setting the alias); :func:`file_lock` is the same lock
-  raising :class:`LockTimeout` for callers that word the error themselves (the flows'
-  pipeline lock);
+  from scoring the champion to setting the alias); it words the :class:`~stpipe.io.locks.LockTimeout` of
+  :func:`~stpipe.io.locks.file_lock` as a TrackingError;
 - :func:`run_lease` / :func:`abandoned`: a training run holds its lease while its process
   lives, so a later job can tell a run left RUNNING by a killed process from a live one.
 
@@ -17,61 +16,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import socket
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 from stpipe.core.errors import TrackingError
-
-POLL_S = 0.2
-
-
-def _holder() -> bytes:
-    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return f"pid {os.getpid()} on {socket.gethostname()} since {since}".encode()
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-class LockTimeout(Exception):
-    """Another process held the lock file ``path`` for the ``timeout_s`` seconds this one
-    waited; ``holder`` says who (pid, host, since when) as the holder wrote it."""
-
-    def __init__(self, path: Path, holder: str, timeout_s: float) -> None:
-        self.path, self.holder, self.timeout_s = path, holder, timeout_s
-        super().__init__(f"{path}: held by {holder} for the {timeout_s:g} s this process waited")
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, *, timeout_s: float) -> Iterator[None]:
-    """Hold the lock file ``path`` (created if missing) for the block, writing this process
-    into it; waits up to ``timeout_s`` (0: not at all) for another holder, then LockTimeout."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not _try_lock(fd):
-            if time.monotonic() >= deadline:
-                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
-                raise LockTimeout(path, holder, timeout_s)
-            time.sleep(POLL_S)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, _holder(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+from stpipe.io.locks import LockTimeout, file_lock, holder_line, try_lock
 
 
 @contextlib.contextmanager
@@ -108,7 +57,7 @@ def run_lease(directory: Path, run_id: str) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        os.pwrite(fd, _holder(), 0)
+        os.pwrite(fd, holder_line(), 0)
         try:
             yield
         finally:
@@ -130,7 +79,7 @@ def abandoned(directory: Path, run_id: str) -> bool:
     except FileNotFoundError:
         return False
     try:
-        return _try_lock(fd)
+        return try_lock(fd)
     finally:
         os.close(fd)
 

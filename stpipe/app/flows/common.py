@@ -45,8 +45,8 @@ from prefect.tasks import Task
 
 from stpipe.app.config import Config, load_config
 from stpipe.core.errors import SourceError, StoreError, TrackingError
+from stpipe.io.locks import LockTimeout, file_lock
 from stpipe.learn import scores
-from stpipe.tracking.locks import LockTimeout, file_lock
 
 if TYPE_CHECKING:
     import xarray as xr
