@@ -35,7 +35,9 @@ Measured (``benchmarks/bench_ingest.py``: 256×256 hourly ERA5-like daily NetCDF
 int16-packed, 12.6 MB each, 18.9 MB of float32). On a 16-core machine, 60 files, before the
 NetCDF reader released the lock while unpacking: threads 311 MB/s, worker processes
 222 MB/s (float32 MB), so the rule's earlier figures (serial share 0.45 and the launcher's
-start-up counted as CPU only, which chose processes above 26 MB) were wrong there. On a
+start-up counted as CPU only, which chose processes above 26 MB) were wrong there. After it:
+threads 368 MB/s (the rule's choice; 2.9 cores busy, 7.9 ms CPU per MB), worker processes
+281 MB/s (9.3 cores busy but 33 ms CPU per MB: each process's own zarr and codec threads). On a
 shared 2-core machine (load average 4-8): CPU per input MB 9.6-10.4 ms (checksum 1.0,
 decode 3.8-4.8 of which 1.3 under the lock, zarr write 4.6-5.9), so the lock holds 0.13 of the
 CPU; the GIL's share is estimated at 0.07 (the Python of zarr's writes, the loop); worker
