@@ -75,6 +75,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+import zarr
 
 from stpipe.core.errors import StpipeError
 from stpipe.io import store as st
@@ -432,6 +433,9 @@ def launch(argv: list[str]) -> None:
     os.environ.pop(st.CRASH_ENV, None)  # crash tests count the ingest process's writes
     importlib.import_module(reader)
     keep_freed_memory()
+    # The processes are the parallelism: zarr's default pool (cores + 4 threads) in each of
+    # them put 16 × 20 compressing threads on 16 cores and 4× the CPU per MB of threads.
+    zarr.config.set({"threading.max_workers": 1})
     children = []
     sockets = [int(fd) for fd in fds]
     for i, fd in enumerate(sockets):

@@ -11,7 +11,7 @@ from stpipe.app.jobs import data_context, model_card, tracking_for, train
 from stpipe.learn import scores
 from stpipe.learn.context import build_baselines, make_split_loader
 from stpipe.learn.evaluate import evaluate_model
-from stpipe.learn.train.calibration import BLOCKS, choose
+from stpipe.learn.train.calibration import BLOCKS, REFERENCES, choose, reference_names
 from stpipe.models.baselines import BASELINE_WEIGHTS
 from stpipe.tracking import runs
 from stpipe.tracking.model import load_model, log_model
@@ -104,3 +104,12 @@ def test_the_reference_does_as_well_as_the_best_baseline_and_holds_on_the_train_
     # the mean holds only on the validation days; the second baseline, best on the train
     # days, trails on the validation days: the first baseline
     assert choose(sums, torch.stack([validation, train]), is_baseline)[0].tolist() == [[0]]
+
+
+def test_a_climatology_of_a_few_weeks_is_leant_on_only_by_references_that_keep_the_anomaly():
+    kept = ["persistence", "persistence_clim_change"]
+    assert reference_names("day") == reference_names("week") == kept
+    assert all(REFERENCES[name][0] == 1.0 for name in kept), "weight 1 on persistence"
+    assert reference_names("doy") == list(REFERENCES), "a year or more: every reference"
+    assert "climatology" in reference_names("doy")
+    assert reference_names(None) == ["persistence"]

@@ -38,7 +38,7 @@ Modules: :mod:`~stpipe.learn.train.trainer` (:class:`Trainer`: ``setup``, ``run_
 ``runtime`` (precision, determinism), ``distributed``, ``progress``.
 """
 
-from stpipe.learn.train.calibration import REFERENCES, calibrate
+from stpipe.learn.train.calibration import REFERENCES, calibrate, reference_names
 from stpipe.learn.train.loss import loss_lead_weights, masked_errors, weighted_loss
 from stpipe.learn.train.optim import make_optimizer, make_scheduler
 from stpipe.learn.train.passes import train_epoch, validate
@@ -61,6 +61,7 @@ __all__ = [
     "make_optimizer",
     "make_scheduler",
     "masked_errors",
+    "reference_names",
     "resolve_precision",
     "run_identity",
     "split_loaders",
