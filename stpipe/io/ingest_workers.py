@@ -37,7 +37,7 @@ NetCDF reader released the lock while unpacking: threads 311 MB/s, worker proces
 222 MB/s (float32 MB), so the rule's earlier figures (serial share 0.45 and the launcher's
 start-up counted as CPU only, which chose processes above 26 MB) were wrong there. After it:
 threads 368 MB/s (the rule's choice; 2.9 cores busy, 7.9 ms CPU per MB), worker processes
-281 MB/s (9.3 cores busy but 33 ms CPU per MB: each process's own zarr and codec threads). On a
+281 MB/s (9.3 cores busy but 33 ms CPU per MB; the same with one zarr thread a process). On a
 shared 2-core machine (load average 4-8): CPU per input MB 9.6-10.4 ms (checksum 1.0,
 decode 3.8-4.8 of which 1.3 under the lock, zarr write 4.6-5.9), so the lock holds 0.13 of the
 CPU; the GIL's share is estimated at 0.07 (the Python of zarr's writes, the loop); worker
@@ -75,7 +75,6 @@ from typing import Any
 
 import numpy as np
 import psutil
-import zarr
 
 from stpipe.core.errors import StpipeError
 from stpipe.io import store as st
@@ -433,9 +432,6 @@ def launch(argv: list[str]) -> None:
     os.environ.pop(st.CRASH_ENV, None)  # crash tests count the ingest process's writes
     importlib.import_module(reader)
     keep_freed_memory()
-    # The processes are the parallelism: zarr's default pool (cores + 4 threads) in each of
-    # them put 16 × 20 compressing threads on 16 cores and 4× the CPU per MB of threads.
-    zarr.config.set({"threading.max_workers": 1})
     children = []
     sockets = [int(fd) for fd in fds]
     for i, fd in enumerate(sockets):
