@@ -63,7 +63,12 @@ DAY_NS = 86_400 * 10**9
 EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday = 0, as pandas counts)
 DOY_HALF_WINDOW_DAYS = 30
 MIN_DOY_SPAN = np.timedelta64(365, "D")  # 'auto' picks "doy" for train splits this long
-MOMENT_PAIRS = 2**20  # pairs summed per lag and block of cells for the blend weights
+MOMENT_PAIRS = 2**22  # pairs summed per lag and variable for the blend weights
+FIT_BLOCK_BYTES = 16 * 2**20
+"""Input bytes of one block of cells (all its times) in the fit. A block's task holds about
+8× that at once (float64 copies, masks, the slot-sorted gather) and the threaded scheduler
+runs one a core: dask's default blocks (128 MiB) took the fit on a year of 128×256 hourly
+to 15 GB RSS on 16 cores (``benchmarks/bench_nightly.py``)."""
 
 
 def day_of_year(days: Times) -> Times:
@@ -222,7 +227,10 @@ class Climatology:
         regular = pd.date_range(times[0], times[-1], freq=pd.Timedelta(seconds=step_s))
         groups = _SlotGroups.of(regular.as_unit("ns").asi8, period=period, step_s=step_s)
         on_grid = ds[list(variables)].transpose("time", rows, cols).reindex(time=regular)
-        (blocks,) = dask.compute([_fit_lazy(on_grid[v].data, groups, max_lag) for v in variables])
+        # every stride-th origin: at most MOMENT_PAIRS pairs a lag over all the cells
+        stride = max(1, -(-on_grid.sizes["time"] * ds.sizes[rows] * ds.sizes[cols] // MOMENT_PAIRS))
+        lazy = [_fit_lazy(on_grid[v].data, groups, max_lag, stride) for v in variables]
+        (blocks,) = dask.compute(lazy)
         shape = (n_slots, len(variables), ds.sizes[rows], ds.sizes[cols])
         table = np.full(shape, np.nan, dtype=np.float32)
         weights = []
@@ -288,24 +296,28 @@ class _BlockFit:
 
 
 def _fit_lazy(
-    values: np.ndarray | da.Array, groups: _SlotGroups, max_lag: int
+    values: np.ndarray | da.Array, groups: _SlotGroups, max_lag: int, stride: int
 ) -> list[tuple[tuple[slice, slice], object]]:
-    """((rows, cols) of the block, delayed :func:`_fit_block`) per time-contiguous block."""
-    values = da.asarray(values).rechunk({0: -1, 1: "auto", 2: "auto"})
+    """((rows, cols) of the block, delayed :func:`_fit_block`) per time-contiguous block of
+    at most :data:`FIT_BLOCK_BYTES`."""
+    values = da.asarray(values).rechunk(
+        {0: -1, 1: "auto", 2: "auto"}, block_size_limit=FIT_BLOCK_BYTES
+    )
     row_edges = np.cumsum((0, *values.chunks[1]))
     col_edges = np.cumsum((0, *values.chunks[2]))
     shared = dask.delayed(groups)  # one task holds the slot arrays, not each block's
     return [
         (
             (slice(row_edges[i], row_edges[i + 1]), slice(col_edges[j], col_edges[j + 1])),
-            dask.delayed(_fit_block)(block, shared, max_lag),
+            dask.delayed(_fit_block)(block, shared, max_lag, stride),
         )
         for (_, i, j), block in np.ndenumerate(values.to_delayed())
     ]
 
 
-def _fit_block(x: np.ndarray, groups: _SlotGroups, max_lag: int) -> _BlockFit:
-    """Slot means (smoothed by ``groups``) and lag moments of one block ``x`` [T, h, w]."""
+def _fit_block(x: np.ndarray, groups: _SlotGroups, max_lag: int, stride: int) -> _BlockFit:
+    """Slot means (smoothed by ``groups``) and lag moments (origins every ``stride``-th
+    step) of one block ``x`` [T, h, w]."""
     x = np.asarray(x, dtype=np.float64)
     finite = np.isfinite(x)
     sums = groups.sums(np.where(finite, x, 0.0))
@@ -315,7 +327,7 @@ def _fit_block(x: np.ndarray, groups: _SlotGroups, max_lag: int) -> _BlockFit:
     with np.errstate(invalid="ignore", divide="ignore"):
         table = np.where(counts > 0, sums / counts, np.nan)
     shift = total / count if count else 0.0
-    moments = _lag_moments(x, table, counts, groups.slots, shift, max_lag)
+    moments = _lag_moments(x, table, counts, groups.slots, shift, max_lag, stride)
     return _BlockFit(table.astype(np.float32), total, count, shift, moments)
 
 
@@ -326,13 +338,14 @@ def _lag_moments(
     slots: np.ndarray,
     shift: float,
     max_lag: int,
+    stride: int,
 ) -> np.ndarray:
     """[K+1, 5, 5]: per lag k, Σ u uᵀ over the pairs where u is finite, with
     u = (p, C̃(t0+k), C̃(t0), y, 1) − (s, s, s, s, 0), p = x(t0), y = x(t0 + k), s = ``shift``
     and C̃(t) = (N·C − x(t)) / (N − 1) the slot mean without x(t) (N values in C).
 
     The origins t0 are every ``stride``-th step, so that a lag sums at most
-    :data:`MOMENT_PAIRS` pairs: the three weights of a lag are well determined by far fewer
+    :data:`MOMENT_PAIRS` pairs over all blocks: the three weights of a lag are well determined by far fewer
     pairs than a year of a large grid holds, and summing all of them for each of the
     ``max_lag`` lags made the fit grow as time × cells × lags (most of ``stpipe train``'s
     time on a year of 128×256)."""
@@ -341,7 +354,6 @@ def _lag_moments(
         held_out = np.where(n > 1, (n * table[slots] - x) / (n - 1), np.nan) - shift
     z = x - shift
     out = np.zeros((max_lag + 1, 5, 5))
-    stride = max(1, -(-x.size // MOMENT_PAIRS))  # ceil: at most MOMENT_PAIRS pairs a lag
     for k in range(1, min(max_lag, x.shape[0] - 1) + 1):
         t0 = slice(0, x.shape[0] - k, stride)
         t1 = slice(k, x.shape[0], stride)

@@ -302,3 +302,29 @@ def test_the_blend_weights_of_a_long_series_come_from_every_stride_th_origin(mon
     np.testing.assert_array_equal(strided.table, full.table)
     assert not np.array_equal(strided.blend_weights, full.blend_weights), "fewer pairs summed"
     np.testing.assert_allclose(strided.blend_weights, full.blend_weights, atol=0.05)
+
+
+def test_the_fit_in_small_blocks_of_cells_equals_the_fit_in_one(monkeypatch):
+    # FIT_BLOCK_BYTES bounds the fit's memory; the blocks share one stride, so the table and
+    # the blend weights do not depend on how the cells are blocked
+    rng = np.random.default_rng(5)
+    hours, side = 24 * 10, 8
+    walk = np.zeros((hours, side, side))
+    for t in range(1, hours):
+        walk[t] = 0.8 * walk[t - 1] + rng.normal(size=(side, side))
+    times = pd.date_range("2024-01-01", periods=hours, freq="h")
+    ds = xr.Dataset(
+        {"t2m": (("time", "lat", "lon"), walk)},
+        coords={"time": times, "lat": np.arange(float(side)), "lon": np.arange(float(side))},
+    )
+    monkeypatch.setattr(climatology_module, "MOMENT_PAIRS", hours * side * side // 3)
+    whole = Climatology.fit(ds, variables=["t2m"], period="day", step_s=3600, max_lag=4)
+    monkeypatch.setattr(climatology_module, "FIT_BLOCK_BYTES", hours * 8 * 4)  # 4 cells
+
+    blocked = Climatology.fit(ds, variables=["t2m"], period="day", step_s=3600, max_lag=4)
+
+    groups = climatology_module._SlotGroups.of(times.asi8, period="day", step_s=3600)
+    blocks = climatology_module._fit_lazy(walk, groups, 4, 3)
+    assert len(blocks) >= side * side // 4, "the cells were split into blocks of at most 4"
+    np.testing.assert_array_equal(blocked.table, whole.table)
+    np.testing.assert_allclose(blocked.blend_weights, whole.blend_weights, rtol=1e-9)
