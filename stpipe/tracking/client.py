@@ -2,7 +2,10 @@
 
 Default backend: SQLite in the workdir (``sqlite:///<workdir>/mlflow.db``, artifacts under
 ``<workdir>/mlartifacts``; MLflow 3 deprecates its file store); ``[mlflow] tracking_uri``
-points at a server instead, which also holds the registry.
+points at a server instead, which also holds the registry, or at another database. New
+experiments keep their artifacts (:func:`artifact_root`) under ``[mlflow]
+artifact_location``, else beside a SQLite database's file, never in the directory a job
+happens to start in (MLflow's ``./mlruns``).
 
 The default layout moves and copies with its workdir (``mv``, ``cp -a``): MLflow records
 absolute artifact locations (of the experiment, each run, logged model and model version),
@@ -43,7 +46,7 @@ from mlflow.store.model_registry.dbmodels.models import SqlModelVersion
 from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlLoggedModel, SqlRun
 
 from stpipe.core.errors import TrackingError
-from stpipe.tracking.settings import MlflowSection
+from stpipe.tracking.settings import MlflowSection, sqlite_path
 
 log = logging.getLogger(__name__)
 # MLflow logs the traceback of every SQL error it then raises; stpipe reports the error
@@ -119,7 +122,7 @@ def connect(
     with tracking_errors(uri, f"open experiment {name!r}"):
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            artifacts = None if settings.tracking_uri else _local_artifacts(workdir, name)
+            artifacts = artifact_root(settings, workdir, name)
             experiment_id = client.create_experiment(name, artifact_location=artifacts)
         elif experiment.lifecycle_stage == "deleted":
             raise TrackingError(
@@ -131,6 +134,18 @@ def connect(
             if not settings.tracking_uri:
                 _follow_workdir(uri, workdir, experiment)
     return Tracking(uri=uri, client=client, experiment_id=experiment_id, model_name=model_name)
+
+
+def artifact_root(settings: MlflowSection, workdir: Path, experiment: str) -> str | None:
+    """Artifact root of a new experiment: under ``[mlflow] artifact_location`` when set, else
+    beside the SQLite database (the workdir's, or the file of a ``sqlite:`` URI); None for
+    a server (its ``--artifacts-destination``) and the file store (its own folder)."""
+    if settings.artifact_location:
+        return f"{settings.artifact_location.rstrip('/')}/{experiment}"
+    database = sqlite_path(settings.tracking_uri) if settings.tracking_uri else None
+    if database is not None:
+        return _local_artifacts(Path(database).parent, experiment)
+    return None if settings.tracking_uri else _local_artifacts(workdir, experiment)
 
 
 def _local_artifacts(workdir: Path, experiment: str) -> str:

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from urllib.parse import SplitResult, urlsplit
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from stpipe.core.settings import Settings
 
@@ -82,8 +82,30 @@ def tracking_uri_problem(uri: str) -> str | None:
     return _SCHEMES[scheme](parts)
 
 
+def sqlite_path(uri: str) -> str | None:
+    """The database file of a ``sqlite:////PATH`` tracking URI ("/PATH"), else None."""
+    parts = urlsplit(uri)
+    if not parts.scheme.lower().startswith("sqlite") or not parts.path.startswith("//"):
+        return None
+    return parts.path[1:]
+
+
+def is_other_database(uri: str) -> bool:
+    """Whether ``uri`` is a SQL database other than SQLite (no folder of its own)."""
+    scheme = urlsplit(uri).scheme.lower()
+    return bool(_DATABASE_SCHEME.fullmatch(scheme)) and not scheme.startswith("sqlite")
+
+
 class MlflowSection(Settings):
     tracking_uri: str = Field(default="", description="Empty: sqlite in workdir.")
+    artifact_location: str = Field(
+        default="",
+        description="Where new experiments keep their artifacts (the logged models), e.g. "
+        "s3://bucket/stpipe or an absolute shared path; each experiment gets a folder of its "
+        "name there. Empty: <workdir>/mlartifacts, beside a SQLite database's file, or a "
+        "server's own; needed with any other database (MLflow would write under ./mlruns "
+        "of whatever directory a job starts in).",
+    )
     experiment: str = ""
     model_name: str = ""
     metric: str = Field(
@@ -115,3 +137,24 @@ class MlflowSection(Settings):
         if problem is not None:
             raise ValueError(f"{uri!r} {problem}; {ACCEPTED_URIS}")
         return uri
+
+    @field_validator("artifact_location")
+    @classmethod
+    def _absolute(cls, location: str) -> str:
+        if location and not (location.startswith("/") or urlsplit(location).netloc):
+            raise ValueError(
+                f"{location!r} is neither an absolute path nor a URI with a host or bucket "
+                f"(a relative path {_CWD})"
+            )
+        return location
+
+    @model_validator(mode="after")
+    def _artifacts_have_a_home(self) -> MlflowSection:
+        if is_other_database(self.tracking_uri) and not self.artifact_location:
+            raise ValueError(
+                f"artifact_location is needed with the database {self.tracking_uri!r}: "
+                "without it MLflow writes the models under ./mlruns of whatever directory "
+                "a job starts in; give a store every machine reads (s3://BUCKET/PREFIX or "
+                "an absolute shared path)"
+            )
+        return self

@@ -36,6 +36,39 @@ def test_default_backend_is_sqlite_in_the_workdir_with_artifacts_beside_it(
     assert experiment.artifact_location.endswith("/mlartifacts/unit")
 
 
+def test_artifacts_stay_beside_a_given_sqlite_database_whatever_directory_a_job_starts_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = tmp_path / "shared" / "mlflow.db"
+    database.parent.mkdir()
+    started_in = tmp_path / "cron"
+    started_in.mkdir()
+    monkeypatch.chdir(started_in)
+    config = make_config(tmp_path / "work", mlflow={"tracking_uri": f"sqlite:///{database}"})
+    tracking = tracking_for(config)
+    run = tracking.client.create_run(tracking.experiment_id)
+    tracking.client.log_text(run.info.run_id, "kept", "note.txt")
+
+    expected = (database.parent / "mlartifacts" / "unit").as_uri()
+    assert tracking.client.get_experiment(tracking.experiment_id).artifact_location == expected
+    assert (database.parent / "mlartifacts" / "unit" / run.info.run_id / "artifacts").is_dir()
+    assert list(started_in.iterdir()) == [], "nothing under ./mlruns of the start directory"
+
+
+def test_artifacts_go_under_artifact_location_when_it_is_set(tmp_path: Path) -> None:
+    store = tmp_path / "bucket"
+    config = make_config(
+        tmp_path / "work",
+        mlflow={
+            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "artifact_location": str(store),
+        },
+    )
+    tracking = tracking_for(config)
+    experiment = tracking.client.get_experiment(tracking.experiment_id)
+    assert experiment.artifact_location == f"{store}/unit"
+
+
 def test_fluent_scope_leaves_the_process_wide_uris_as_they_were(
     tracking: Tracking, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

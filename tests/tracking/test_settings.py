@@ -11,7 +11,7 @@ from mlflow.store.db.db_types import DATABASE_ENGINES as MLFLOW_DATABASE_ENGINES
 from stpipe.app.cli import main
 from stpipe.app.config import load_config
 from stpipe.core.errors import ConfigError
-from stpipe.tracking.settings import ACCEPTED_URIS, DATABASE_ENGINES
+from stpipe.tracking.settings import ACCEPTED_URIS, DATABASE_ENGINES, is_other_database
 from tests.app.test_config import MINIMAL, write
 
 CWD = "would depend on the directory the job starts in"
@@ -83,7 +83,34 @@ def test_stpipe_train_with_an_ftp_tracking_uri_stops_before_writing_anything(
     ],
 )
 def test_the_backends_mlflow_tracks_to_load(tmp_path: Path, uri: str) -> None:
-    assert load_config(with_uri(tmp_path, uri)).mlflow.tracking_uri == uri
+    artifacts = "\nartifact_location = '/srv/mlartifacts'\n" if is_other_database(uri) else ""
+    path = write(tmp_path, MINIMAL + f"\n[mlflow]\ntracking_uri = '{uri}'{artifacts}\n")
+    assert load_config(path).mlflow.tracking_uri == uri
+
+
+@pytest.mark.parametrize(
+    "uri", ["postgresql://db.example.org/mlflow", "mysql+pymysql://db.example.org/mlflow"]
+)
+def test_another_database_needs_an_artifact_location_every_machine_reads(
+    tmp_path: Path, uri: str
+) -> None:
+    path = with_uri(tmp_path, uri)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(
+        f"{path}: [mlflow]: artifact_location is needed with the database {uri!r}: "
+    )
+    assert "\n" not in str(info.value)
+    located = write(
+        tmp_path, MINIMAL + f"\n[mlflow]\ntracking_uri = '{uri}'\nartifact_location = 's3://b/p'\n"
+    )
+    assert load_config(located).mlflow.artifact_location == "s3://b/p"
+
+
+def test_a_relative_artifact_location_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "\n[mlflow]\nartifact_location = 'mlartifacts'\n")
+    with pytest.raises(ConfigError, match="artifact_location: 'mlartifacts' is neither an abs"):
+        load_config(path)
 
 
 def test_the_database_schemes_are_mlflows() -> None:
