@@ -116,7 +116,7 @@ def _against_champion(
         return registry.decide(metric=metric, candidate_score=score, baselines=baselines)
     version = str(current.version)
     champion = load_model(tracking, f"models:/{tracking.model_name}/{version}")
-    spec = _spec_of(champion.card, config)
+    spec = patch_spec_of(champion.card, config)
     problems = _incomparable(champion.card, card, spec, data.ds)
     if problems:
         return Promotion(
@@ -130,7 +130,7 @@ def _against_champion(
             "candidate should forecast",
             baseline_margin=baselines.smallest,
         )
-    own = data if spec == data.spec else _context_for(config, data, spec)
+    own = data_for_spec(config, data, spec)
     return registry.decide(
         metric=metric,
         candidate_score=score,
@@ -140,7 +140,7 @@ def _against_champion(
     )
 
 
-def _spec_of(card: ModelCard, config: Config) -> PatchSpec:
+def patch_spec_of(card: ModelCard, config: Config) -> PatchSpec:
     """The patches the model of ``card`` was trained on (``[patches]`` only for what a card
     does not record: strides, which validation replaces by tiling, and the NaN policy)."""
     halo = card.halo
@@ -177,8 +177,11 @@ def _incomparable(
     return problems
 
 
-def _context_for(config: Config, data: DataContext, spec: PatchSpec) -> DataContext:
-    """The store of ``data`` with the champion's patches ``spec`` (the same splits)."""
+def data_for_spec(config: Config, data: DataContext, spec: PatchSpec) -> DataContext:
+    """The store of ``data`` with the patches ``spec`` of another model (the same splits):
+    ``data`` itself when they are its own."""
+    if spec == data.spec:
+        return data
     return load_data_context(
         config.store_path,
         spec=spec,

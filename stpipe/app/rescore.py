@@ -17,7 +17,7 @@ import xarray as xr
 from stpipe.app.config import Config
 
 # The champion's patches and their data context, as promotion scores the champion.
-from stpipe.app.promotion import _context_for, _spec_of
+from stpipe.app.promotion import data_for_spec, patch_spec_of
 from stpipe.core.card import card_for
 from stpipe.learn.context import DataContext, build_forecaster
 from stpipe.learn.evaluate import evaluate_model
@@ -39,7 +39,7 @@ def rescore_table(
     for row in table.rows:
         version = str(row["version"])
         model = load_model(tracking, f"models:/{tracking.model_name}/{version}")
-        spec = _spec_of(model.card, config)
+        spec = patch_spec_of(model.card, config)
         problems = model.card.store_mismatch(data.ds)
         if not problems:
             rebuilt = card_for(
@@ -49,7 +49,7 @@ def rescore_table(
         if problems:
             scored[version] = f"not scored: {'; '.join(problems)} (v{version} vs store)"
             continue
-        own = data if spec == data.spec else _context_for(config, data, spec)
+        own = data_for_spec(config, data, spec)
         log.info("re-scoring %s v%s on the test window %s", tracking.model_name, version, window)
         scored[version] = evaluate_model(model, own, split="test", device=config.train.device)
         if own is data and reference is None:
