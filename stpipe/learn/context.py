@@ -24,13 +24,13 @@ from torch import Tensor
 
 from stpipe.core.errors import ConfigError, StoreError
 from stpipe.core.grid import is_latlon, spatial_dims
-from stpipe.core.patches import PatchIndex, PatchSpec, is_global_lon
+from stpipe.core.patches import PatchSpec, is_global_lon
 from stpipe.core.settings import SplitSection
 from stpipe.core.splits import SplitName, Splits
 from stpipe.io.settings import DaskSection
 from stpipe.io.store import open_store, store_digest
-from stpipe.learn.loader import PatchLoader, make_loader
-from stpipe.learn.stats import NormStats, compute_stats, nan_steps
+from stpipe.learn.loader import PatchLoader, make_loader, split_windows
+from stpipe.learn.stats import NormStats, compute_stats
 from stpipe.models import Climatology, Forecaster, build_model, model_settings
 from stpipe.models import climatology_period as resolve_climatology_period
 from stpipe.models.baselines import BASELINES
@@ -166,21 +166,17 @@ def check_split_windows(
     times = data.ds["time"].values
     rows, cols = spatial_dims(data.ds)
     spec = data.spec
-    bad_steps = (
-        nan_steps(data.store_path, variables=spec.input_variables, dask=data.dask)
-        if spec.nan_policy == "skip"
-        else None
-    )
     for split in splits:
         a, b = data.splits.index_range(split, times)
-        index = PatchIndex.build(
+        index = split_windows(
             spec,
+            data.store_path,
             times=times,
             step_s=data.step_s,
             grid_shape=(data.ds.sizes[rows], data.ds.sizes[cols]),
-            index_range=(a, b),
-            bad_steps=bad_steps,
             global_lon=data.latlon and is_global_lon(data.ds[cols].values),
+            index_range=(a, b),
+            dask=data.dask,
         )
         if len(index):
             continue
@@ -191,7 +187,7 @@ def check_split_windows(
         held = f"{b - a} steps" + (
             f" ({_seconds(times[a])} … {_seconds(times[b - 1])})" if b > a else ""
         )
-        skipped = " without NaN" if bad_steps is not None else ""
+        skipped = " without NaN" if spec.nan_policy == "skip" else ""
         raise StoreError(
             f"{data.store_path}: the {split} window [{start}, {stop}) holds no complete "
             f"sample: one needs {spec.span} regular steps{skipped} (input_steps "

@@ -52,7 +52,7 @@ The package: :mod:`~stpipe.learn.loader.source` (the store as read),
 """
 
 from stpipe.learn.loader.dataset import PatchDataset
-from stpipe.learn.loader.patch_loader import PatchLoader, make_loader
+from stpipe.learn.loader.patch_loader import PatchLoader, make_loader, split_windows
 from stpipe.learn.loader.plan import (
     BlockLayout,
     Piece,
@@ -80,4 +80,5 @@ __all__ = [
     "plan_batches",
     "plan_blocks",
     "rank_batches",
+    "split_windows",
 ]

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -159,23 +160,49 @@ def _split_index(
     splits: Splits | None,
     dask: DaskSection | None,
 ) -> PatchIndex:
-    """The windows of ``split``, without those holding a NaN step under ``nan_policy = "skip"``."""
+    """The windows of ``split`` (:func:`split_windows`); StoreError if there are none."""
+    index_range = (
+        (0, len(source.times)) if splits is None else splits.index_range(split, source.times)
+    )
+    index = split_windows(
+        spec,
+        store_path,
+        times=source.times,
+        step_s=source.step_s,
+        grid_shape=source.grid_shape,
+        global_lon=source.latlon and is_global_lon(source.cols),
+        index_range=index_range,
+        dask=dask,
+    )
+    check_not_empty(index, split=split, times=source.times)
+    return index
+
+
+def split_windows(
+    spec: PatchSpec,
+    store_path: str | Path,
+    *,
+    times: np.ndarray,
+    step_s: int,
+    grid_shape: tuple[int, int],
+    global_lon: bool,
+    index_range: tuple[int, int],
+    dask: DaskSection | None,
+) -> PatchIndex:
+    """The sample windows of the store's steps ``index_range`` (``times``, ``step_s`` apart,
+    on a ``grid_shape`` grid), as the loaders cut them: without those holding a NaN step
+    under ``nan_policy = "skip"``."""
     bad_steps = (
         nan_steps(store_path, variables=spec.input_variables, dask=dask)
         if spec.nan_policy == "skip"
         else None
     )
-    index_range = (
-        (0, len(source.times)) if splits is None else splits.index_range(split, source.times)
-    )
-    index = PatchIndex.build(
+    return PatchIndex.build(
         spec,
-        times=source.times,
-        step_s=source.step_s,
-        grid_shape=source.grid_shape,
+        times=times,
+        step_s=step_s,
+        grid_shape=grid_shape,
         index_range=index_range,
         bad_steps=bad_steps,
-        global_lon=source.latlon and is_global_lon(source.cols),
+        global_lon=global_lon,
     )
-    check_not_empty(index, split=split, times=source.times)
-    return index
