@@ -1,0 +1,112 @@
+"""What the references a calibration can fall back to score on the test days, untrained.
+
+    python benchmarks/bench_references.py [--seeds N]
+
+The ``regional`` and ``regime`` cases of ``bench_quality.py`` (three weeks of hourly t2m on
+24×32, seeds 1..N, test days at the end or a week earlier; ``regime`` cools the air and
+turns the flow from the test days on) without any network: the hour-of-day climatology
+and the fitted blend are stpipe's own (:class:`stpipe.models.climatology.Climatology`,
+fitted on the train days), and each reference of :data:`stpipe.learn.train.REFERENCES`, and
+the blend residual models start from ("auto"), is scored on the test days' sample windows
+as the loaders cut them. It answers what no choice of reference, however made, can do:
+per reference, the per-lead margin 1 − RMSE / RMSE of the best baseline (persistence,
+climatology, persistence + climatological change), its worst, and how many (case, seed,
+split, lead) fall below −2 %. Last line::
+
+    fewest_cases=N reference=… worst_margin=…
+
+(the reference with the fewest cases below −2 %). Seconds on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date, datetime
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from bench_quality import REGIME, WORSE, split_dates
+
+from stpipe.io.sources.synthetic import Regime, weather_fields, weather_grid
+from stpipe.learn.train import REFERENCES
+from stpipe.models.baselines import BASELINES
+from stpipe.models.climatology import Climatology, time_slots
+
+START, DAYS, INPUT_STEPS, LEADS, GRID = date(2024, 2, 1), 21, 12, (1, 3, 6, 12), (24, 32)
+POSITIONS = {"end": 0, "earlier": 7}
+
+
+def case_fields(seed: int, split: dict[str, str], regime: bool) -> xr.DataArray:
+    """Hourly t2m of ``DAYS`` days (K), dims (time, lat, lon)."""
+    test_start = datetime.fromisoformat(split["test_start"])
+    times = pd.date_range(START, periods=DAYS * 24, freq="h").as_unit("ns")
+    hours = ((times - pd.Timestamp("1900-01-01")) // pd.Timedelta(hours=1)).to_numpy()
+    shift = Regime(start=test_start, **REGIME) if regime else None
+    t2m = weather_fields(hours, seed=seed, grid=GRID, regime=shift)["t2m"]
+    lat, lon = weather_grid(GRID)
+    return xr.DataArray(
+        t2m, dims=("time", "lat", "lon"), coords={"time": times, "lat": lat, "lon": lon}
+    )
+
+
+def margins(x: xr.DataArray, split: dict[str, str]) -> dict[str, list[float]]:
+    """Per reference, the margin over the best baseline at each lead on the test days."""
+    times = x["time"].values
+    val_start, test_start = (np.datetime64(split[k]) for k in ("val_start", "test_start"))
+    test_end = np.datetime64(split.get("test_end", str(times[-1] + np.timedelta64(1, "h"))))
+    train = x.sel(time=slice(None, val_start - np.timedelta64(1, "h")))
+    clim = Climatology.fit(
+        train.to_dataset(name="t2m"), variables=["t2m"], period="day", step_s=3600
+    )
+    # the blend's weights are fitted about the train mean (the references' sum to 1)
+    mean = float(train.mean())
+    c = clim.table[time_slots(times.astype("int64"), period="day", step_s=3600), 0] - mean
+    values = x.values - mean
+    first = int(np.searchsorted(times, test_start)) + INPUT_STEPS - 1
+    inits = np.arange(first, int(np.searchsorted(times, test_end)) - max(LEADS))
+    weights = dict(REFERENCES) | {"auto": None}
+    out: dict[str, list[float]] = {name: [] for name in weights}
+    for lead in LEADS:
+        terms = np.stack([values[inits], c[inits + lead], c[inits]])  # p, C(t), C(t0)
+        truth = values[inits + lead]
+        rmse = {}
+        for name, w in weights.items():
+            w = clim.blend("t2m", lead) if w is None else w
+            forecast = np.tensordot(np.asarray(w), terms, axes=1)
+            rmse[name] = float(np.sqrt(np.mean((forecast - truth) ** 2)))
+        best = min(rmse[name] for name in BASELINES)
+        for name in weights:
+            out[name].append(1 - rmse[name] / best)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 1..N (default 5)")
+    seeds = range(1, parser.parse_args().seeds + 1)
+    table: dict[str, list[float]] = {}
+    print("margin = 1 − RMSE / RMSE of the best baseline, at leads", LEADS, "h")
+    for case in ("regional", "regime"):
+        for seed in seeds:
+            for position, before_end in POSITIONS.items():
+                split = split_dates(
+                    START, days=DAYS, val_days=3, test_days=3, days_before_end=before_end
+                )
+                scores = margins(case_fields(seed, split, case == "regime"), split)
+                cells = "  ".join(
+                    f"{name} " + "/".join(f"{100 * m:+.0f}" for m in ms)
+                    for name, ms in scores.items()
+                )
+                print(f"{case:<8} seed={seed} split={position:<7} {cells}", flush=True)
+                for name, ms in scores.items():
+                    table.setdefault(name, []).extend(ms)
+    cases = {name: sum(m < WORSE for m in ms) for name, ms in table.items()}
+    for name, ms in table.items():
+        print(f"{name:<45} worst {100 * min(ms):+7.1f} %  cases below −2 %: {cases[name]}")
+    best = min(cases, key=lambda name: (cases[name], -min(table[name])))
+    print(f"fewest_cases={cases[best]} reference={best} worst_margin={min(table[best]):.4f}")
+
+
+if __name__ == "__main__":
+    main()
