@@ -2,8 +2,9 @@
 
 Stages (dims: B batch, T input steps, L leads, C channels, H × W patch, h × w latent):
 
-1. Encoder, shared across time: per frame [normalised inputs, their finite-mask, time
-   features, static fields, climatology at that time] → 3×3 conv → ``encoder_layers`` ×
+1. Encoder, shared across time: per frame [normalised inputs (the targets less their
+   recent level: below), their finite-mask, time features, static fields, climatology at
+   that time] → 3×3 conv → ``encoder_layers`` ×
    (stride-2 conv, conv), batch norm and GELU each: [B·T, C, h, w], h = H / 2^layers.
 2. SCNN: a residual temporal convolution (kernel ``temporal_kernel`` along time, 1×1 in space)
    over the encoded sequence [B, C, T, h, w].
@@ -15,6 +16,11 @@ Stages (dims: B batch, T input steps, L leads, C channels, H × W patch, h × w 
    the last one-step changes of the targets and of their climatology (the tendency that
    short leads extrapolate).
    A zero-initialised 1×1 head gives the residual r [B, L, V_out, H, W].
+
+Level shifts: the encoder and the decoder's maps see the targets less their mean anomaly
+over the input steps and the patch (:meth:`ScnnRnn._recent_level`), so a shift of the whole
+patch against the climatology (a cold spell, a new air mass: weather the train days never
+had) moves the forecast by the blend's share of it and leaves the residual r as trained.
 
 Output (normalised units, then physical): with ``residual``,
 ŷ = w_p·p + w_c·C(t) + w_0·C(t0) + r, where p is persistence, C the climatology, and the
@@ -137,6 +143,22 @@ class ScnnRnn(Forecaster):
         calibrated = reference + self.shrink[..., None, None] * (forecast - reference)
         return torch.where(torch.isfinite(reference), calibrated, forecast)
 
+    def _recent_level(self, x: Tensor, clim_inputs: Tensor | None) -> Tensor:
+        """The targets' mean anomaly over the input steps and the patch, normalised, at the
+        targets' places among the inputs (0 elsewhere, and without a climatology):
+        [B, 1, V_in, 1, 1]. The encoder and the decoder's maps see the targets less this
+        level, so a shift of the whole patch against the climatology (a cold spell, a new
+        air mass) leaves the residual as it was; the blend still sees it."""
+        shift = x.new_zeros(x.shape[0], 1, x.shape[2], 1, 1)
+        if clim_inputs is None:
+            return shift
+        anomaly = x[:, :, self.target_index] - clim_inputs  # [B, T, V, H, W]
+        finite = torch.isfinite(anomaly)
+        total = torch.where(finite, anomaly, 0.0).sum((1, 3, 4), keepdim=True)
+        level = total / finite.sum((1, 3, 4), keepdim=True).clamp_min(1)
+        level = level / self.target_std[:, None, None]
+        return shift.index_copy(2, self.target_index, level.to(shift.dtype))
+
     def uncalibrated_forecast(self, batch: Batch) -> tuple[Tensor, Terms]:
         """The network's forecast [B, L, V, H, W] (float32, physical units) and the terms
         of the references (:func:`~stpipe.models.baselines.reference_terms`)."""
@@ -148,6 +170,9 @@ class ScnnRnn(Forecaster):
         )
         z_last = torch.nan_to_num(self.normalise_targets(persistence), nan=0.0)  # [B, 1, V, H, W]
         z = self.normalise_inputs(x)
+        level = self._recent_level(x, clim_inputs)  # [B, 1, V_in, 1, 1], normalised
+        z = torch.where(torch.isfinite(x), z - level, 0.0)
+        z_level = level[:, :, self.target_index]
         frames = [z, torch.isfinite(x).to(x.dtype)]
         if self.n_time_features:
             frames.append(batch["x_time"][..., None, None].expand(-1, -1, -1, height, width))
@@ -156,7 +181,7 @@ class ScnnRnn(Forecaster):
             frames.append(static[:, None].expand(-1, t, -1, -1, -1))
         w = self.blend_init + self.blend_delta  # [L, V, 3]
         blend = w[None, :, :, 0, None, None] * z_last
-        maps = [z_last.expand(-1, n_leads, -1, -1, -1)]
+        maps = [(z_last - z_level).expand(-1, n_leads, -1, -1, -1)]
         if clim_inputs is not None and clim_valid is not None:
             z_clim_inputs = torch.nan_to_num(self.normalise_targets(clim_inputs), nan=0.0)
             z_clim_valid = torch.nan_to_num(self.normalise_targets(clim_valid), nan=0.0)
@@ -173,7 +198,7 @@ class ScnnRnn(Forecaster):
         if self.tendency:
             step = z[:, -1:, self.target_index] - z[:, -2:-1, self.target_index]
             maps.append(step.expand(-1, n_leads, -1, -1, -1))
-        maps.insert(0, blend)
+        maps.insert(0, blend - w[None, :, :, 0, None, None] * z_level)  # less its level
 
         h = self.stem(torch.cat(frames, dim=2).flatten(0, 1))  # [B·T, C0, H, W]
         skips = [h]

@@ -138,6 +138,26 @@ def test_untrained_residual_model_equals_its_baseline(name: str, base: str) -> N
     torch.testing.assert_close(learned(batch), reference(batch), rtol=0, atol=1e-5)
 
 
+def test_a_level_shift_of_the_targets_passes_through_a_trained_residual_unchanged() -> None:
+    # the residual sees the targets less their recent mean anomaly: shifting every input
+    # of the target by δ moves the forecast by w_p·δ, the blend's share, and no more
+    clim = climatology()
+    m = model("scnn_lstm", clim=clim, baseline="persistence_clim_change").eval()
+    with torch.no_grad():
+        for parameter in m.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))  # a residual that is not 0
+    batch = batch_for(start="2024-01-01T21:00", row0=[0, 2], col0=[1, 4])
+    shifted = dict(batch, x=batch["x"].clone())
+    shifted["x"][:, :, 1] -= 4.0  # the target "b": a cold spell of 4 units everywhere
+    with torch.no_grad():
+        before, after = m(batch), m(shifted)
+        w_p = (m.blend_init + m.blend_delta)[:, 0, 0]
+        unshifted = model("scnn_lstm", clim=clim, baseline="persistence_clim_change").eval()
+    assert not torch.allclose(before, unshifted(batch), atol=1e-3), "the residual is not 0"
+    expected = before - 4.0 * w_p[None, :, None, None, None]
+    torch.testing.assert_close(after, expected, rtol=0, atol=1e-4)
+
+
 def test_untrained_auto_model_is_the_fitted_blend() -> None:
     clim = climatology()  # blend: damped anomaly persistence, r(k) = 1 − k/12
     batch = batch_for(leads=(1, 6))
