@@ -24,8 +24,9 @@ over the whole split follows whichever of its days varied most. So:
    cases, 5 seeds × 2 split positions, at 6 and 12 h): climatology was the best baseline
    on the test days in 5 of the 40, where persistence + the climatological change
    trailed it by at most 35 %; in the other 35, climatology trailed the best by up to
-   481 %, and the calibration, choosing on validation days that favoured it or a mean
-   with it, lost down to −165 % at 12 h. So with such a climatology the references are
+   481 % (the baselines' scores are the same in every run of the benchmark), and before
+   this rule the calibration, choosing on validation days that favoured it or a mean with
+   it, lost down to −165 % at 12 h. So with such a climatology the references are
    those that keep the current anomaly, persistence and persistence + the climatological
    change, which a level shift of the whole field (a cold spell, a new air mass) leaves as
    good as before; where climatology does better on validation, promotion's check against
