@@ -345,8 +345,9 @@ def _lag_moments(
     and C̃(t) = (N·C − x(t)) / (N − 1) the slot mean without x(t) (N values in C).
 
     The origins t0 are every ``stride``-th step, so that a lag sums at most
-    :data:`MOMENT_PAIRS` pairs over all blocks: the three weights of a lag are well determined by far fewer
-    pairs than a year of a large grid holds, and summing all of them for each of the
+    :data:`MOMENT_PAIRS` pairs over all blocks: the three weights of a lag are well
+    determined by far fewer pairs than a year of a large grid holds, and summing all of
+    them for each of the
     ``max_lag`` lags made the fit grow as time × cells × lags (most of ``stpipe train``'s
     time on a year of 128×256)."""
     n = count[slots]
