@@ -347,9 +347,8 @@ def _lag_moments(
     The origins t0 are every ``stride``-th step, so that a lag sums at most
     :data:`MOMENT_PAIRS` pairs over all blocks: the three weights of a lag are well
     determined by far fewer pairs than a year of a large grid holds, and summing all of
-    them for each of the
-    ``max_lag`` lags made the fit grow as time × cells × lags (most of ``stpipe train``'s
-    time on a year of 128×256)."""
+    them for each of the ``max_lag`` lags made the fit grow as time × cells × lags (most of
+    ``stpipe train``'s time on a year of 128×256)."""
     n = count[slots]
     with np.errstate(invalid="ignore", divide="ignore"):
         held_out = np.where(n > 1, (n * table[slots] - x) / (n - 1), np.nan) - shift
