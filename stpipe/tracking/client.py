@@ -142,16 +142,16 @@ def artifact_root(settings: MlflowSection, workdir: Path, experiment: str) -> st
     a server (its ``--artifacts-destination``) and the file store (its own folder)."""
     if settings.artifact_location:
         return f"{settings.artifact_location.rstrip('/')}/{experiment}"
-    database = sqlite_path(settings.tracking_uri) if settings.tracking_uri else None
-    if database is not None:
-        return _local_artifacts(Path(database).parent, experiment)
-    return None if settings.tracking_uri else _local_artifacts(workdir, experiment)
+    if not settings.tracking_uri:
+        return _local_artifacts(workdir, experiment)
+    database = sqlite_path(settings.tracking_uri)
+    return None if database is None else _local_artifacts(Path(database).parent, experiment)
 
 
-def _local_artifacts(workdir: Path, experiment: str) -> str:
-    """Artifact root of a new local experiment: ``<workdir>/mlartifacts/<experiment>`` (a
-    server keeps its own, ``--artifacts-destination``)."""
-    return (workdir.resolve() / ARTIFACTS_DIR / experiment).as_uri()
+def _local_artifacts(folder: Path, experiment: str) -> str:
+    """Artifact root of a new experiment kept on this machine:
+    ``<folder>/mlartifacts/<experiment>``, ``folder`` the workdir or the SQLite file's."""
+    return (folder.resolve() / ARTIFACTS_DIR / experiment).as_uri()
 
 
 def _follow_workdir(uri: str, workdir: Path, experiment: Experiment) -> None:
