@@ -7,7 +7,9 @@ The ``regional`` and ``regime`` cases of ``bench_quality.py`` (three weeks of ho
 turns the flow from the test days on) without any network: the hour-of-day climatology
 and the fitted blend are stpipe's own (:class:`stpipe.models.climatology.Climatology`,
 fitted on the train days), and each reference of :data:`stpipe.learn.train.REFERENCES`, and
-the blend residual models start from ("auto"), is scored on the test days' sample windows
+the blend residual models start from (``auto``: damped about the recent level m, the
+mean anomaly over the input steps and the patch, as :mod:`stpipe.models.scnn` does; and,
+for comparison, ``auto about C``: damped about the climatology, m = 0), is scored on the test days' sample windows
 as the loaders cut them. It answers what no choice of reference, however made, can do:
 per reference, the per-lead margin 1 − RMSE / RMSE of the best baseline (persistence,
 climatology, persistence + climatological change), its worst, and how many (case, seed,
@@ -63,16 +65,21 @@ def margins(x: xr.DataArray, split: dict[str, str]) -> dict[str, list[float]]:
     mean = float(train.mean())
     c = clim.table[time_slots(times.astype("int64"), period="day", step_s=3600), 0] - mean
     values = x.values - mean
+    anomaly = (values - c).mean((1, 2))  # the patch is the grid
+    level = np.convolve(anomaly, np.ones(INPUT_STEPS) / INPUT_STEPS)[: len(anomaly)]
     first = int(np.searchsorted(times, test_start)) + INPUT_STEPS - 1
     inits = np.arange(first, int(np.searchsorted(times, test_end)) - max(LEADS))
-    weights = dict(REFERENCES) | {"auto": None}
-    out: dict[str, list[float]] = {name: [] for name in weights}
+    blends = {"auto": True, "auto about C": False}  # damped about the level m, or not
+    weights = {name: (*w, 0.0) for name, w in REFERENCES.items()}
+    out: dict[str, list[float]] = {name: [] for name in [*weights, *blends]}
     for lead in LEADS:
-        terms = np.stack([values[inits], c[inits + lead], c[inits]])  # p, C(t), C(t0)
+        m = np.broadcast_to(level[inits][:, None, None], c[inits].shape)
+        terms = np.stack([values[inits], c[inits + lead], c[inits], m])  # p, C(t), C(t0), m
         truth = values[inits + lead]
+        w_p, w_c, w_0 = clim.blend("t2m", lead)
+        weights |= {name: (w_p, w_c, w_0, (1 - w_p) * about) for name, about in blends.items()}
         rmse = {}
         for name, w in weights.items():
-            w = clim.blend("t2m", lead) if w is None else w
             forecast = np.tensordot(np.asarray(w), terms, axes=1)
             rmse[name] = float(np.sqrt(np.mean((forecast - truth) ** 2)))
         best = min(rmse[name] for name in BASELINES)

@@ -136,6 +136,15 @@ def time_slots(times_ns: Times, *, period: Period, step_s: int) -> Times:
     return day * (86_400 // step_s) + time_of_day
 
 
+def is_the_climate(period: Period) -> bool:
+    """Whether a climatology of ``period`` is the climate (``"doy"``: a year or more of
+    data), which anomalies revert to, or the mean of a few weeks' weather (``"day"``,
+    ``"week"``), which the coming days need not be like (a cold spell, a new air mass).
+    Forecasts built on the latter keep the current anomaly rather than bet on it
+    (:mod:`stpipe.models.scnn`, :func:`stpipe.learn.train.reference_names`)."""
+    return period == "doy"
+
+
 def climatology_period(
     setting: Literal["auto", "day", "week", "doy"], train: xr.Dataset, *, step_s: int
 ) -> Period:

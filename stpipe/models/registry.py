@@ -21,7 +21,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from stpipe.core.errors import ConfigError
 from stpipe.models.baselines import BASELINES, Baseline, baseline_weights
-from stpipe.models.climatology import Climatology
+from stpipe.models.climatology import Climatology, is_the_climate
 from stpipe.models.common import ArrayLike, Forecaster
 from stpipe.models.convlstm import ConvLSTM
 from stpipe.models.scnn import ScnnRnn
@@ -77,6 +77,13 @@ class ModelEntry:
     build: Callable[[Any, ModelInputs], Forecaster]
 
 
+def _is_the_climate(climatology: Climatology | None) -> bool:
+    """Whether residual models may revert to ``climatology`` (see
+    :func:`~stpipe.models.climatology.is_the_climate`); without one there is nothing to
+    revert to, and no level either."""
+    return climatology is None or is_the_climate(climatology.period)
+
+
 def _build_scnn(cfg: ScnnSettings, inputs: ModelInputs) -> Forecaster:
     blend = baseline_weights(
         cfg.baseline,
@@ -93,6 +100,7 @@ def _build_scnn(cfg: ScnnSettings, inputs: ModelInputs) -> Forecaster:
         dropout=cfg.dropout,
         residual=cfg.residual,
         blend=blend,
+        keeps_level=cfg.baseline == "auto" and not _is_the_climate(inputs.climatology),
         climatology=inputs.climatology,
         n_time_features=inputs.n_time_features,
         n_static=inputs.n_static,

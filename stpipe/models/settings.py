@@ -81,7 +81,9 @@ class ScnnSettings(ModelSection):
         description="What a residual model adds its output to (and predicts when untrained): "
         "'auto' is the per-lead least-squares blend of persistence, climatology and "
         "persistence + climatological change fitted on the train split with the climatology "
-        "held out (persistence when there is no climatology).",
+        "held out (persistence when there is no climatology); about a climatology of a few "
+        "weeks it damps the anomaly about its recent level, so a shift of the whole field "
+        "(a cold spell) is kept rather than damped towards the train days' mean.",
     )
 
 

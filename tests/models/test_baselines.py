@@ -10,7 +10,7 @@ import torch
 from stpipe.core.errors import ConfigError
 from stpipe.models import build_model, model_settings
 from stpipe.models.baselines import baseline_weights
-from stpipe.models.climatology import Climatology
+from stpipe.models.climatology import Climatology, Period, slots_per_period
 
 from . import make_batch
 
@@ -18,14 +18,18 @@ HOUR_NS = 3600 * 10**9
 
 
 def climatology(
-    *, variables: tuple[str, ...] = ("a", "b"), grid: tuple[int, int] = (10, 12)
+    *,
+    variables: tuple[str, ...] = ("a", "b"),
+    grid: tuple[int, int] = (10, 12),
+    period: Period = "day",
 ) -> Climatology:
     rng = np.random.default_rng(1)
-    table = rng.standard_normal((24, len(variables), *grid)).astype(np.float32) + 10.0
+    slots = slots_per_period(period=period, step_s=3600)
+    table = rng.standard_normal((slots, len(variables), *grid)).astype(np.float32) + 10.0
     r = np.linspace(1.0, 0.0, 13, dtype=np.float32)  # damped anomaly persistence, r = 1 − k/12
     blend = np.stack([r, np.ones_like(r), -r], axis=-1)[None].repeat(len(variables), axis=0)
     return Climatology(
-        variables=variables, period="day", step_s=3600, table=table, blend_weights=blend
+        variables=variables, period=period, step_s=3600, table=table, blend_weights=blend
     )
 
 

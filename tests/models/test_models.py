@@ -12,9 +12,10 @@ from torch import nn
 
 from stpipe.core.errors import ConfigError
 from stpipe.models import build_model, count_parameters, flops_per_sample, model_settings
+from stpipe.models.climatology import Climatology
 
 from . import make_batch
-from .test_baselines import climatology
+from .test_baselines import climatology, expected_clim
 
 LEARNED = ["scnn_lstm", "scnn_gru", "convlstm"]
 
@@ -158,16 +159,50 @@ def test_a_level_shift_of_the_targets_passes_through_a_trained_residual_unchange
     torch.testing.assert_close(after, expected, rtol=0, atol=1e-4)
 
 
-def test_untrained_auto_model_is_the_fitted_blend() -> None:
+def recent_level(clim: Climatology, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The target "b"'s mean anomaly over the input steps and the 8×8 patch at (0, 0), by
+    hand: [B, 1, 1, 1, 1]."""
+    c = np.stack([expected_clim(clim, times, 0, 0) for times in batch["x_times"]])
+    return (batch["x"][:, :, 1] - torch.from_numpy(c)).mean((1, 2, 3))[:, None, None, None, None]
+
+
+def test_untrained_auto_model_is_the_fitted_blend_about_the_recent_level() -> None:
     clim = climatology()  # blend: damped anomaly persistence, r(k) = 1 − k/12
     batch = batch_for(leads=(1, 6))
+    batch["x"][:, :, 1] += 3.0  # a warm spell: the level the blend keeps
     learned = model("scnn_lstm", leads=(1, 6), clim=clim).eval()
     p = model("persistence", leads=(1, 6))(batch)
     c = model("climatology", leads=(1, 6), clim=clim)(batch)
     change = model("persistence_clim_change", leads=(1, 6), clim=clim)(batch) - p  # C(t) − C(t0)
     r = torch.tensor([11 / 12, 0.5])[None, :, None, None, None]
-    expected = c + r * (p - (c - change))
+    level = recent_level(clim, batch)
+    assert level.min() > 2.5, "the warm spell's level"
+    expected = c + level + r * (p - (c - change) - level)
     torch.testing.assert_close(learned(batch), expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize(("period", "keeps"), [("day", True), ("doy", False)])
+def test_a_level_shift_moves_a_trained_auto_model_by_all_of_it_unless_it_is_the_climate(
+    period: str, keeps: bool
+) -> None:
+    # about a few weeks' climatology the fitted blend keeps a shift of the whole patch, and
+    # the residual does not see it: the forecast moves by the shift, not back towards the
+    # train days' mean; the day-of-year climatology is the climate, which anomalies revert
+    # to: the blend keeps only its share w_p
+    m = model("scnn_lstm", leads=(1, 6), clim=climatology(period=period)).eval()
+    with torch.no_grad():
+        for parameter in m.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))  # a residual that is not 0
+    batch = batch_for(leads=(1, 6), start="2024-01-01T21:00", row0=[0, 2], col0=[1, 4])
+    shifted = dict(batch, x=batch["x"].clone())
+    shifted["x"][:, :, 1] -= 4.0
+    with torch.no_grad():
+        w_p = (m.blend_init + m.blend_delta)[:, 0, 0]
+        moved = m(shifted) - m(batch)
+    assert (w_p < 0.95).all(), "a damped blend, which without the level would move by w_p·4"
+    share = torch.ones_like(w_p) if keeps else w_p
+    expected = (-4.0 * share)[None, :, None, None, None].expand_as(moved)
+    torch.testing.assert_close(moved, expected, rtol=0, atol=1e-4)
 
 
 def test_non_residual_model_does_not_start_at_the_baseline() -> None:

@@ -65,6 +65,7 @@ from stpipe.models.baselines import (
     reference_forecast,
     reference_terms,
 )
+from stpipe.models.climatology import Period, is_the_climate
 
 # References a calibration may lean on, as weights of p, C(t), C(t0): the baselines and the
 # means of two (averaging two forecasts of similar skill is the robust combination).
@@ -115,7 +116,7 @@ def calibrate(
     )
 
 
-def reference_names(period: str | None) -> list[str]:
+def reference_names(period: Period | None) -> list[str]:
     """The :data:`REFERENCES` a calibration may choose with a climatology of ``period``
     (None: no climatology): all of them for the day-of-year climatology of a year or more;
     for a climatology of a few weeks (``"day"``, ``"week"``) only those that keep the
@@ -123,7 +124,7 @@ def reference_names(period: str | None) -> list[str]:
     one."""
     if period is None:
         return ["persistence"]
-    if period == "doy":
+    if is_the_climate(period):
         return list(REFERENCES)
     return [name for name, weights in REFERENCES.items() if weights[0] == 1.0]
 
