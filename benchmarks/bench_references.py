@@ -8,8 +8,10 @@ turns the flow from the test days on) without any network: the hour-of-day clima
 and the fitted blend are stpipe's own (:class:`stpipe.models.climatology.Climatology`,
 fitted on the train days), and each reference of :data:`stpipe.learn.train.REFERENCES`, and
 the blend residual models start from (``auto``: damped about the recent level m, the
-mean anomaly over the input steps and the patch, as :mod:`stpipe.models.scnn` does; and,
-for comparison, ``auto about C``: damped about the climatology, m = 0), is scored on the test days' sample windows
+mean anomaly over the input steps and the patch, as :mod:`stpipe.models.scnn` does where
+the patch is the whole grid, as in these cases; for comparison, the same with the level of
+8×8 patches, a twelfth of the grid, and ``auto about C``: damped about the climatology,
+m = 0, as the model does otherwise), is scored on the test days' sample windows
 as the loaders cut them. It answers what no choice of reference, however made, can do:
 per reference, the per-lead margin 1 − RMSE / RMSE of the best baseline (persistence,
 climatology, persistence + climatological change), its worst, and how many (case, seed,
@@ -36,6 +38,7 @@ from stpipe.models.baselines import BASELINES
 from stpipe.models.climatology import Climatology, time_slots
 
 START, DAYS, INPUT_STEPS, LEADS, GRID = date(2024, 2, 1), 21, 12, (1, 3, 6, 12), (24, 32)
+SMALL_PATCH = (8, 8)  # a patch of a twelfth of the grid: its mean anomaly is local weather
 POSITIONS = {"end": 0, "earlier": 7}
 
 
@@ -52,6 +55,18 @@ def case_fields(seed: int, split: dict[str, str], regime: bool) -> xr.DataArray:
     )
 
 
+def recent_level(anomaly: np.ndarray, tile: tuple[int, int]) -> np.ndarray:
+    """The mean of ``anomaly`` [T, H, W] over the last ``INPUT_STEPS`` steps (to each step,
+    included) and over each ``tile`` of the grid, broadcast back to its cells: [T, H, W]."""
+    (n, height, width), (th, tw) = anomaly.shape, tile
+    means = anomaly.reshape(n, height // th, th, width // tw, tw).mean((2, 4))
+    cumulative = np.concatenate([np.zeros_like(means[:1]), np.cumsum(means, axis=0)])
+    first = np.maximum(np.arange(1, n + 1) - INPUT_STEPS, 0)
+    steps = np.arange(1, n + 1) - first
+    recent = (cumulative[1:] - cumulative[first]) / steps[:, None, None]
+    return recent.repeat(th, axis=1).repeat(tw, axis=2)
+
+
 def margins(x: xr.DataArray, split: dict[str, str]) -> dict[str, list[float]]:
     """Per reference, the margin over the best baseline at each lead on the test days."""
     times = x["time"].values
@@ -65,25 +80,29 @@ def margins(x: xr.DataArray, split: dict[str, str]) -> dict[str, list[float]]:
     mean = float(train.mean())
     c = clim.table[time_slots(times.astype("int64"), period="day", step_s=3600), 0] - mean
     values = x.values - mean
-    anomaly = (values - c).mean((1, 2))  # the patch is the grid
-    level = np.convolve(anomaly, np.ones(INPUT_STEPS) / INPUT_STEPS)[: len(anomaly)]
+    levels = {tile: recent_level(values - c, tile) for tile in (GRID, SMALL_PATCH)}
     first = int(np.searchsorted(times, test_start)) + INPUT_STEPS - 1
     inits = np.arange(first, int(np.searchsorted(times, test_end)) - max(LEADS))
-    blends = {"auto": True, "auto about C": False}  # damped about the level m, or not
-    weights = {name: (*w, 0.0) for name, w in REFERENCES.items()}
+    blends = {  # damped about the level m of patches of a size, or about C (m = 0)
+        "auto": (GRID, 1.0),
+        f"auto, level of {SMALL_PATCH[0]}×{SMALL_PATCH[1]} patches": (SMALL_PATCH, 1.0),
+        "auto about C": (GRID, 0.0),
+    }
+    weights = dict(REFERENCES)
     out: dict[str, list[float]] = {name: [] for name in [*weights, *blends]}
     for lead in LEADS:
-        m = np.broadcast_to(level[inits][:, None, None], c[inits].shape)
-        terms = np.stack([values[inits], c[inits + lead], c[inits], m])  # p, C(t), C(t0), m
+        terms = np.stack([values[inits], c[inits + lead], c[inits]])  # p, C(t), C(t0)
         truth = values[inits + lead]
         w_p, w_c, w_0 = clim.blend("t2m", lead)
-        weights |= {name: (w_p, w_c, w_0, (1 - w_p) * about) for name, about in blends.items()}
         rmse = {}
         for name, w in weights.items():
-            forecast = np.tensordot(np.asarray(w), terms, axes=1)
+            rmse[name] = float(np.sqrt(np.mean((np.tensordot(w, terms, axes=1) - truth) ** 2)))
+        for name, (tile, kept) in blends.items():
+            forecast = np.tensordot((w_p, w_c, w_0), terms, axes=1)
+            forecast += kept * (1 - w_p) * levels[tile][inits]
             rmse[name] = float(np.sqrt(np.mean((forecast - truth) ** 2)))
         best = min(rmse[name] for name in BASELINES)
-        for name in weights:
+        for name in out:
             out[name].append(1 - rmse[name] / best)
     return out
 

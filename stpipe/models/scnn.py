@@ -20,22 +20,25 @@ Stages (dims: B batch, T input steps, L leads, C channels, H × W patch, h × w 
 Level shifts: the encoder and the decoder's maps see the targets less their mean anomaly
 over the input steps and the patch (:meth:`ScnnRnn._recent_level`), so a shift of the whole
 patch against the climatology (a cold spell, a new air mass: weather the train days never
-had) leaves the residual r as trained. About a climatology of a few weeks, the mean of
-those weeks' weather rather than the climate
-(:func:`~stpipe.models.climatology.is_the_climate`), the fitted blend
-(``baseline = "auto"``) keeps that level too: it damps the anomaly about the recent level
-m, w_p·p + w_c·C(t) + w_0·C(t0) + (1 − w_p)·m, so such a shift moves the whole forecast by
+had) leaves the residual r as trained. Where the patch is the whole grid, so that its
+mean anomaly is the field's, and the climatology is of a few weeks, the mean of those
+weeks' weather rather than the climate (:func:`~stpipe.models.climatology.is_the_climate`),
+the fitted blend (``baseline = "auto"``) keeps that level too (``keeps_level``, decided in
+:mod:`stpipe.models.registry`): it damps the anomaly about the recent level m,
+w_p·p + w_c·C(t) + w_0·C(t0) + (1 − w_p)·m, so such a shift moves the whole forecast by
 the shift (it is equivariant to it) instead of being damped back towards the train days'
-mean. About the day-of-year climatology of a year or more, and for the baselines, the
-forecast keeps the blend's share w_p of the shift (persistence all, climatology none).
+mean. Otherwise, and for the baselines, the forecast keeps the blend's share w_p of the
+shift (persistence all, climatology none).
 Measured on the ``regional`` and ``regime`` cases' fields without any network
 (``benchmarks/bench_references.py``, 5 seeds × 2 split positions × 4 leads): the blend
 damped about the climatology fell below the best baseline by more than 2 % in 40 of 80
 (worst −122 %, at 12 h after the regime change), damped about the recent level in 28
-(worst −34 %, at 12 h where climatology wins; after the regime change −20 %). Trained
-(``benchmarks/bench_quality.py`` on an H200), cases below −2 % went from 17 to 10. With the
-day-of-year climatology (its ``longclim`` case), keeping the level lost 45–56 % to
-climatology at 24 h.
+(worst −34 %, at 12 h where climatology wins; after the regime change −20 %), but damped
+about the level of 8×8 patches (a twelfth of the grid: local weather, which moves on) in
+42. Trained (``benchmarks/bench_quality.py`` on an H200), cases below −2 % went from 17 to
+9. With the day-of-year climatology (its ``longclim`` case), keeping the level lost 45–56 %
+to climatology at 24 h; in ``stpipe demo`` (16×16 patches on a 64×64 grid) the champion
+went from 8–12 % ahead of the best baseline to 14 % behind it at 6 h.
 
 Output (normalised units, then physical): with ``residual``,
 ŷ = w_p·p + w_c·C(t) + w_0·C(t0) + w_m·m + r, where p is persistence, C the climatology,

@@ -167,7 +167,8 @@ def recent_level(clim: Climatology, batch: dict[str, torch.Tensor]) -> torch.Ten
 
 
 def test_untrained_auto_model_is_the_fitted_blend_about_the_recent_level() -> None:
-    clim = climatology()  # blend: damped anomaly persistence, r(k) = 1 − k/12
+    # blend: damped anomaly persistence, r(k) = 1 − k/12; the 8×8 patch is the whole grid
+    clim = climatology(grid=(8, 8))
     batch = batch_for(leads=(1, 6))
     batch["x"][:, :, 1] += 3.0  # a warm spell: the level the blend keeps
     learned = model("scnn_lstm", leads=(1, 6), clim=clim).eval()
@@ -181,19 +182,23 @@ def test_untrained_auto_model_is_the_fitted_blend_about_the_recent_level() -> No
     torch.testing.assert_close(learned(batch), expected, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize(("period", "keeps"), [("day", True), ("doy", False)])
-def test_a_level_shift_moves_a_trained_auto_model_by_all_of_it_unless_it_is_the_climate(
-    period: str, keeps: bool
+@pytest.mark.parametrize(
+    ("period", "grid", "keeps"),
+    [("day", (8, 8), True), ("doy", (8, 8), False), ("day", (8, 9), False)],
+)
+def test_a_level_shift_moves_a_trained_auto_model_by_all_of_it_where_the_patch_is_the_field(
+    period: str, grid: tuple[int, int], keeps: bool
 ) -> None:
-    # about a few weeks' climatology the fitted blend keeps a shift of the whole patch, and
-    # the residual does not see it: the forecast moves by the shift, not back towards the
-    # train days' mean; the day-of-year climatology is the climate, which anomalies revert
-    # to: the blend keeps only its share w_p
-    m = model("scnn_lstm", leads=(1, 6), clim=climatology(period=period)).eval()
+    # about a few weeks' climatology, with the 8×8 patch the whole grid, the fitted blend
+    # keeps a shift of the field, and the residual does not see it: the forecast moves by
+    # the shift, not back towards the train days' mean. The day-of-year climatology is the
+    # climate, which anomalies revert to, and a patch's mean anomaly on a larger grid is
+    # local weather: there the blend keeps only its share w_p
+    m = model("scnn_lstm", leads=(1, 6), clim=climatology(period=period, grid=grid)).eval()
     with torch.no_grad():
         for parameter in m.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))  # a residual that is not 0
-    batch = batch_for(leads=(1, 6), start="2024-01-01T21:00", row0=[0, 2], col0=[1, 4])
+    batch = batch_for(leads=(1, 6), start="2024-01-01T21:00")
     shifted = dict(batch, x=batch["x"].clone())
     shifted["x"][:, :, 1] -= 4.0
     with torch.no_grad():
