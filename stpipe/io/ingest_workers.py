@@ -79,7 +79,15 @@ import psutil
 from stpipe.core.errors import StpipeError
 from stpipe.io import store as st
 from stpipe.io.compute import keep_freed_memory
-from stpipe.io.ingest_tasks import Decoded, Loaded, decode, describe, first_difference, write_loaded
+from stpipe.io.ingest_tasks import (
+    Decoded,
+    Loaded,
+    decode,
+    describe,
+    first_difference,
+    warm_up,
+    write_loaded,
+)
 from stpipe.io.settings import SourceSection
 
 log = logging.getLogger(__name__)
@@ -419,11 +427,13 @@ _LAUNCHER = "import sys; from stpipe.io.ingest_workers import launch; launch(sys
 
 
 def launch(argv: list[str]) -> None:
-    """The launcher process: import the reader once, then fork one worker per socket.
+    """The launcher process: import the reader and warm up once, then fork one worker per
+    socket.
 
     ``argv``: the ingest's pid, the store path, the reader's module, the workers' socket
-    file descriptors. Forked workers share the imports (no start-up each); the launcher
-    waits for them and dies with the ingest, and they die with it.
+    file descriptors. Forked workers share the imports, those xarray makes at its first
+    Dataset too (:func:`stpipe.io.ingest_tasks.warm_up`), so none has a start-up of its
+    own; the launcher waits for them and dies with the ingest, and they die with it.
     """
     ingest_pid, store_path, reader, *fds = argv
     _die_with_parent()
@@ -431,6 +441,7 @@ def launch(argv: list[str]) -> None:
         return  # the ingest died before the line above
     os.environ.pop(st.CRASH_ENV, None)  # crash tests count the ingest process's writes
     importlib.import_module(reader)
+    warm_up()
     keep_freed_memory()
     children = []
     sockets = [int(fd) for fd in fds]
