@@ -16,13 +16,13 @@ the NetCDF reader holds it only while netCDF4 reads the packed values, and unpac
 it) and the Python of zarr's writes and of the loop runs under the GIL: about
 :data:`SERIAL_SHARE` of a file's CPU runs one file at a time, however many threads, while
 checksums, unpacking, compression and file I/O run in parallel. Threads therefore keep
-every core busy up to about ``1 / SERIAL_SHARE`` cores. Worker processes share no lock,
-but they come from a launcher process that first imports numpy, xarray, zarr and the
-reader, then forks them (no import each): they are ready :data:`LAUNCH_S` seconds after
-the start, during which one worker thread here works alone. With ``c`` the CPU seconds per
-MB of input files (:data:`CPU_S_PER_MB`) and ``w`` workers, threads take
-``MB · c · max(SERIAL_SHARE, 1 / w)`` and processes ``LAUNCH_S + (MB · c - LAUNCH_S) / w``.
-:func:`plan_workers` takes
+every core busy up to about ``1 / SERIAL_SHARE`` cores. Worker processes share no lock, but
+they come from a launcher process that first imports numpy, xarray, zarr and the reader and
+builds a first Dataset (xarray then imports dask.array and scipy), then forks them (no
+import each): they are ready :data:`LAUNCH_S` seconds after the start, during which one
+worker thread here works alone. With ``c`` the CPU seconds per MB of input files
+(:data:`CPU_S_PER_MB`) and ``w`` workers, threads take ``MB · c · max(SERIAL_SHARE, 1 / w)``
+and processes ``LAUNCH_S + (MB · c - LAUNCH_S) / w``. :func:`plan_workers` takes
 
 - ``workers``: the cores (``[dask] n_workers`` when set), the files to ingest, and what
   memory allows (half the available memory over :data:`DECODED_BYTES_PER_FILE_BYTE` × the
@@ -45,6 +45,16 @@ processes were ready 2.9 s after the start there (1.5-2.2 s on the 16-core machi
 ``STPIPE_INGEST_WORKERS=threads`` or ``=processes`` (processes only, no bridging thread)
 overrides the rule, for benchmarks and tests; ``bench_ingest.py --compare`` measures both
 on the machine at hand and prints when worker processes were ready.
+
+Much of worker processes' extra CPU was start-up paid in each (profiled on 2 cores; not yet
+re-measured on 16): at its first file every worker imported dask.array and scipy (xarray
+checks new variables for dask arrays: 330 modules, 0.4 s of CPU alone), and the launcher's
+interpreter teardown took 0.3 s. The launcher now does the first
+(:func:`stpipe.io.ingest_tasks.warm_up`) before forking and skips the second. On the shared
+2-core machine (12 files, 226 MB; 4 alternating runs), 2 worker processes: 13.4-16.8 ms CPU
+per MB and 69-82 MB/s before, 12.5-14.1 ms and 75-98 MB/s after (5-7 ms of it the
+launcher's start-up); 12 worker processes (``[dask] n_workers = 12``): 37-44 ms before,
+20-23 ms after; threads: 6.0-7.7 ms either way.
 
 A worker process dies with the ingest: the launcher gets SIGKILL when the ingest process
 dies, and its workers when it dies. Each worker holds the store's data-write lock shared for
@@ -79,7 +89,15 @@ import psutil
 from stpipe.core.errors import StpipeError
 from stpipe.io import store as st
 from stpipe.io.compute import keep_freed_memory
-from stpipe.io.ingest_tasks import Decoded, Loaded, decode, describe, first_difference, write_loaded
+from stpipe.io.ingest_tasks import (
+    Decoded,
+    Loaded,
+    decode,
+    describe,
+    first_difference,
+    warm_up,
+    write_loaded,
+)
 from stpipe.io.settings import SourceSection
 
 log = logging.getLogger(__name__)
@@ -91,7 +109,8 @@ reading under the format libraries' lock (0.13, measured) and the Python of zarr
 and of the loop under the GIL (0.07, estimated)."""
 LAUNCH_S = 2.0
 """Seconds from the start until the worker processes are ready (the launcher imports
-numpy, xarray, zarr and the reader): 1.5-2.2 s on an idle machine, 2.9 s on a loaded one."""
+numpy, xarray, zarr and the reader): 1.5-2.2 s on an idle machine, 2.9 s on a loaded one;
+since it also warms up, 0.97-1.84 s on the 2-core machine (0.69-1.19 s before)."""
 CPU_S_PER_MB = 0.010
 """CPU seconds per MB of input file (int16-packed NetCDF: checksum, decode, zarr write)."""
 DECODED_BYTES_PER_FILE_BYTE = 4
@@ -415,15 +434,18 @@ def serve(conn: Connection, store_path: Path) -> None:
             conn.send(("ok", answer))
 
 
-_LAUNCHER = "import sys; from stpipe.io.ingest_workers import launch; launch(sys.argv[1:])"
+# The launcher skips the interpreter's teardown (0.3 s of CPU freeing modules one by one).
+_LAUNCHER = (
+    "import os, sys; from stpipe.io.ingest_workers import launch; launch(sys.argv[1:]); os._exit(0)"
+)
 
 
 def launch(argv: list[str]) -> None:
-    """The launcher process: import the reader once, then fork one worker per socket.
+    """The launcher process: import the reader and warm up once, then fork a worker per socket.
 
     ``argv``: the ingest's pid, the store path, the reader's module, the workers' socket
-    file descriptors. Forked workers share the imports (no start-up each); the launcher
-    waits for them and dies with the ingest, and they die with it.
+    file descriptors. Forked workers share the imports, the warm-up's too (no start-up
+    each); the launcher waits for them and dies with the ingest, and they die with it.
     """
     ingest_pid, store_path, reader, *fds = argv
     _die_with_parent()
@@ -431,6 +453,7 @@ def launch(argv: list[str]) -> None:
         return  # the ingest died before the line above
     os.environ.pop(st.CRASH_ENV, None)  # crash tests count the ingest process's writes
     importlib.import_module(reader)
+    warm_up()
     keep_freed_memory()
     children = []
     sockets = [int(fd) for fd in fds]

@@ -192,6 +192,29 @@ def test_every_worker_process_takes_a_file(feed_files, tmp_path):
         assert times == [np.datetime64(f"2024-01-01T{h:02d}:00") for h in (0, 6, 12)]
 
 
+def _libraries(process: psutil.Process) -> set[str]:
+    return {m.path for m in process.memory_maps() if ".so" in Path(m.path).name}
+
+
+def test_worker_processes_load_no_library_of_their_own(feed_files, tmp_path):
+    """The launcher loads, before it forks, every library a worker needs for its files
+    (xarray loads dask.array and scipy at its first Dataset: it cost each worker about 1 s
+    of CPU), so a worker that has decoded files maps only libraries it inherited."""
+    source = SourceSection(kind="netcdf", paths="feed/*.nc", variables=["t2m", "u10"])
+    with LocalPool(source, tmp_path / "store.zarr", threads=0, processes=2) as pool:
+        decodings = [pool.decode(path) for path in feed_files[:2]]
+        assert all(d.described().times.size == STEPS_PER_FILE for d in decodings)
+        (launcher,) = [p for p in psutil.Process().children() if "launch(" in " ".join(p.cmdline())]
+        workers = launcher.children()
+        assert len(workers) == 2
+        inherited = _libraries(launcher)
+        assert any("xarray" in path or "numpy" in path for path in inherited)
+        for worker in workers:
+            assert _libraries(worker) - inherited == set()
+        for decoding in decodings:
+            decoding.release()
+
+
 # --- a parallel ingest killed mid-way ---
 
 
