@@ -46,18 +46,15 @@ processes were ready 2.9 s after the start there (1.5-2.2 s on the 16-core machi
 overrides the rule, for benchmarks and tests; ``bench_ingest.py --compare`` measures both
 on the machine at hand and prints when worker processes were ready.
 
-Much of worker processes' extra CPU was start-up paid in each (profiled on 2 cores): at its
-first file every worker imported dask.array and scipy (xarray
-checks new variables for dask arrays: 330 modules, 0.4 s of CPU alone), and the launcher's
-interpreter teardown took 0.3 s. The launcher now does the first
-(:func:`stpipe.io.ingest_tasks.warm_up`) before forking and skips the second. On the shared
-2-core machine (12 files, 226 MB; 4 alternating runs), 2 worker processes: 13.4-16.8 ms CPU
-per MB and 69-82 MB/s before, 12.5-14.1 ms and 75-98 MB/s after (5-7 ms of it the
-launcher's start-up); 12 worker processes (``[dask] n_workers = 12``): 37-44 ms before,
-20-23 ms after; threads: 6.0-7.7 ms either way. On the 16-core machine (60 files, another
-lease): 16 worker processes 16.5 ms CPU per MB (33 before), threads 9.4; but the launcher,
-now importing what the workers need, was ready only after 3.75 s, and the processes then
-ingested the 1132 MB in the remaining 0.8 s (about 1,350 MB/s): 247 MB/s in all against
+Much of worker processes' extra CPU was start-up paid in each: at its first file every
+worker imported dask.array and scipy (xarray checks new variables for dask arrays: 330
+modules, 0.4 s of CPU), and the launcher's interpreter teardown took 0.3 s. The launcher now
+does the first (:func:`stpipe.io.ingest_tasks.warm_up`) before forking and skips the second.
+CPU per MB, before → after: 2 worker processes on the shared 2-core machine 13.4-16.8 →
+12.5-14.1 ms (12 files, 226 MB; 5-7 ms of it the launcher's start-up), 12 there 37-44 →
+20-23 ms, 16 on the 16-core machine 33 → 16.5 ms (threads 6.0-7.7 and 9.4 either way). But
+there the launcher, now importing what the workers need, was ready only after 3.75 s; the
+processes then ingested the 1132 MB in 0.8 s (about 1,350 MB/s), 247 MB/s in all against
 302 for threads. Their start-up, not their CPU, now bounds worker processes there.
 
 A worker process dies with the ingest: the launcher gets SIGKILL when the ingest process
