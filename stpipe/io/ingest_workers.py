@@ -28,34 +28,25 @@ and processes ``LAUNCH_S + (MB · c - LAUNCH_S) / w``. :func:`plan_workers` take
   memory allows (half the available memory over :data:`DECODED_BYTES_PER_FILE_BYTE` × the
   largest file), whichever is least;
 - worker processes when the input exceeds :func:`processes_pay_off_mb` (never below
-  ``1 / SERIAL_SHARE`` = 5 workers; on 16, above 1.4 GB of files), else that many worker
+  ``1 / SERIAL_SHARE`` workers, 4; on 16, above 0.4 GB of files), else that many worker
   threads (one per file for a nightly run).
 
 Measured (``benchmarks/bench_ingest.py``: 256×256 hourly ERA5-like daily NetCDF files,
-int16-packed, 12.6 MB each, 18.9 MB of float32). On a 16-core machine, 60 files, before the
-NetCDF reader released the lock while unpacking: threads 311 MB/s, worker processes
-222 MB/s (float32 MB), so the rule's earlier figures (serial share 0.45 and the launcher's
-start-up counted as CPU only, which chose processes above 26 MB) were wrong there. After it:
-threads 368 MB/s (the rule's choice; 2.9 cores busy, 7.9 ms CPU per MB), worker processes
-281 MB/s (9.3 cores busy but 33 ms CPU per MB; the same with one zarr thread a process). On a
-shared 2-core machine (load average 4-8): CPU per input MB 9.6-10.4 ms (checksum 1.0,
-decode 3.8-4.8 of which 1.3 under the lock, zarr write 4.6-5.9), so the lock holds 0.13 of the
-CPU; the GIL's share is estimated at 0.07 (the Python of zarr's writes, the loop); worker
-processes were ready 2.9 s after the start there (1.5-2.2 s on the 16-core machine).
+int16-packed, 12.6 MB each, 18.9 MB of float32; ``benchmarks/results/`` holds the logs).
+CPU per float32 MB with threads: 5-6 ms on the 2-core machine (checksum 0.7, decode 1.0,
+zarr write and compression most of the rest), 9.4 ms on the 16-core one. Threads are bound
+by the GIL: 1.6 cores busy of 2, 2.8-3.1 of 16, whatever the number of threads. Worker
+processes cost more CPU (16.5 ms per MB with 16 on the 16-core machine: each pays its first
+zarr write and its page faults) but once ready they ingested 1132 MB in 0.8 s there.
 ``STPIPE_INGEST_WORKERS=threads`` or ``=processes`` (processes only, no bridging thread)
 overrides the rule, for benchmarks and tests; ``bench_ingest.py --compare`` measures both
 on the machine at hand and prints when worker processes were ready.
 
-Much of worker processes' extra CPU was start-up paid in each: at its first file every
-worker imported dask.array and scipy (xarray checks new variables for dask arrays: 330
-modules, 0.4 s of CPU), and the launcher's interpreter teardown took 0.3 s. The launcher now
-does the first (:func:`stpipe.io.ingest_tasks.warm_up`) before forking and skips the second.
-CPU per MB, before → after: 2 worker processes on the shared 2-core machine 13.4-16.8 →
-12.5-14.1 ms (12 files, 226 MB; 5-7 ms of it the launcher's start-up), 12 there 37-44 →
-20-23 ms, 16 on the 16-core machine 33 → 16.5 ms (threads 6.0-7.7 and 9.4 either way). But
-there the launcher, now importing what the workers need, was ready only after 3.75 s; the
-processes then ingested the 1132 MB in 0.8 s (about 1,350 MB/s), 247 MB/s in all against
-302 for threads. Their start-up, not their CPU, now bounds worker processes there.
+Start-up: at its first file every worker imported dask.array and scipy (xarray checks new
+variables for dask arrays: 330 modules, 0.4 s of CPU), and the launcher's interpreter
+teardown took 0.3 s. The launcher now does the first (:func:`stpipe.io.ingest_tasks.warm_up`)
+before forking, freezes the objects it holds out of the collector's reach, and skips the
+second: 16 worker processes 16.5 ms CPU per MB on the 16-core machine (33 before).
 
 A worker process dies with the ingest: the launcher gets SIGKILL when the ingest process
 dies, and its workers when it dies. Each worker holds the store's data-write lock shared for
@@ -67,6 +58,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import importlib
 import logging
 import os
@@ -104,14 +96,15 @@ from stpipe.io.settings import SourceSection
 log = logging.getLogger(__name__)
 
 MODE_ENV = "STPIPE_INGEST_WORKERS"
-SERIAL_SHARE = 0.2
+SERIAL_SHARE = 0.3
 """Share of a file's CPU that one process runs one file at a time, whatever its threads:
-reading under the format libraries' lock (0.13, measured) and the Python of zarr's writes
-and of the loop under the GIL (0.07, estimated)."""
-LAUNCH_S = 2.0
-"""Seconds from the start until the worker processes are ready (the launcher imports
-numpy, xarray, zarr and the reader): 1.5-2.2 s on an idle machine, 2.9 s on a loaded one;
-since it also warms up, 0.97-1.84 s on the 2-core machine (0.69-1.19 s before)."""
+reading under the format libraries' lock (0.13, measured) and the Python of decoding, of
+zarr's writes and of the loop under the GIL. Threads kept 2.8-3.1 cores busy on the 16-core
+machine and 1.6 of 2 on the 2-core one (the GIL was held 85 % of the time there)."""
+LAUNCH_S = 1.0
+"""Seconds from the start until the worker processes are ready (the launcher imports numpy,
+xarray, zarr and the reader and warms up, then forks): 0.9 s on the idle 2-core machine,
+16 processes as soon as one."""
 CPU_S_PER_MB = 0.010
 """CPU seconds per MB of input file (int16-packed NetCDF: checksum, decode, zarr write)."""
 DECODED_BYTES_PER_FILE_BYTE = 4
@@ -456,6 +449,7 @@ def launch(argv: list[str]) -> None:
     importlib.import_module(reader)
     warm_up()
     keep_freed_memory()
+    gc.freeze()  # the imports' objects: never scanned by a worker's collector, never copied
     children = []
     sockets = [int(fd) for fd in fds]
     for i, fd in enumerate(sockets):

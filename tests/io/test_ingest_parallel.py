@@ -124,11 +124,10 @@ def test_plan_picks_threads_while_they_keep_every_core_busy(tmp_path, monkeypatc
 
     assert plan_workers(files, cores=2) == WorkerPlan(threads=2, processes=0)
     assert plan_workers(files, cores=16) == WorkerPlan(threads=1, processes=16), "2 GB"
-    assert plan_workers(files[:15], cores=16) == WorkerPlan(threads=15, processes=0), (
-        "750 MB, the size of bench_ingest's 60 files: threads were faster on 16 cores"
-    )
-    assert plan_workers(files[:30], cores=16) == WorkerPlan(threads=1, processes=16)
-    assert plan_workers(files, cores=4) == WorkerPlan(threads=4, processes=0)
+    assert plan_workers(files[:7], cores=16) == WorkerPlan(threads=7, processes=0), "350 MB"
+    assert plan_workers(files[:10], cores=16) == WorkerPlan(threads=1, processes=10), "500 MB"
+    assert plan_workers(files[:20], cores=4) == WorkerPlan(threads=4, processes=0), "1 GB"
+    assert plan_workers(files, cores=4) == WorkerPlan(threads=1, processes=4)
     assert plan_workers(files[:1], cores=16) == WorkerPlan(threads=1, processes=0)
     assert plan_workers(files[:2], cores=8) == WorkerPlan(threads=2, processes=0)
     assert plan_workers(files[:3], cores=3) == WorkerPlan(threads=3, processes=0)
@@ -143,8 +142,9 @@ def test_plan_picks_threads_while_they_keep_every_core_busy(tmp_path, monkeypatc
 
 def test_processes_pay_off_where_threads_run_out_of_parallel_work():
     assert processes_pay_off_mb(1) == processes_pay_off_mb(2) == float("inf")
-    assert processes_pay_off_mb(5) == float("inf"), "threads keep 1 / SERIAL_SHARE cores busy"
-    for workers in (6, 8, 16, 32):
+    most_threads_keep_busy = int(1 / SERIAL_SHARE)
+    assert processes_pay_off_mb(most_threads_keep_busy) == float("inf")
+    for workers in (most_threads_keep_busy + 1, 8, 16, 32):
         mb = processes_pay_off_mb(workers)
         threads = mb * CPU_S_PER_MB * max(SERIAL_SHARE, 1 / workers)
         processes = LAUNCH_S + (mb * CPU_S_PER_MB - LAUNCH_S) / workers
