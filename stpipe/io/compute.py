@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import gc
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -72,6 +73,23 @@ def keep_freed_memory() -> None:
     if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
         libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+
+
+@contextlib.contextmanager
+def collector_skips_existing_objects() -> Iterator[None]:
+    """Keep the objects that exist now (the imports' hundreds of thousands) out of the
+    cyclic garbage collector's scans until the block ends; what the block creates is
+    collected as usual.
+
+    A full collection scans every tracked object under the GIL, which the ingest's worker
+    threads share: measured on the 2-core machine, one full collection of 60-130 ms in an
+    ingest of 30 files of 12.6 MB (about 3 s), none with this.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 _M_TRIM_THRESHOLD = -1

@@ -48,7 +48,12 @@ from stpipe.core.grid import CF_CONVENTIONS, spatial_dims
 from stpipe.core.splits import TimeRange, time_gaps
 from stpipe.io import store as st
 from stpipe.io.checksums import CHECKSUM_CACHE, Signature, cached_checksums, save_checksums
-from stpipe.io.compute import dask_context, keep_freed_memory, release_free_memory
+from stpipe.io.compute import (
+    collector_skips_existing_objects,
+    dask_context,
+    keep_freed_memory,
+    release_free_memory,
+)
 from stpipe.io.ingest_checks import check_compatible, check_gap, check_on_step
 from stpipe.io.ingest_commits import Commit, CommitQueue, Stopwatch
 from stpipe.io.ingest_dask import DaskPool
@@ -119,9 +124,10 @@ def ingest(job: IngestJob, *, progress: bool = True) -> IngestReport:
             if state.template is not None:
                 _warn_on_layout_settings(job, state.template)
             keep_freed_memory()
-            report = _ingest_files(
-                job, state, todo, checksums, report, progress=progress, stopwatch=stopwatch
-            )
+            with collector_skips_existing_objects():
+                report = _ingest_files(
+                    job, state, todo, checksums, report, progress=progress, stopwatch=stopwatch
+                )
             manifest = state.manifest
             with stopwatch.stage("resize"):
                 if manifest is not None and state.capacity != manifest.committed_length:

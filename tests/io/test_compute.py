@@ -3,7 +3,9 @@ cluster at the address otherwise (closed afterwards), and one line for an unreac
 
 from __future__ import annotations
 
+import gc
 import socket
+import weakref
 from collections.abc import Iterator
 
 import dask
@@ -12,7 +14,7 @@ import pytest
 from distributed import Client, LocalCluster, get_client, get_task_stream
 
 from stpipe.core.errors import StpipeError
-from stpipe.io.compute import dask_context
+from stpipe.io.compute import collector_skips_existing_objects, dask_context
 from stpipe.io.settings import DaskSection
 
 
@@ -54,3 +56,30 @@ def test_an_unreachable_scheduler_is_one_line_naming_the_address() -> None:
         pytest.fail("the block must not run")
     assert str(info.value).startswith(f"[dask] address: cannot reach scheduler {address}: ")
     assert "\n" not in str(info.value)
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the cyclic collector frees it
+
+
+def test_collector_skips_existing_objects_but_collects_new_garbage_until_the_block_ends():
+    before = _Node()
+    old = weakref.ref(before)
+    with collector_skips_existing_objects():
+        assert gc.get_freeze_count() >= 1
+        del before
+        gc.collect()
+        assert old() is not None, "an object that existed before the block is not scanned"
+        new = weakref.ref(_Node())
+        gc.collect()
+        assert new() is None, "garbage made inside the block is still collected"
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert old() is None, "after the block the collector scans it again"
+
+
+def test_collector_scans_everything_again_after_an_error():
+    with pytest.raises(RuntimeError), collector_skips_existing_objects():
+        raise RuntimeError("stop")
+    assert gc.get_freeze_count() == 0
