@@ -10,8 +10,12 @@
 # imports asyncpg, redis and burner-redis (its task queue), MLflow's SQLite registry imports
 # cryptography, and MLflow looks up `databricks.agents` on import.
 # Install on the box with:
-#   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+#   python3 -m compileall -q -j 0 stpipe
 #   export PYTHONPATH=/tmp/site:$PWD
+# Keep the compilation: the box's image sets PYTHONDONTWRITEBYTECODE=1, so without it every
+# process compiles what it imports (the ingest's worker launcher took 3.4-5.3 s instead of
+# 2.4-2.8; benchmarks/results/bench_ingest_h200.log).
 # Usage, from the repository root:  bash benchmarks/gpu_wheels.sh [--have LIST_FILE]
 # LIST_FILE: names of the packages already on the box, one a line (default: the list below).
 set -euo pipefail

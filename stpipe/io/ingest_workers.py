@@ -28,7 +28,7 @@ and processes ``LAUNCH_S + (MB · c - LAUNCH_S) / w``. :func:`plan_workers` take
   memory allows (half the available memory over :data:`DECODED_BYTES_PER_FILE_BYTE` × the
   largest file), whichever is least;
 - worker processes when the input exceeds :func:`processes_pay_off_mb` (never below
-  ``1 / SERIAL_SHARE`` workers, 4; on 16, above 0.4 GB of files), else that many worker
+  ``1 / SERIAL_SHARE`` workers, 4; on 16, above 0.87 GB of files), else that many worker
   threads (one per file for a nightly run).
 
 Measured (``benchmarks/bench_ingest.py``: 256×256 hourly ERA5-like daily NetCDF files,
@@ -46,7 +46,10 @@ Start-up: at its first file every worker imported dask.array and scipy (xarray c
 variables for dask arrays: 330 modules, 0.4 s of CPU), and the launcher's interpreter
 teardown took 0.3 s. The launcher now does the first (:func:`stpipe.io.ingest_tasks.warm_up`)
 before forking, freezes the objects it holds out of the collector's reach, and skips the
-second: 16 worker processes 16.5 ms CPU per MB on the 16-core machine (33 before).
+second: 16 worker processes 15-16 ms CPU per MB on the 16-core machine (33 before). There,
+60 files (1132 MB): the rule's processes (one thread bridging) 394 MB/s, ready after 2.2 s
+and done 0.65 s later; threads 335 MB/s. The launcher's imports, not the work, now bound
+an ingest of that size; a worker that decoded and wrote without xarray would need fewer.
 
 A worker process dies with the ingest: the launcher gets SIGKILL when the ingest process
 dies, and its workers when it dies. Each worker holds the store's data-write lock shared for
@@ -101,10 +104,11 @@ SERIAL_SHARE = 0.3
 reading under the format libraries' lock (0.13, measured) and the Python of decoding, of
 zarr's writes and of the loop under the GIL. Threads kept 2.8-3.1 cores busy on the 16-core
 machine and 1.6 of 2 on the 2-core one (the GIL was held 85 % of the time there)."""
-LAUNCH_S = 1.0
+LAUNCH_S = 2.2
 """Seconds from the start until the worker processes are ready (the launcher imports numpy,
-xarray, zarr and the reader and warms up, then forks): 0.9 s on the idle 2-core machine,
-16 processes as soon as one."""
+xarray, zarr and the reader and warms up, then forks; 16 are ready as soon as one): 2.2-3.0 s
+on the 16-core machine (slower per core, and its dask.array imports CuPy), 0.9 s on the idle
+2-core one. The slower figure: it chooses threads where processes would not gain much."""
 CPU_S_PER_MB = 0.010
 """CPU seconds per MB of input file (int16-packed NetCDF: checksum, decode, zarr write)."""
 DECODED_BYTES_PER_FILE_BYTE = 4

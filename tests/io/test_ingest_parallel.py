@@ -124,10 +124,9 @@ def test_plan_picks_threads_while_they_keep_every_core_busy(tmp_path, monkeypatc
 
     assert plan_workers(files, cores=2) == WorkerPlan(threads=2, processes=0)
     assert plan_workers(files, cores=16) == WorkerPlan(threads=1, processes=16), "2 GB"
-    assert plan_workers(files[:7], cores=16) == WorkerPlan(threads=7, processes=0), "350 MB"
-    assert plan_workers(files[:10], cores=16) == WorkerPlan(threads=1, processes=10), "500 MB"
-    assert plan_workers(files[:20], cores=4) == WorkerPlan(threads=4, processes=0), "1 GB"
-    assert plan_workers(files, cores=4) == WorkerPlan(threads=1, processes=4)
+    assert plan_workers(files[:16], cores=16) == WorkerPlan(threads=16, processes=0), "800 MB"
+    assert plan_workers(files[:20], cores=16) == WorkerPlan(threads=1, processes=16), "1 GB"
+    assert plan_workers(files, cores=4) == WorkerPlan(threads=4, processes=0)
     assert plan_workers(files[:1], cores=16) == WorkerPlan(threads=1, processes=0)
     assert plan_workers(files[:2], cores=8) == WorkerPlan(threads=2, processes=0)
     assert plan_workers(files[:3], cores=3) == WorkerPlan(threads=3, processes=0)
