@@ -17,9 +17,8 @@ it) and the Python of zarr's writes and of the loop runs under the GIL: about
 :data:`SERIAL_SHARE` of a file's CPU runs one file at a time, however many threads, while
 checksums, unpacking, compression and file I/O run in parallel. Threads therefore keep
 every core busy up to about ``1 / SERIAL_SHARE`` cores. Worker processes share no lock, but
-they come from a launcher process that first imports numpy, xarray, zarr and the reader and
-builds a first Dataset (xarray then imports dask.array and scipy), then forks them (no
-import each): they are ready :data:`LAUNCH_S` seconds after the start, during which one
+they come from a launcher that imports numpy, xarray, zarr and the reader, then forks them
+(no import each): they are ready :data:`LAUNCH_S` seconds after the start, during which one
 worker thread here works alone. With ``c`` the CPU seconds per MB of input files
 (:data:`CPU_S_PER_MB`) and ``w`` workers, threads take ``MB · c · max(SERIAL_SHARE, 1 / w)``
 and processes ``LAUNCH_S + (MB · c - LAUNCH_S) / w``. :func:`plan_workers` takes
@@ -38,18 +37,17 @@ zarr write and compression most of the rest), 9.4 ms on the 16-core one. Threads
 by the GIL: 1.6 cores busy of 2, 2.8-3.1 of 16, whatever the number of threads. Worker
 processes cost more CPU (16.5 ms per MB with 16 on the 16-core machine: each pays its first
 zarr write and its page faults) but once ready they ingested 1132 MB in 0.8 s there.
-``STPIPE_INGEST_WORKERS=threads`` or ``=processes`` (processes only, no bridging thread)
-overrides the rule, for benchmarks and tests; ``bench_ingest.py --compare`` measures both
-on the machine at hand and prints when worker processes were ready.
+``STPIPE_INGEST_WORKERS=threads`` or ``=processes`` (no bridging thread) overrides the
+rule; ``bench_ingest.py --compare`` measures both and when worker processes were ready.
 
 Start-up: at its first file every worker imported dask.array and scipy (xarray checks new
-variables for dask arrays: 330 modules, 0.4 s of CPU), and the launcher's interpreter
-teardown took 0.3 s. The launcher now does the first (:func:`stpipe.io.ingest_tasks.warm_up`)
-before forking, freezes the objects it holds out of the collector's reach, and skips the
-second: 16 worker processes 15-16 ms CPU per MB on the 16-core machine (33 before). There,
-60 files (1132 MB): the rule's processes (one thread bridging) 394 MB/s, ready after 2.2 s
-and done 0.65 s later; threads 335 MB/s. The launcher's imports, not the work, now bound
-an ingest of that size; a worker that decoded and wrote without xarray would need fewer.
+variables for dask arrays: 330 modules, 0.4 s of CPU), and the launcher's teardown took
+0.3 s. The launcher now marks dask.array absent, warms xarray up
+(:func:`stpipe.io.ingest_tasks.warm_up`), freezes its objects out of the collector's reach,
+forks, and skips its teardown: 16 processes 15-16 ms CPU per MB on the 16-core machine (33
+before). There, 60 files (1132 MB), before dask.array was marked absent: the rule's
+processes (one thread bridging) 394 MB/s, ready after 2.2 s and done 0.65 s later; threads
+335 MB/s. The launcher's imports, not the work, bound an ingest of that size.
 
 A worker process dies with the ingest: the launcher gets SIGKILL when the ingest process
 dies, and its workers when it dies. Each worker holds the store's data-write lock shared for
@@ -105,10 +103,10 @@ reading under the format libraries' lock (0.13, measured) and the Python of deco
 zarr's writes and of the loop under the GIL. Threads kept 2.8-3.1 cores busy on the 16-core
 machine and 1.6 of 2 on the 2-core one (the GIL was held 85 % of the time there)."""
 LAUNCH_S = 2.2
-"""Seconds from the start until the worker processes are ready (the launcher imports numpy,
-xarray, zarr and the reader and warms up, then forks; 16 are ready as soon as one): 2.2-3.0 s
-on the 16-core machine (slower per core, and its dask.array imports CuPy), 0.9 s on the idle
-2-core one. The slower figure: it chooses threads where processes would not gain much."""
+"""Seconds from the start until the worker processes are ready (16 as soon as one): 2.2-3.0 s
+on the 16-core machine, slower per core (measured while its launcher still loaded dask.array
+and CuPy: 0.7 s of it), 0.9 s on the idle 2-core one (0.8-0.9 s since). The slower figure: the
+rule then picks threads where processes would gain little."""
 CPU_S_PER_MB = 0.010
 """CPU seconds per MB of input file (int16-packed NetCDF: checksum, decode, zarr write)."""
 DECODED_BYTES_PER_FILE_BYTE = 4
@@ -450,6 +448,10 @@ def launch(argv: list[str]) -> None:
     if os.getppid() != int(ingest_pid):
         return  # the ingest died before the line above
     os.environ.pop(st.CRASH_ENV, None)  # crash tests count the ingest process's writes
+    # Workers hold numpy data only, yet xarray checks each new variable for dask arrays by
+    # importing dask.array (with scipy, and CuPy where installed: 0.7 s on the 16-core
+    # machine). Marked absent, dask.array is never loaded and the check is a no-op.
+    sys.modules.setdefault("dask.array", None)  # type: ignore[arg-type]
     importlib.import_module(reader)
     warm_up()
     keep_freed_memory()

@@ -196,9 +196,10 @@ def _libraries(process: psutil.Process) -> set[str]:
 
 
 def test_worker_processes_load_no_library_of_their_own(feed_files, tmp_path):
-    """The launcher loads, before it forks, every library a worker needs for its files
-    (xarray loads dask.array and scipy at its first Dataset: it cost each worker about 1 s
-    of CPU), so a worker that has decoded files maps only libraries it inherited."""
+    """The launcher loads, before it forks, every library a worker needs for its files, so
+    a worker that has decoded files maps only libraries it inherited; and none it does not
+    need (xarray's first Dataset loads dask.array, and scipy with it, unless told dask.array
+    is absent: about 1 s of CPU each on 2 cores)."""
     source = SourceSection(kind="netcdf", paths="feed/*.nc", variables=["t2m", "u10"])
     with LocalPool(source, tmp_path / "store.zarr", threads=0, processes=2) as pool:
         decodings = [pool.decode(path) for path in feed_files[:2]]
@@ -208,6 +209,7 @@ def test_worker_processes_load_no_library_of_their_own(feed_files, tmp_path):
         assert len(workers) == 2
         inherited = _libraries(launcher)
         assert any("xarray" in path or "numpy" in path for path in inherited)
+        assert not [path for path in inherited if "/scipy/" in path], "scipy is not needed"
         for worker in workers:
             assert _libraries(worker) - inherited == set()
         for decoding in decodings:
