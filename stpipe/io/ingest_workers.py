@@ -6,48 +6,9 @@ the store, then writes its new steps into the store's arrays (zarr compresses th
 its threads) or drops it, and only then takes its next file. The loop sees descriptions
 (times, an empty-time copy, checksum), writes the time coordinate and commits, file by file
 in file order. A pool of ``workers`` holds at most ``workers + 1`` decoded files at once
-(the one more: the thread that bridges the start of worker processes), however many files.
+(the one more: a thread that bridges the start of worker processes), however many files.
 
-Threads or processes
---------------------
-In one process, reads take turns under the format libraries' lock
-(:data:`stpipe.io.sources.canonical.LIBRARY_LOCK`: netCDF-C and HDF5 are not thread-safe;
-the NetCDF reader holds it only while netCDF4 reads the packed values, and unpacks outside
-it) and the Python of zarr's writes and of the loop runs under the GIL: about
-:data:`SERIAL_SHARE` of a file's CPU runs one file at a time, however many threads, while
-checksums, unpacking, compression and file I/O run in parallel. Threads therefore keep
-every core busy up to about ``1 / SERIAL_SHARE`` cores. Worker processes share no lock, but
-they come from a launcher that imports numpy, xarray, zarr and the reader, then forks them
-(no import each): they are ready :data:`LAUNCH_S` seconds after the start, during which one
-worker thread here works alone. With ``c`` the CPU seconds per MB of input files
-(:data:`CPU_S_PER_MB`) and ``w`` workers, threads take ``MB · c · max(SERIAL_SHARE, 1 / w)``
-and processes ``LAUNCH_S + (MB · c - LAUNCH_S) / w``. :func:`plan_workers` takes
-
-- ``workers``: the cores (``[dask] n_workers`` when set), the files to ingest, and what
-  memory allows (half the available memory over :data:`DECODED_BYTES_PER_FILE_BYTE` × the
-  largest file), whichever is least;
-- worker processes when the input exceeds :func:`processes_pay_off_mb` (never below
-  ``1 / SERIAL_SHARE`` workers, 4; on 16, above 0.87 GB of files), else that many worker
-  threads (one per file for a nightly run).
-
-Measured (``benchmarks/bench_ingest.py``: 256×256 hourly ERA5-like daily NetCDF files,
-int16-packed, 12.6 MB each, 18.9 MB of float32; ``benchmarks/results/`` holds the logs).
-CPU per float32 MB with threads: 5-6 ms on the 2-core machine (checksum 0.7, decode 1.0,
-zarr write and compression most of the rest), 9.4 ms on the 16-core one. Threads are bound
-by the GIL: 1.6 cores busy of 2, 2.8-3.1 of 16, whatever the number of threads. Worker
-processes cost more CPU (16.5 ms per MB with 16 on the 16-core machine: each pays its first
-zarr write and its page faults) but once ready they ingested 1132 MB in 0.8 s there.
-``STPIPE_INGEST_WORKERS=threads`` or ``=processes`` (no bridging thread) overrides the
-rule; ``bench_ingest.py --compare`` measures both and when worker processes were ready.
-
-Start-up: at its first file every worker imported dask.array and scipy (xarray checks new
-variables for dask arrays: 330 modules, 0.4 s of CPU), and the launcher's teardown took
-0.3 s. The launcher now marks dask.array absent, warms xarray up
-(:func:`stpipe.io.ingest_tasks.warm_up`), freezes its objects out of the collector's reach,
-forks, and skips its teardown: 16 processes 15-16 ms CPU per MB on the 16-core machine (33
-before). There, 60 files (1132 MB), before dask.array was marked absent: the rule's
-processes (one thread bridging) 394 MB/s, ready after 2.2 s and done 0.65 s later; threads
-335 MB/s. The launcher's imports, not the work, bound an ingest of that size.
+The pool is sized and typed by :mod:`stpipe.io.ingest_plan`.
 
 A worker process dies with the ingest: the launcher gets SIGKILL when the ingest process
 dies, and its workers when it dies. Each worker holds the store's data-write lock shared for
@@ -78,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
 from stpipe.core.errors import StpipeError
 from stpipe.io import store as st
 from stpipe.io.compute import keep_freed_memory
+from stpipe.io.ingest_plan import plan_workers
 from stpipe.io.ingest_tasks import (
     Decoded,
     Loaded,
@@ -96,84 +57,11 @@ from stpipe.io.settings import SourceSection
 
 log = logging.getLogger(__name__)
 
-MODE_ENV = "STPIPE_INGEST_WORKERS"
-SERIAL_SHARE = 0.3
-"""Share of a file's CPU that one process runs one file at a time, whatever its threads:
-reading under the format libraries' lock (0.13, measured) and the Python of decoding, of
-zarr's writes and of the loop under the GIL. Threads kept 2.8-3.1 cores busy on the 16-core
-machine and 1.6 of 2 on the 2-core one (the GIL was held 85 % of the time there)."""
-LAUNCH_S = 2.2
-"""Seconds from the start until the worker processes are ready (16 as soon as one): 2.2-3.0 s
-on the 16-core machine, slower per core (measured while its launcher still loaded dask.array
-and CuPy: 0.7 s of it), 0.9 s on the idle 2-core one (0.8-0.9 s since). The slower figure: the
-rule then picks threads where processes would gain little."""
-CPU_S_PER_MB = 0.010
-"""CPU seconds per MB of input file (int16-packed NetCDF: checksum, decode, zarr write)."""
-DECODED_BYTES_PER_FILE_BYTE = 4
-"""Memory a worker needs per byte of its file: packed int16 decodes to twice its size in
-float32, and zarr holds the compressed chunks and a chunk being compressed besides."""
 JOIN_TIMEOUT_S = 60.0
 
 
 class WorkerDied(StpipeError):
     """An ingest worker process died (killed, out of memory) before it answered."""
-
-
-@dataclass(frozen=True)
-class WorkerPlan:
-    """``processes`` worker processes, and ``threads`` workers in this process: with
-    processes, one thread that works only until they are ready."""
-
-    threads: int
-    processes: int
-
-
-def plan_workers(files: list[Path], *, cores: int) -> WorkerPlan:
-    """The pool for ingesting ``files`` on ``cores`` cores (the rule in the module docstring)."""
-    sizes = [_size(p) for p in files] or [0]
-    memory = psutil.virtual_memory().available // 2
-    by_memory = max(1, memory // max(1, DECODED_BYTES_PER_FILE_BYTE * max(sizes)))
-    workers = max(1, min(cores, len(files), by_memory))
-    forced = os.environ.get(MODE_ENV)
-    mode = forced or (
-        "processes" if sum(sizes) / 1e6 > processes_pay_off_mb(workers) else "threads"
-    )
-    if mode not in ("threads", "processes"):
-        raise StpipeError(f"{MODE_ENV}={mode!r}: expected 'threads' or 'processes'")
-    if mode == "threads":
-        return WorkerPlan(threads=workers, processes=0)
-    return WorkerPlan(threads=0 if forced else 1, processes=workers)
-
-
-def processes_pay_off_mb(workers: int) -> float:
-    """Input file MB above which ``workers`` worker processes finish sooner than threads.
-
-    Threads take ``MB · c · max(SERIAL_SHARE, 1 / workers)``, processes
-    ``LAUNCH_S + (MB · c - LAUNCH_S) / workers`` (one thread works until they are ready);
-    infinite while threads keep every core busy.
-    """
-    gain = SERIAL_SHARE - 1 / workers
-    if gain <= 0:
-        return float("inf")
-    return LAUNCH_S * (1 - 1 / workers) / (CPU_S_PER_MB * gain)
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, else the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-# --- the pool of this machine: worker threads here and worker processes, over pipes ---
 
 
 class _Reply:
@@ -225,6 +113,7 @@ class LocalPool:
         self._queue: deque[_LocalDecoding] = deque()
         self._workers: list[_Worker] = []
         self._threads: list[threading.Thread] = []
+        self._most_files = processes + 1 if processes else threads  # decoded files at once
         for i in range(threads):
             ours, theirs = socket.socketpair()
             thread = threading.Thread(
@@ -296,18 +185,30 @@ class LocalPool:
 
     def _dispatch(self) -> None:
         """Give queued files to ready workers that hold no undecided file; next to worker
-        processes, threads only bridge their start (or stand in if none started)."""
-        processes = [w for w in self._workers if w.process and w.alive]
-        bridging = not processes or not all(w.ready for w in processes)
+        processes, threads only bridge their start (or stand in if none started). A worker
+        decodes its next file only after its write, so the workers with a file or a command
+        are those with a file in memory: never more than ``processes + 1``."""
+        bridging = not self.processes_ready
+        busy = sum(w.holding is not None or bool(w.expecting) for w in self._workers)
         for worker in self._workers:
             if not self._queue:
                 return
             if not (worker.process or bridging):
                 continue
             if worker.ready and worker.alive and worker.holding is None:
+                if not worker.expecting:  # idle: one more file in memory
+                    if busy >= self._most_files:
+                        continue
+                    busy += 1
                 decoding = self._queue.popleft()
                 decoding.worker, worker.holding = worker, decoding
                 decoding.reply = worker.send("decode", decoding.path, self._source)
+
+    @property
+    def processes_ready(self) -> bool:
+        """Whether there are live worker processes and all of them are ready."""
+        processes = [w for w in self._workers if w.process and w.alive]
+        return bool(processes) and all(w.ready for w in processes)
 
     def pump(self, until: Callable[[], bool], *, block: bool = True) -> None:
         """Take in workers' messages until ``until()`` (once, without waiting, if not ``block``)."""
@@ -333,7 +234,7 @@ class LocalPool:
             return
         if status == "ready":
             worker.ready = True
-            if worker.process and all(w.ready for w in self._workers if w.process):
+            if worker.process and self.processes_ready:
                 ready_s = time.perf_counter() - self._started
                 log.debug("ingest worker processes ready after %.3f s", ready_s)
             return

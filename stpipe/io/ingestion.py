@@ -57,9 +57,10 @@ from stpipe.io.compute import (
 from stpipe.io.ingest_checks import check_compatible, check_gap, check_on_step
 from stpipe.io.ingest_commits import Commit, CommitQueue, Stopwatch
 from stpipe.io.ingest_dask import DaskPool
+from stpipe.io.ingest_plan import available_cores
 from stpipe.io.ingest_report import IngestReport, finish_report
 from stpipe.io.ingest_tasks import Decoded, DecodePool, Decoding
-from stpipe.io.ingest_workers import WorkerDied, available_cores, local_pool
+from stpipe.io.ingest_workers import WorkerDied, local_pool
 from stpipe.io.manifest import FileEntry, Manifest
 from stpipe.io.settings import DaskSection, SourceSection, StoreSection
 

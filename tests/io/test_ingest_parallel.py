@@ -18,17 +18,18 @@ import pytest
 import xarray as xr
 
 from stpipe.core.errors import StpipeError
-from stpipe.io import ingest_workers
-from stpipe.io.ingest_workers import (
+from stpipe.io import ingest_plan
+from stpipe.io.ingest_plan import (
     CPU_S_PER_MB,
     LAUNCH_S,
     MODE_ENV,
     SERIAL_SHARE,
-    LocalPool,
     WorkerPlan,
+    bridging_threads,
     plan_workers,
     processes_pay_off_mb,
 )
+from stpipe.io.ingest_workers import LocalPool
 from stpipe.io.ingestion import ingest
 from stpipe.io.manifest import read_manifest
 from stpipe.io.settings import SourceSection
@@ -71,8 +72,8 @@ def test_processes_build_the_same_store_as_threads(
     (feed / "day_2024010300_broken.nc").write_bytes(b"not netcdf")
     results = {}
     # "bridged": the rule's own choice of processes, with a thread working until they start.
-    monkeypatch.setattr(ingest_workers, "LAUNCH_S", 0.0)
-    monkeypatch.setattr(ingest_workers, "SERIAL_SHARE", 1.0)
+    monkeypatch.setattr(ingest_plan, "LAUNCH_S", 0.0)
+    monkeypatch.setattr(ingest_plan, "SERIAL_SHARE", 1.0)
     for mode in ("threads", "processes", "bridged"):
         if mode == "bridged":
             monkeypatch.delenv(MODE_ENV)
@@ -123,10 +124,11 @@ def test_plan_picks_threads_while_they_keep_every_core_busy(tmp_path, monkeypatc
     files = _sized_files(tmp_path, 40, 50_000_000)
 
     assert plan_workers(files, cores=2) == WorkerPlan(threads=2, processes=0)
-    assert plan_workers(files, cores=16) == WorkerPlan(threads=1, processes=16), "2 GB"
-    assert plan_workers(files[:16], cores=16) == WorkerPlan(threads=16, processes=0), "800 MB"
-    assert plan_workers(files[:20], cores=16) == WorkerPlan(threads=1, processes=16), "1 GB"
-    assert plan_workers(files, cores=4) == WorkerPlan(threads=4, processes=0)
+    assert plan_workers(files, cores=16) == WorkerPlan(threads=4, processes=16), "2 GB"
+    assert plan_workers(files[:14], cores=16) == WorkerPlan(threads=14, processes=0), "700 MB"
+    assert plan_workers(files[:15], cores=16) == WorkerPlan(threads=4, processes=15), "750 MB"
+    assert plan_workers(files, cores=4) == WorkerPlan(threads=4, processes=4)
+    assert plan_workers(files, cores=3) == WorkerPlan(threads=3, processes=0)
     assert plan_workers(files[:1], cores=16) == WorkerPlan(threads=1, processes=0)
     assert plan_workers(files[:2], cores=8) == WorkerPlan(threads=2, processes=0)
     assert plan_workers(files[:3], cores=3) == WorkerPlan(threads=3, processes=0)
@@ -146,15 +148,18 @@ def test_processes_pay_off_where_threads_run_out_of_parallel_work():
     for workers in (most_threads_keep_busy + 1, 8, 16, 32):
         mb = processes_pay_off_mb(workers)
         threads = mb * CPU_S_PER_MB * max(SERIAL_SHARE, 1 / workers)
-        processes = LAUNCH_S + (mb * CPU_S_PER_MB - LAUNCH_S) / workers
+        bridged = min(bridging_threads(workers), 1 / SERIAL_SHARE)  # cores they keep busy
+        processes = LAUNCH_S + (mb * CPU_S_PER_MB - LAUNCH_S * bridged) / workers
         assert threads == pytest.approx(processes)
-    assert processes_pay_off_mb(32) < processes_pay_off_mb(16) < processes_pay_off_mb(8)
+        assert threads == pytest.approx(LAUNCH_S), "threads would take as long as the launch"
+    assert bridging_threads(16) == bridging_threads(4) == 4 > 1 / SERIAL_SHARE
+    assert bridging_threads(2) == 2
 
 
 def test_plan_fits_the_decoded_files_in_memory(tmp_path, monkeypatch):
     monkeypatch.delenv(MODE_ENV, raising=False)
     memory = psutil.virtual_memory()._replace(available=24_000_000_000)
-    monkeypatch.setattr(ingest_workers.psutil, "virtual_memory", lambda: memory)
+    monkeypatch.setattr(ingest_plan.psutil, "virtual_memory", lambda: memory)
     files = _sized_files(tmp_path, 8, 1_000_000_000)
 
     # Half of 24 GB over 4 × 1 GB per decoded file: 3 workers, not 64.
@@ -214,6 +219,28 @@ def test_worker_processes_load_no_library_of_their_own(feed_files, tmp_path):
             assert _libraries(worker) - inherited == set()
         for decoding in decodings:
             decoding.release()
+
+
+def test_bridging_threads_and_worker_processes_hold_at_most_processes_plus_one_files(
+    feed_files, tmp_path
+):
+    """Three threads bridge the start of two worker processes: together they never hold
+    more than three decoded files, though five workers could take one each."""
+    source = SourceSection(kind="netcdf", paths="feed/*.nc", variables=["t2m", "u10"])
+    with LocalPool(source, tmp_path / "store.zarr", threads=3, processes=2) as pool:
+        decodings = [pool.decode(path) for path in feed_files[:8]]
+        held_at_once, released = [], set()
+        for decoding in decodings[:3]:
+            decoding.described()
+        pool.pump(lambda: pool.processes_ready)
+        for decoding in decodings:
+            assert decoding.described().times.size == STEPS_PER_FILE
+            held_at_once.append(sum(d.started and d not in released for d in decodings))
+            decoding.release()
+            released.add(decoding)
+        workers = {d.worker.process for d in decodings}
+    assert max(held_at_once) == 3
+    assert workers == {False, True}, "threads bridged, then processes took over"
 
 
 # --- a parallel ingest killed mid-way ---
