@@ -187,7 +187,7 @@ class LocalPool:
         """Give queued files to ready workers that hold no undecided file; next to worker
         processes, threads only bridge their start (or stand in if none started). A worker
         decodes its next file only after its write, so the workers with a file or a command
-        are those with a file in memory: never more than ``processes + 1``."""
+        are those with a file in memory: never more than ``processes + 1`` (with processes)."""
         bridging = not self.processes_ready
         busy = sum(w.holding is not None or bool(w.expecting) for w in self._workers)
         for worker in self._workers:
