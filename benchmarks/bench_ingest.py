@@ -80,8 +80,8 @@ STPIPE_RUN = textwrap.dedent(
             rss = pss = 0
             for p in tree:
                 try:
-                    rss += p.memory_info().rss
-                    pss += getattr(p.memory_full_info(), "pss", 0)
+                    memory = p.memory_full_info()  # one read of /proc for both
+                    rss, pss = rss + memory.rss, pss + getattr(memory, "pss", 0)
                 except psutil.Error:
                     pass
             peak[0], peak_pss[0] = max(peak[0], rss), max(peak_pss[0], pss)

@@ -52,7 +52,7 @@ SERIAL_SHARE = 0.3
 """Share of a file's CPU that one process runs one file at a time, whatever its threads:
 reading under the format libraries' lock (0.13, measured) and the Python of decoding, of
 zarr's writes and of the loop under the GIL. Threads kept 2.8-3.1 cores busy on the 16-core
-machine and 1.6 of 2 on the 2-core one (the GIL was held 85 % of the time there)."""
+machine and 1.6 of 2 on the 2-core one (the GIL was held about 80 % of the time there)."""
 LAUNCH_S = 2.2
 """Seconds from the start until the worker processes are ready (16 as soon as one): 2.2-3.0 s
 on the 16-core machine, slower per core (measured while its launcher still loaded dask.array
