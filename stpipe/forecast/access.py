@@ -30,7 +30,7 @@ import zarr.storage
 from zarr.storage import LocalStore
 
 from stpipe.core.errors import StoreError
-from stpipe.io.store import CRASH_ENV, crash_point
+from stpipe.io.store_writes import CRASH_ENV, crash_point
 
 ROOT = "zarr.json"
 LOCK_POLL_S = 0.05

@@ -15,10 +15,12 @@ import functools
 import gc
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stpipe.core.errors import StpipeError
-from stpipe.io.settings import DaskSection
+
+if TYPE_CHECKING:  # the schema imports pydantic, which ingest worker processes do without
+    from stpipe.io.settings import DaskSection
 
 log = logging.getLogger(__name__)
 

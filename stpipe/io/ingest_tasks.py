@@ -1,10 +1,11 @@
 """What ingest's workers do with one file, and what the ingest loop asks of a pool of them.
 
-A worker decodes a file (:func:`decode`: checksum, read, float32 ``(time, y, x)`` arrays),
-keeps it and answers with its description (:func:`describe`), compares its first steps with
+A worker decodes a file (:func:`decode`: checksum, read, float32 ``(time, y, x)`` arrays,
+a :class:`stpipe.io.sources.canonical.SourceData`), keeps it and answers with its description (:func:`describe`), compares its first steps with
 the store (:func:`first_difference`) and writes its new steps (:func:`write_loaded`). The
 pools that run these are :class:`stpipe.io.ingest_workers.LocalPool` (this machine) and
 :class:`stpipe.io.ingest_dask.DaskPool` (``[dask] address``); both satisfy :class:`DecodePool`.
+What runs on a worker imports neither xarray nor pydantic: worker processes start sooner.
 """
 
 from __future__ import annotations
@@ -14,20 +15,19 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import xarray as xr
 
 from stpipe.core.errors import SourceError
-from stpipe.io import store as st
 from stpipe.io.checksums import Signature, file_sha256, file_signature
-from stpipe.io.settings import SourceSection
+from stpipe.io.sources.canonical import SourceData, SourceOptions
 from stpipe.io.sources.kinds import read_source_file
+from stpipe.io.store_writes import read_steps, write_steps
 
 
 @dataclass(frozen=True)
 class Loaded:
     """A decoded file, held by the worker that read it, or the reader's complaint."""
 
-    data: xr.Dataset | None
+    data: SourceData | None
     error: str | None
     signature: Signature
     sha256: str
@@ -39,13 +39,13 @@ class Decoded:
     it (coords, attributes), or the error; its stat signature and checksum."""
 
     times: np.ndarray | None
-    template: xr.Dataset | None
+    template: SourceData | None
     error: str | None
     signature: Signature
     sha256: str
 
 
-def decode(path: Path, source: SourceSection) -> Loaded:
+def decode(path: Path, source: SourceOptions) -> Loaded:
     """Checksum and decode ``path`` (runs on a worker)."""
     try:
         signature, sha256 = file_signature(path), file_sha256(path)
@@ -59,45 +59,32 @@ def decode(path: Path, source: SourceSection) -> Loaded:
         return Loaded(None, exc.problem, signature, sha256)
 
 
-def warm_up() -> None:
-    """Do once, before forking worker processes, what each would otherwise do at its first
-    file: the first Dataset a process builds makes xarray import its duck-array modules
-    (dask.array, and scipy with it: about 330 modules; 0.4 s of CPU alone, about 1 s in
-    each of two workers importing at once on 2 cores). Forked after this, workers share
-    them."""
-    steps = np.zeros((1, 1, 1), np.float32)
-    ds = xr.Dataset(
-        {"warm_up": (("time", "y", "x"), steps)},
-        coords={"time": ("time", np.zeros(1, "datetime64[ns]"))},
-    )
-    describe(Loaded(ds, None, [], ""))
-
-
 def describe(loaded: Loaded) -> Decoded:
     if loaded.data is None:
         return Decoded(None, None, loaded.error, loaded.signature, loaded.sha256)
-    times = loaded.data["time"].values
-    return Decoded(times, loaded.data.isel(time=slice(0, 0)), None, loaded.signature, loaded.sha256)
+    data = loaded.data
+    return Decoded(data.time, data.steps(0, 0), None, loaded.signature, loaded.sha256)
 
 
 def write_loaded(store_path: Path, loaded: Loaded, *, first: int, offset: int) -> int:
     """Write the data variables of ``loaded`` from step ``first`` on at store position
     ``offset`` (the ingest loop writes the time coordinate); the float32 bytes written."""
-    return st.write_steps(store_path, loaded.data, first=first, offset=offset)
+    arrays = {name: values for name, (values, _) in loaded.data.variables.items()}
+    return write_steps(store_path, arrays, first=first, offset=offset)
 
 
 def first_difference(
     store_path: Path, loaded: Loaded, n_steps: int, index: np.ndarray
 ) -> str | None:
     """Where the file's first ``n_steps`` first differ bitwise from stored ``index``."""
-    ds = loaded.data
-    stored = st.read_steps(store_path, list(ds.data_vars), index)
-    for name, var in ds.data_vars.items():
-        new, old = var.values[:n_steps], stored[str(name)]
+    data = loaded.data
+    stored = read_steps(store_path, list(data.variables), index)
+    for name, (values, _) in data.variables.items():
+        new, old = values[:n_steps], stored[name]
         same = (new.view(np.uint32) == old.view(np.uint32)) | (np.isnan(new) & np.isnan(old))
         if not same.all():
             t = np.unravel_index(np.argmin(same), same.shape)[0]
-            when = np.datetime_as_string(ds.time.values[t], "s")
+            when = np.datetime_as_string(data.time[t], "s")
             return f"first in {name!r} at {when}"
     return None
 

@@ -8,24 +8,15 @@ its threads) or drops it, and only then takes its next file. The loop sees descr
 in file order. A pool of ``workers`` holds at most ``workers + 1`` decoded files at once
 (the one more: a thread that bridges the start of worker processes), however many files.
 
-The pool is sized and typed by :mod:`stpipe.io.ingest_plan`.
-
-A worker process dies with the ingest: the launcher gets SIGKILL when the ingest process
-dies, and its workers when it dies. Each worker holds the store's data-write lock shared for
-its whole life, so recovery after a killed ingest (:func:`stpipe.io.store.recover`, which
-takes that lock exclusively) waits until no orphaned write can still land.
+The pool is sized and typed by :mod:`stpipe.io.ingest_plan`; what a worker runs, and how
+worker processes start and die, is in :mod:`stpipe.io.ingest_serve`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
-import importlib
 import logging
 import os
-import pickle
-import signal
 import socket
 import subprocess
 import sys
@@ -41,19 +32,11 @@ from typing import Any
 import numpy as np
 
 from stpipe.core.errors import StpipeError
-from stpipe.io import store as st
-from stpipe.io.compute import keep_freed_memory
 from stpipe.io.ingest_plan import plan_workers
-from stpipe.io.ingest_tasks import (
-    Decoded,
-    Loaded,
-    decode,
-    describe,
-    first_difference,
-    warm_up,
-    write_loaded,
-)
+from stpipe.io.ingest_serve import LAUNCHER, serve
+from stpipe.io.ingest_tasks import Decoded
 from stpipe.io.settings import SourceSection
+from stpipe.io.sources.canonical import ReaderOptions
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +91,8 @@ class LocalPool:
     def __init__(
         self, source: SourceSection, store_path: Path, *, threads: int, processes: int
     ) -> None:
-        self._source = source
+        self._reader = source.kind_spec.reader.partition(":")[0]
+        self._options = ReaderOptions.of(source)  # plain values: workers import no schema
         self._started = time.perf_counter()
         self._queue: deque[_LocalDecoding] = deque()
         self._workers: list[_Worker] = []
@@ -131,12 +115,11 @@ class LocalPool:
         """
         pairs = [socket.socketpair() for _ in range(n)]
         fds = [theirs.fileno() for _, theirs in pairs]
-        reader = self._source.kind_spec.reader.partition(":")[0]
-        args = [str(os.getpid()), str(store_path), reader, *map(str, fds)]
+        args = [str(os.getpid()), str(store_path), self._reader, *map(str, fds)]
         env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         try:
             return subprocess.Popen(
-                [sys.executable, "-c", _LAUNCHER, *args],
+                [sys.executable, "-c", LAUNCHER, *args],
                 pass_fds=fds,
                 stdin=subprocess.DEVNULL,
                 env=env,
@@ -202,7 +185,7 @@ class LocalPool:
                     busy += 1
                 decoding = self._queue.popleft()
                 decoding.worker, worker.holding = worker, decoding
-                decoding.reply = worker.send("decode", decoding.path, self._source)
+                decoding.reply = worker.send("decode", decoding.path, self._options)
 
     @property
     def processes_ready(self) -> bool:
@@ -296,98 +279,6 @@ class _LocalWriting:
     def result(self) -> int:
         self.pool.pump(lambda: self.reply.done)
         return self.reply.get()
-
-
-_COMMANDS: dict[str, Callable[..., Any]] = {
-    "write": lambda held, target, first, offset: write_loaded(
-        target, held, first=first, offset=offset
-    ),
-    "difference": lambda held, store_path, n, index: first_difference(store_path, held, n, index),
-}
-
-
-def serve(conn: Connection, store_path: Path) -> None:
-    """A worker: run the commands that come over ``conn`` until it closes."""
-    held: Loaded | None = None
-    with contextlib.suppress(EOFError, OSError), conn, st.data_write_lock(store_path, shared=True):
-        conn.send(("ready", None))
-        while True:
-            command, *args = conn.recv()
-            try:
-                if command == "decode":
-                    held = decode(*args)
-                    answer: Any = describe(held)
-                elif command == "release":
-                    held = None
-                    continue
-                else:
-                    answer = _COMMANDS[command](held, *args)
-                    if command == "write":
-                        held = None
-            except Exception as exc:
-                held = None if command == "write" else held
-                conn.send(("error", _portable(exc)))
-                continue
-            conn.send(("ok", answer))
-
-
-# The launcher skips the interpreter's teardown (0.3 s of CPU freeing modules one by one).
-_LAUNCHER = (
-    "import os, sys; from stpipe.io.ingest_workers import launch; launch(sys.argv[1:]); os._exit(0)"
-)
-
-
-def launch(argv: list[str]) -> None:
-    """The launcher process: import the reader and warm up once, then fork a worker per socket.
-
-    ``argv``: the ingest's pid, the store path, the reader's module, the workers' socket
-    file descriptors. Forked workers share the imports, the warm-up's too (no start-up
-    each); the launcher waits for them and dies with the ingest, and they die with it.
-    """
-    ingest_pid, store_path, reader, *fds = argv
-    _die_with_parent()
-    if os.getppid() != int(ingest_pid):
-        return  # the ingest died before the line above
-    os.environ.pop(st.CRASH_ENV, None)  # crash tests count the ingest process's writes
-    # Workers hold numpy data only, yet xarray checks each new variable for dask arrays by
-    # importing dask.array (with scipy, and CuPy where installed: 0.7 s on the 16-core
-    # machine). Marked absent, dask.array is never loaded and the check is a no-op.
-    sys.modules.setdefault("dask.array", None)  # type: ignore[arg-type]
-    importlib.import_module(reader)
-    warm_up()
-    keep_freed_memory()
-    gc.freeze()  # the imports' objects: never scanned by a worker's collector, never copied
-    children = []
-    sockets = [int(fd) for fd in fds]
-    for i, fd in enumerate(sockets):
-        pid = os.fork()
-        if pid == 0:
-            try:  # a worker never returns into the launcher's loop
-                for later in sockets[i + 1 :]:  # the earlier ones are closed here already
-                    os.close(later)
-                _die_with_parent()
-                serve(Connection(fd), Path(store_path))
-            finally:
-                os._exit(0)
-        os.close(fd)
-        children.append(pid)
-    for pid in children:
-        os.waitpid(pid, 0)
-
-
-def _portable(exc: Exception) -> Exception:
-    """``exc`` if it survives pickling, else a RuntimeError saying what it was."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
-    return exc
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 @contextlib.contextmanager

@@ -261,7 +261,7 @@ def _ingest_one(
     """Check one decoded file against the planned store and plan its commit (or raise)."""
     if decoded.error is not None:
         raise SourceError(path, decoded.error)
-    times, template = decoded.times, decoded.template
+    times, template = decoded.times, decoded.template.to_dataset()
     if state.manifest is None or state.template is None:
         step = template.attrs.get("time_step_s")
         if step is None:

@@ -36,29 +36,24 @@ protocol: commit the shorter manifest, then truncate the arrays (a kill in betwe
 arrays that recovery truncates).
 
 Set ``STPIPE_CRASH_AT_WRITE=N`` to make the process SIGKILL itself just before its N-th
-store write (crash tests).
+store write (crash tests). The region writes of ingest workers, and the lock they hold while
+they write, are in :mod:`stpipe.io.store_writes` (no xarray, for worker processes).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import math
 import os
 import shutil
-import signal
-import threading
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 import zarr
-from zarr.storage import LocalStore
 
 from stpipe.core.errors import StoreError
 from stpipe.io.layout import Layout, blosc_codecs, choose_layout
@@ -70,6 +65,13 @@ from stpipe.io.manifest import (
     read_manifest,
     read_root_metadata,
     store_digest,
+)
+from stpipe.io.store_writes import (
+    StoreWriteError,
+    crash_point,
+    data_write_lock,
+    local_store,
+    os_errors,
 )
 
 __all__ = [
@@ -87,30 +89,6 @@ STORE_NAME = "store.zarr"
 TIME_UNITS = "seconds since 1970-01-01 00:00:00"
 TIME_COORD_CHUNK = 8192
 HISTORY_LINES = 100  # newest lines of the CF history kept after its first (bounded_history)
-
-CRASH_ENV = "STPIPE_CRASH_AT_WRITE"
-
-
-class StoreWriteError(StoreError):
-    """The file system refused a write to the store or its workdir (disk full, file size
-    limit, read-only): a problem of the store, not of the file being ingested, so ingest
-    stops. What was committed before stays committed."""
-
-
-@contextlib.contextmanager
-def _os_errors(path: Path, doing: str) -> Iterator[None]:
-    """Raise OSErrors inside as one-line StoreWriteErrors naming ``path`` and the cause."""
-    try:
-        yield
-    except OSError as exc:
-        code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
-        # zarr writes through temporary ``*.partial`` files that are gone by now: not named.
-        name = str(exc.filename or "")
-        where = f" at {name}" if name not in ("", str(path)) and ".partial" not in name else ""
-        raise StoreWriteError(
-            f"{path}: cannot {doing}: {exc.strerror or exc}{code}{where}; the committed "
-            "store is unchanged"
-        ) from exc
 
 
 def store_location(workdir: Path) -> Path:
@@ -141,7 +119,7 @@ def store_lock(workdir: Path, *, wait: bool = False) -> Iterator[None]:
     """
     workdir = Path(workdir)
     with contextlib.ExitStack() as stack:
-        with _os_errors(workdir, "take the store's writer lock (a writable workdir is needed)"):
+        with os_errors(workdir, "take the store's writer lock (a writable workdir is needed)"):
             try:
                 lock = file_lock(workdir / "store.lock", timeout_s=math.inf if wait else 0)
                 stack.enter_context(lock)
@@ -151,22 +129,6 @@ def store_lock(workdir: Path, *, wait: bool = False) -> Iterator[None]:
                     f"({exc.holder}); try again when it has finished"
                 ) from None
         yield
-
-
-@contextlib.contextmanager
-def data_write_lock(store_path: Path, *, shared: bool = False) -> Iterator[None]:
-    """Hold the lock that orders region writes (``shared``) before recovery (exclusive).
-
-    Region writes may run in worker processes that outlive a killed ingest; recovery
-    waits for them, so it never races an orphaned write. Writers share it: concurrent
-    writes touch disjoint chunks (the ingest orders writes that share one).
-    """
-    fd = os.open(store_path.parent / "store.write.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def staging_path(store_path: Path) -> Path:
@@ -181,7 +143,7 @@ def recover(store_path: Path) -> Manifest | None:
     past the committed length. None if there is no committed store yet.
     """
     store_path = Path(store_path)
-    with _os_errors(store_path, "recover the store"), data_write_lock(store_path):
+    with os_errors(store_path, "recover the store"), data_write_lock(store_path):
         staging = staging_path(store_path)
         if staging.exists():
             shutil.rmtree(staging)
@@ -189,7 +151,7 @@ def recover(store_path: Path) -> Manifest | None:
             return None
         manifest = read_manifest(store_path)
         _remove_temporaries(store_path)
-        group = zarr.open_group(store=_local_store(store_path), mode="r+", use_consolidated=False)
+        group = zarr.open_group(store=local_store(store_path), mode="r+", use_consolidated=False)
         for name, array in group.arrays():
             _remove_temporaries(store_path / name)
             if not _is_timed(array):
@@ -233,7 +195,7 @@ def create_staging(
 ) -> Path:
     """Empty arrays (0 steps) shaped like ``template`` in the staging store; its path."""
     staging = staging_path(store_path)
-    with _os_errors(staging, "create the store"):
+    with os_errors(staging, "create the store"):
         _create_arrays(staging, template=template, layout=layout, attrs=attrs)
     return staging
 
@@ -241,7 +203,7 @@ def create_staging(
 def _create_arrays(
     staging: Path, *, template: xr.Dataset, layout: Layout, attrs: Mapping[str, Any]
 ) -> None:
-    store = _local_store(staging)
+    store = local_store(staging)
     root = zarr.create_group(store=store, attributes=dict(attrs), zarr_format=3)
     codecs = blosc_codecs(layout.compression_level)
     rows, cols = template[next(iter(template.data_vars))].dims[1:]
@@ -289,33 +251,11 @@ def resize(store_path: Path, length: int) -> None:
     Steps past the committed length are invisible to readers; an ingest grows the arrays
     ahead of its appends and truncates them to the committed length when it ends.
     """
-    with _os_errors(store_path, f"resize the arrays to {length} steps"):
-        group = zarr.open_group(store=_local_store(store_path), mode="r+", use_consolidated=False)
+    with os_errors(store_path, f"resize the arrays to {length} steps"):
+        group = zarr.open_group(store=local_store(store_path), mode="r+", use_consolidated=False)
         for _, array in group.arrays():
             if _is_timed(array) and array.shape[0] != length:
                 array.resize((length, *array.shape[1:]))
-
-
-def write_steps(store_path: Path, ds: xr.Dataset, *, first: int, offset: int) -> int:
-    """Write the data variables of ``ds`` from step ``first`` on at store positions
-    ``offset``…; returns the float32 bytes written.
-
-    Runs where ``ds`` lives (an ingest worker). Every append rewrites the one chunk of the
-    time coordinate, so parallel writers leave it out and the ingest loop writes it
-    (:func:`write_times`).
-    """
-    group = zarr.open_group(store=_local_store(store_path), mode="r+", use_consolidated=False)
-
-    def write(name: str) -> int:
-        values = ds[name].values[first:]
-        with _os_errors(store_path / name, f"write steps {offset}…{offset + len(values) - 1}"):
-            group[name][offset : offset + len(values)] = values
-        return values.nbytes
-
-    # A thread per array keeps all their chunks in zarr's codec pipeline at once.
-    names = list(map(str, ds.data_vars))
-    with data_write_lock(store_path, shared=True), ThreadPoolExecutor(len(names)) as pool:
-        return sum(pool.map(write, names))
 
 
 def write_times(store_path: Path, times: np.ndarray, *, offset: int) -> None:
@@ -325,21 +265,14 @@ def write_times(store_path: Path, times: np.ndarray, *, offset: int) -> None:
     :func:`data_write_lock`: its writes cannot outlive it.
     """
     seconds = times.astype("datetime64[s]").astype(np.int64)
-    with _os_errors(store_path / "time", f"write times {offset}…{offset + seconds.size - 1}"):
-        array = zarr.open_array(store=_local_store(store_path), path="time", mode="r+")
+    with os_errors(store_path / "time", f"write times {offset}…{offset + seconds.size - 1}"):
+        array = zarr.open_array(store=local_store(store_path), path="time", mode="r+")
         array[offset : offset + seconds.size] = seconds
-
-
-def read_steps(store_path: Path, names: list[str], index: np.ndarray) -> dict[str, np.ndarray]:
-    """Committed values of ``names`` at store positions ``index`` (sorted)."""
-    group = zarr.open_group(store=_local_store(store_path), mode="r", use_consolidated=True)
-    lo, hi = int(index[0]), int(index[-1]) + 1
-    return {name: group[name][lo:hi][index - lo] for name in names}
 
 
 def read_times(store_path: Path) -> np.ndarray:
     """The committed time coordinate as datetime64[ns]."""
-    group = zarr.open_group(store=_local_store(store_path), mode="r", use_consolidated=True)
+    group = zarr.open_group(store=local_store(store_path), mode="r", use_consolidated=True)
     return group["time"][:].astype("datetime64[s]").astype("datetime64[ns]")
 
 
@@ -388,13 +321,13 @@ class Committer:
 
     def commit(self, manifest: Manifest, *, history: str) -> None:
         target = self.target
-        with _os_errors(target, "commit"):
+        with os_errors(target, "commit"):
             if self._attrs is None:
                 self._read(target)
             self._write(target, manifest, history)
         if target == self._staging:
             crash_point()
-            with _os_errors(self.store_path, "commit the new store"):
+            with os_errors(self.store_path, "commit the new store"):
                 os.rename(self._staging, self.store_path)
             self._renamed = True
 
@@ -440,31 +373,3 @@ def _atomic_write(path: Path, blob: bytes) -> None:
 
 def _is_timed(array: zarr.Array) -> bool:
     return (array.metadata.dimension_names or (None,))[0] == "time"
-
-
-class _CrashingStore(LocalStore):
-    """A LocalStore whose writes count toward ``STPIPE_CRASH_AT_WRITE``."""
-
-    async def set(self, key: str, value: Any) -> None:
-        crash_point()
-        await super().set(key, value)
-
-
-def _local_store(path: Path) -> LocalStore:
-    return _CrashingStore(path) if os.environ.get(CRASH_ENV) else LocalStore(path)
-
-
-_writes = 0
-_writes_lock = threading.Lock()
-
-
-def crash_point() -> None:
-    """Count one store write; SIGKILL this process at the ``STPIPE_CRASH_AT_WRITE``-th."""
-    limit = os.environ.get(CRASH_ENV)
-    if not limit:
-        return
-    global _writes
-    with _writes_lock:
-        _writes += 1
-        if _writes >= int(limit):
-            os.kill(os.getpid(), signal.SIGKILL)

@@ -24,7 +24,7 @@ import zarr
 
 from stpipe.core.errors import StoreError
 from stpipe.forecast.store import open_forecasts, write_forecast
-from stpipe.io.store import CRASH_ENV
+from stpipe.io.store_writes import CRASH_ENV
 from tests.forecast.test_forecast import forecast_dataset
 
 # One launcher imports stpipe once and forks a child per kill point; each child writes for

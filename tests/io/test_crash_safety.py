@@ -27,7 +27,8 @@ from stpipe.app.config import load_config
 from stpipe.core.errors import StoreError
 from stpipe.io.ingestion import ingest
 from stpipe.io.manifest import read_manifest
-from stpipe.io.store import CRASH_ENV, open_store, staging_path
+from stpipe.io.store import open_store, staging_path
+from stpipe.io.store_writes import CRASH_ENV
 
 STEPS_PER_FILE = 10
 

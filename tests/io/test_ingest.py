@@ -293,7 +293,7 @@ def test_real_ncep_sample_round_trips(tmp_path, make_config, assert_same_values)
     config = make_config(source={"paths": path, "variables": ["air"]})
     from stpipe.io.sources import read_source_file
 
-    expected = read_source_file(path, config.source)
+    expected = read_source_file(path, config.source).to_dataset()
 
     report = ingest(config.ingest_job, progress=False)
 

@@ -33,9 +33,10 @@ from stpipe.io.ingest_workers import LocalPool
 from stpipe.io.ingestion import ingest
 from stpipe.io.manifest import read_manifest
 from stpipe.io.settings import SourceSection
-from stpipe.io.sources.canonical import LIBRARY_LOCK
+from stpipe.io.sources.canonical import library_lock
 from stpipe.io.sources.kinds import read_source_file
-from stpipe.io.store import CRASH_ENV, open_store, staging_path
+from stpipe.io.store import open_store, staging_path
+from stpipe.io.store_writes import CRASH_ENV
 
 STEPS_PER_FILE = 6
 N_FILES = 12
@@ -203,8 +204,8 @@ def _libraries(process: psutil.Process) -> set[str]:
 def test_worker_processes_load_no_library_of_their_own(feed_files, tmp_path):
     """The launcher loads, before it forks, every library a worker needs for its files, so
     a worker that has decoded files maps only libraries it inherited; and none it does not
-    need (xarray's first Dataset loads dask.array, and scipy with it, unless told dask.array
-    is absent: about 1 s of CPU each on 2 cores)."""
+    need: neither xarray's pandas nor pydantic (the configuration's schema), which took
+    most of the launcher's start, nor scipy."""
     source = SourceSection(kind="netcdf", paths="feed/*.nc", variables=["t2m", "u10"])
     with LocalPool(source, tmp_path / "store.zarr", threads=0, processes=2) as pool:
         decodings = [pool.decode(path) for path in feed_files[:2]]
@@ -213,8 +214,10 @@ def test_worker_processes_load_no_library_of_their_own(feed_files, tmp_path):
         workers = launcher.children()
         assert len(workers) == 2
         inherited = _libraries(launcher)
-        assert any("xarray" in path or "numpy" in path for path in inherited)
-        assert not [path for path in inherited if "/scipy/" in path], "scipy is not needed"
+        assert any("/numpy/" in path for path in inherited)
+        assert any("netCDF4" in path for path in inherited)
+        for unneeded in ("/pandas/", "pydantic_core", "/scipy/"):
+            assert not [path for path in inherited if unneeded in path], unneeded
         for worker in workers:
             assert _libraries(worker) - inherited == set()
         for decoding in decodings:
@@ -308,11 +311,14 @@ def test_parallel_ingest_killed_mid_way_keeps_whole_files_and_resumes(feed_files
 
 
 def test_a_netcdf_read_waits_for_the_format_libraries_lock(feed_files):
-    """Worker threads share netCDF-C: the reader reads only while it holds LIBRARY_LOCK."""
+    """Worker threads share netCDF-C: the reader reads only while it holds the libraries'
+    lock, the one xarray's backends take in a process that has loaded xarray."""
     source = SourceSection(kind="netcdf", paths="feed/*.nc", variables=["t2m", "u10"])
     with ThreadPoolExecutor(1) as pool:
-        with LIBRARY_LOCK:
+        with library_lock():
             reading = pool.submit(read_source_file, feed_files[0], source)
             time.sleep(0.3)
             assert not reading.done(), "the reader did not wait for the lock"
-        assert reading.result(timeout=60)["time"].size == STEPS_PER_FILE
+        assert reading.result(timeout=60).time.size == STEPS_PER_FILE
+    xarray_locks = {xr.backends.locks.HDF5_LOCK, xr.backends.locks.NETCDFC_LOCK}
+    assert set(library_lock().locks) == xarray_locks

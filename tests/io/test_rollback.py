@@ -19,7 +19,8 @@ from stpipe.app.cli import main
 from stpipe.app.config import load_config
 from stpipe.io.ingestion import ingest
 from stpipe.io.manifest import read_manifest, store_digest
-from stpipe.io.store import CRASH_ENV, open_store, recover
+from stpipe.io.store import open_store, recover
+from stpipe.io.store_writes import CRASH_ENV
 
 
 def stored(config) -> tuple[str, xr.Dataset]:

@@ -5,7 +5,7 @@
 :mod:`~stpipe.io.sources.netcdf` (``netcdf``, ``synthetic-weather``),
 :mod:`~stpipe.io.sources.grib` (``grib``) or :mod:`~stpipe.io.sources.taxibj` (``taxibj``,
 ``synthetic-traffic``); the ``synthetic-*`` kinds generate their files with
-:mod:`~stpipe.io.sources.synthetic`. The conventions of the dataset every reader returns are
+:mod:`~stpipe.io.sources.synthetic`. The conventions of the data every reader returns are
 in :mod:`stpipe.io.sources.canonical`.
 """
 

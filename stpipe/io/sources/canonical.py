@@ -1,9 +1,12 @@
-"""The canonical in-memory dataset that every source reader returns, and its helpers.
+"""The canonical decoded file that every source reader returns, and its helpers.
 
 A reader (one per ``[source] kind``, see :mod:`stpipe.io.sources.kinds`) decodes one file
-and hands its numpy arrays to :func:`latlon_dataset` or :func:`cell_dataset`, which apply
+and hands its numpy arrays to :func:`latlon_data` or :func:`cell_data`, which apply
 the conventions of :mod:`stpipe.core.grid` in one place (lat/lon readers first get a
-:class:`LatLonLayout` from :func:`latlon_layout` and write their values in its order):
+:class:`LatLonLayout` from :func:`latlon_layout` and write their values in its order) and
+return a :class:`SourceData`, plain numpy arrays (:meth:`SourceData.to_dataset` makes the
+xarray Dataset): ingest worker processes decode files without importing xarray, pandas or
+pydantic, which would take most of their start-up:
 
 - dims ``(time, lat, lon)`` with lat ascending and lon ascending in the configured
   convention (``"-180..180"``: values in [-180, 180); ``"0..360"``: [0, 360)), float64
@@ -24,24 +27,91 @@ declared fill values (NetCDF ``_FillValue``/``missing_value``, GRIB bitmaps) int
 
 from __future__ import annotations
 
+import functools
+import sys
+import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import xarray as xr
-from xarray.backends.locks import HDF5_LOCK, NETCDFC_LOCK, combine_locks
 
 from stpipe.core.errors import SourceError
 
-LIBRARY_LOCK = combine_locks([HDF5_LOCK, NETCDFC_LOCK])
-"""Held by a reader while it calls netCDF-C, HDF5 (netCDF4, h5py) or ecCodes, which are not
-thread-safe: ingest decodes files on several threads. The locks xarray's backends take."""
+if TYPE_CHECKING:
+    import xarray as xr
+
+
+@functools.cache
+def library_lock() -> AbstractContextManager[Any]:
+    """Held by a reader while it calls netCDF-C, HDF5 (netCDF4, h5py) or ecCodes, which are
+    not thread-safe: ingest decodes files on several threads.
+
+    The locks xarray's backends take, where this process has loaded xarray (it may read such
+    files through xarray too: the ingest process imports it before any read); a lock of its
+    own in an ingest worker process, which never loads xarray."""
+    if "xarray" in sys.modules:
+        from xarray.backends.locks import HDF5_LOCK, NETCDFC_LOCK, combine_locks
+
+        return combine_locks([HDF5_LOCK, NETCDFC_LOCK])
+    return threading.Lock()
+
 
 Variables = Mapping[str, tuple[np.ndarray, Mapping[str, Any]]]
 """Store name → (values ``[time, row, col]`` in canonical order, attributes to keep)."""
+
+
+@dataclass(frozen=True)
+class SourceData:
+    """One decoded file in the canonical form (module docstring), as numpy arrays.
+
+    ``coords``: each spatial dim's (dim, values, attributes); ``variables``: store name →
+    (float32 values ``[time, row, col]``, attributes), in ``source.variables`` order.
+    """
+
+    time: np.ndarray
+    dims: tuple[str, str, str]
+    coords: dict[str, tuple[str, np.ndarray, dict[str, str]]]
+    variables: dict[str, tuple[np.ndarray, dict[str, Any]]]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def steps(self, start: int, stop: int) -> SourceData:
+        """The same file cut to steps ``start:stop`` (views, not copies)."""
+        variables = {n: (v[start:stop], a) for n, (v, a) in self.variables.items()}
+        return SourceData(self.time[start:stop], self.dims, self.coords, variables, self.attrs)
+
+    def to_dataset(self) -> xr.Dataset:
+        """The xarray Dataset of these arrays (shares their memory)."""
+        import xarray as xr
+
+        data_vars = {n: (self.dims, v, a) for n, (v, a) in self.variables.items()}
+        coords = {"time": ("time", self.time, dict(_TIME_ATTRS)), **self.coords}
+        return xr.Dataset(data_vars, coords=coords, attrs=self.attrs)
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    """The ``[source]`` options a reader uses (a :class:`SourceOptions`) as plain values:
+    what an ingest worker is sent, so it never imports the configuration's schema."""
+
+    kind: str
+    variables: tuple[str, ...]
+    rename: dict[str, str]
+    longitude: str
+    bounds: dict[str, tuple[float, float]]
+
+    @classmethod
+    def of(cls, source: SourceOptions) -> ReaderOptions:
+        return cls(
+            source.kind,
+            tuple(source.variables),
+            dict(source.rename),
+            source.longitude,
+            {k: (float(lo), float(hi)) for k, (lo, hi) in source.bounds.items()},
+        )
 
 
 class SourceOptions(Protocol):
@@ -199,15 +269,15 @@ def latlon_layout(path: Path, lat: np.ndarray, lon: np.ndarray, *, longitude: st
     )
 
 
-def latlon_dataset(
+def latlon_data(
     path: Path,
     *,
     time: np.ndarray,
     layout: LatLonLayout,
     variables: Variables,
     attrs: Mapping[str, Any],
-) -> xr.Dataset:
-    """Canonical ``(time, lat, lon)`` dataset from arrays already in ``layout`` order."""
+) -> SourceData:
+    """Canonical ``(time, lat, lon)`` data from arrays already in ``layout`` order."""
     _check_shapes(path, variables, (len(time), layout.lat.size, layout.lon.size))
     coords = {
         "lat": ("lat", layout.lat, dict(_LAT_ATTRS)),
@@ -224,15 +294,15 @@ def latlon_dataset(
     )
 
 
-def cell_dataset(
+def cell_data(
     path: Path,
     *,
     time: np.ndarray,
     variables: Variables,
     attrs: Mapping[str, Any],
     time_step_s: int,
-) -> xr.Dataset:
-    """Canonical ``(time, y, x)`` dataset for grids of cells without geographic coordinates."""
+) -> SourceData:
+    """Canonical ``(time, y, x)`` data for grids of cells without geographic coordinates."""
     shape = next(iter(variables.values()))[0].shape
     _check_shapes(path, variables, (len(time), *shape[1:]))
     coords = {"y": ("y", np.arange(shape[1])), "x": ("x", np.arange(shape[2]))}
@@ -266,7 +336,7 @@ def _finish(
     variables: Variables,
     attrs: Mapping[str, Any],
     time_step_s: int | None,
-) -> xr.Dataset:
+) -> SourceData:
     time = np.asarray(time, dtype="datetime64[ns]")
     _check_times(path, time)
     data_vars = {}
@@ -274,19 +344,14 @@ def _finish(
         values = values.astype(np.float32, copy=False)
         if np.isnan(values).all():
             raise SourceError(path, f"variable {name!r} has no valid values (all missing/NaN)")
-        var_attrs = {"units": "1"} | _plain_attrs(var_attrs)
-        data_vars[name] = (dims, values, var_attrs)
-    ds = xr.Dataset(
-        data_vars,
-        coords={"time": ("time", time, dict(_TIME_ATTRS)), **coords},
-        attrs=_plain_attrs(attrs),
-    )
+        data_vars[name] = (values, {"units": "1"} | _plain_attrs(var_attrs))
+    attrs = _plain_attrs(attrs)
     if time_step_s is None and time.size >= 2:
         time_step_s = _most_common_step_s(time)
     if time_step_s is not None:
-        ds.attrs["time_step_s"] = int(time_step_s)
-    ds.attrs["source_file"] = path.name
-    return ds
+        attrs["time_step_s"] = int(time_step_s)
+    attrs["source_file"] = path.name
+    return SourceData(time, dims, coords, data_vars, attrs)
 
 
 def _check_times(path: Path, time: np.ndarray) -> None:
@@ -334,20 +399,19 @@ def value_bounds(
 
 
 def check_values(
-    path: Path, ds: xr.Dataset, bounds: Mapping[str, tuple[float, float]]
-) -> xr.Dataset:
-    """``ds`` if its values are plausible, else SourceError naming the first bad variable,
+    path: Path, data: SourceData, bounds: Mapping[str, tuple[float, float]]
+) -> SourceData:
+    """``data`` if its values are plausible, else SourceError naming the first bad variable,
     how many values are bad and where the first is (time, row, column).
 
     Refused: infinite values, and values outside :func:`value_bounds` (``bounds`` are
     ``[source] bounds``). NaN (missing) is allowed. Costs two reductions per variable
     when all is well.
     """
-    for name, var in ds.data_vars.items():
-        values = var.values
+    for name, (values, attrs) in data.variables.items():
         # fmin/fmax skip NaN; an infinite value shows up as ±inf among them.
         lowest, highest = np.fmin.reduce(values, axis=None), np.fmax.reduce(values, axis=None)
-        limits = value_bounds(str(name), var.attrs, bounds)
+        limits = value_bounds(name, attrs, bounds)
         low, high, origin = limits if limits is not None else (-np.inf, np.inf, "")
         if np.isfinite(lowest) and np.isfinite(highest) and low <= lowest and highest <= high:
             continue
@@ -356,17 +420,17 @@ def check_values(
             bad, what = infinite, "infinite value(s)"
         else:
             bad = (values < low) | (values > high)
-            units = var.attrs.get("units", "1")
+            units = attrs.get("units", "1")
             unit = "" if units == "1" else f" {units}"
             what = f"value(s) outside [{low:g}, {high:g}]{unit} ({origin})"
         t, row, col = np.unravel_index(np.argmax(bad), bad.shape)
-        when = np.datetime_as_string(ds["time"].values[t], "s")
+        when = np.datetime_as_string(data.time[t], "s")
         raise SourceError(
             path,
             f"variable {name!r} has {int(bad.sum())} {what}, the first {values[t, row, col]:g} "
             f"at time {when}, row {row}, col {col}",
         )
-    return ds
+    return data
 
 
 def cf_valid_range(attrs: Mapping[str, Any], packed: np.dtype) -> dict[str, float]:

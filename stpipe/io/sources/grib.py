@@ -19,10 +19,11 @@ import xarray as xr
 
 from stpipe.core.errors import ConfigError, SourceError
 from stpipe.io.sources.canonical import (
-    LIBRARY_LOCK,
+    SourceData,
     SourceOptions,
-    latlon_dataset,
+    latlon_data,
     latlon_layout,
+    library_lock,
     select_variables,
 )
 
@@ -52,9 +53,9 @@ _KEPT_GLOBAL_ATTRS = (
 )
 
 
-def read_grib(path: Path, source: SourceOptions) -> xr.Dataset:
-    """Read one GRIB file into the canonical ``(time, lat, lon)`` dataset."""
-    with LIBRARY_LOCK:  # cfgrib reads the values lazily, in _read: ecCodes runs throughout
+def read_grib(path: Path, source: SourceOptions) -> SourceData:
+    """Read one GRIB file into the canonical ``(time, lat, lon)`` data."""
+    with library_lock():  # cfgrib reads the values lazily, in _read: ecCodes runs throughout
         try:
             with warnings.catch_warnings():
                 # cfgrib merges its groups with xarray's old default; the warning is not ours.
@@ -71,7 +72,7 @@ def read_grib(path: Path, source: SourceOptions) -> xr.Dataset:
                 group.close()
 
 
-def _read(path: Path, groups: list[xr.Dataset], source: SourceOptions) -> xr.Dataset:
+def _read(path: Path, groups: list[xr.Dataset], source: SourceOptions) -> SourceData:
     arrays = [group[name] for group in groups for name in group.data_vars]
     chosen = select_variables(path, [str(a.name) for a in arrays], source)
     by_name = {str(a.name): a for a in arrays}
@@ -95,7 +96,7 @@ def _read(path: Path, groups: list[xr.Dataset], source: SourceOptions) -> xr.Dat
         attrs = {k: array.attrs[k] for k in _KEPT_ATTRS if k in array.attrs}
         variables[store_name] = (layout.orient(values), attrs)
     attrs = {k: groups[0].attrs[k] for k in _KEPT_GLOBAL_ATTRS if k in groups[0].attrs}
-    return latlon_dataset(path, time=times, layout=layout, variables=variables, attrs=attrs)
+    return latlon_data(path, time=times, layout=layout, variables=variables, attrs=attrs)
 
 
 def _check_grid(path: Path, array: xr.DataArray) -> None:

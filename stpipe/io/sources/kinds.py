@@ -1,7 +1,7 @@
 """The source kinds: one table from ``[source] kind`` to how its files are read and found.
 
 Adding a kind is one :data:`SOURCE_KINDS` entry and the module of its reader. A reader
-decodes one file into the canonical dataset (:mod:`stpipe.io.sources.canonical`); a kind
+decodes one file into its canonical data (:mod:`stpipe.io.sources.canonical`); a kind
 with a ``generator`` writes its own daily files (into ``workdir/feed``, from ``[source]
 synthetic``) and takes no ``paths``. ``[source] kind`` is validated against this table
 (:class:`stpipe.io.settings.SourceSection`), and ingest reads through it
@@ -18,13 +18,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
-import xarray as xr
-
 from stpipe.core.errors import SourceError
-from stpipe.io.sources.canonical import SourceOptions, check_values
+from stpipe.io.sources.canonical import SourceData, SourceOptions, check_values
 
-Reader = Callable[[Path, SourceOptions], xr.Dataset]
-"""``reader(path, source)``: one file → the canonical dataset, or SourceError naming it."""
+Reader = Callable[[Path, SourceOptions], SourceData]
+"""``reader(path, source)``: one file → its canonical data, or SourceError naming it."""
 
 
 class FeedGenerator(Protocol):
@@ -84,8 +82,8 @@ def unknown_kind(kind: str) -> str:
     return f"Input should be {known} (the registered source kinds), got {kind!r}"
 
 
-def read_source_file(path: str | Path, source: SourceOptions) -> xr.Dataset:
-    """Decode one source file with the reader of ``source.kind`` (numpy-backed, not lazy).
+def read_source_file(path: str | Path, source: SourceOptions) -> SourceData:
+    """Decode one source file with the reader of ``source.kind`` (numpy arrays, in memory).
 
     Raises :class:`SourceError` (naming the file) for a file that is missing, unreadable,
     truncated, of the wrong format, lacks what ``source`` asks for, or holds implausible

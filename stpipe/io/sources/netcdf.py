@@ -37,16 +37,16 @@ from typing import Any
 import cftime
 import netCDF4
 import numpy as np
-import xarray as xr
 
 from stpipe.core.errors import SourceError
 from stpipe.io.sources.canonical import (
-    LIBRARY_LOCK,
     LatLonLayout,
+    SourceData,
     SourceOptions,
     cf_valid_range,
-    latlon_dataset,
+    latlon_data,
     latlon_layout,
+    library_lock,
     select_variables,
 )
 
@@ -76,14 +76,14 @@ _CHUNK = 1 << 16  # elements per unpacking block: work arrays stay in L2 cache
 _NS_RANGE = (np.datetime64("1678-01-01", "us"), np.datetime64("2262-01-01", "us"))
 
 
-def read_netcdf(path: Path, source: SourceOptions) -> xr.Dataset:
-    """Read one NetCDF file into the canonical ``(time, lat, lon)`` dataset.
+def read_netcdf(path: Path, source: SourceOptions) -> SourceData:
+    """Read one NetCDF file into the canonical ``(time, lat, lon)`` data.
 
-    :data:`LIBRARY_LOCK` is held only while netCDF4 reads the packed values; unpacking
+    :func:`library_lock` is held only while netCDF4 reads the packed values; unpacking
     them, most of the CPU, runs outside it, so threads decode several files at once.
     """
     try:
-        with LIBRARY_LOCK, netCDF4.Dataset(path) as nc:
+        with library_lock(), netCDF4.Dataset(path) as nc:
             nc.set_auto_maskandscale(False)
             _check_not_truncated(path, nc)
             packed = _read(path, nc, source)
@@ -112,12 +112,12 @@ class _PackedFile:
     variables: dict[str, _Packed]
     attrs: dict[str, Any]
 
-    def unpacked(self) -> xr.Dataset:
+    def unpacked(self) -> SourceData:
         variables = {
             name: (_unpack_variable(var, self.layout), var.attrs)
             for name, var in self.variables.items()
         }
-        return latlon_dataset(
+        return latlon_data(
             self.path, time=self.times, layout=self.layout, variables=variables, attrs=self.attrs
         )
 

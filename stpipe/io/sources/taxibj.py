@@ -18,13 +18,13 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import xarray as xr
 
 from stpipe.core.errors import SourceError
 from stpipe.io.sources.canonical import (
-    LIBRARY_LOCK,
+    SourceData,
     SourceOptions,
-    cell_dataset,
+    cell_data,
+    library_lock,
     select_variables,
 )
 
@@ -37,11 +37,11 @@ _ATTRS = {
 }
 
 
-def read_taxibj(path: Path, source: SourceOptions) -> xr.Dataset:
-    """Read one TaxiBJ-style HDF5 file into the canonical ``(time, y, x)`` dataset."""
+def read_taxibj(path: Path, source: SourceOptions) -> SourceData:
+    """Read one TaxiBJ-style HDF5 file into the canonical ``(time, y, x)`` data."""
     chosen = select_variables(path, CHANNELS, source)
     try:
-        with LIBRARY_LOCK, h5py.File(path, "r") as f:
+        with library_lock(), h5py.File(path, "r") as f:
             data, dates = _dataset(path, f, "data"), _dataset(path, f, "date")
             if data.ndim != 4 or data.shape[1] != len(CHANNELS) or dates.shape != data.shape[:1]:
                 raise SourceError(
@@ -60,7 +60,7 @@ def read_taxibj(path: Path, source: SourceOptions) -> xr.Dataset:
     slots_per_day = None if slots_attr is None else int(slots_attr)
     times, step_s = _slot_times(path, labels, slots_per_day)
     variables = {name: (array, _ATTRS[chosen[name]]) for name, array in values.items()}
-    return cell_dataset(path, time=times, variables=variables, attrs=attrs, time_step_s=step_s)
+    return cell_data(path, time=times, variables=variables, attrs=attrs, time_step_s=step_s)
 
 
 def _dataset(path: Path, f: h5py.File, name: str) -> h5py.Dataset:

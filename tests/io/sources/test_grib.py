@@ -64,7 +64,7 @@ def test_era5_grib_round_trips_values_coords_and_times(tmp_path, grib_writer, so
     values = grib_fields(["2t", "10u", "10v", "msl"], TIMES.size)
     path = grib_writer(tmp_path / "era5.grib", times=TIMES, lat=LAT, lon=LON, values=values)
 
-    ds = read_source_file(path, source("grib", ["t2m", "u10", "v10", "msl"]))
+    ds = read_source_file(path, source("grib", ["t2m", "u10", "v10", "msl"])).to_dataset()
 
     assert list(ds.data_vars) == ["t2m", "u10", "v10", "msl"]
     for short_name, name in [("2t", "t2m"), ("10u", "u10"), ("10v", "v10"), ("msl", "msl")]:
@@ -91,7 +91,7 @@ def test_rename_applies_after_era5_names_and_0_360_convention(tmp_path, grib_wri
 
     ds = read_source_file(
         path, source("grib", ["temperature"], rename={"t2m": "temperature"}, longitude="0..360")
-    )
+    ).to_dataset()
 
     np.testing.assert_array_equal(ds["lon"].values, [0.0, 5.0, 10.0, 350.0, 355.0])
     expected = in_canonical_order(values["2t"])[:, :, [2, 3, 4, 0, 1]]
@@ -105,7 +105,7 @@ def test_bitmap_masked_points_are_nan(tmp_path, grib_writer, source):
     values["2t"][0, 1, 3] = values["2t"][1, 4, 0] = np.nan
     path = grib_writer(tmp_path / "m.grib", times=TIMES[:2], lat=LAT, lon=LON, values=values)
 
-    ds = read_source_file(path, source("grib", ["t2m"]))
+    ds = read_source_file(path, source("grib", ["t2m"])).to_dataset()
 
     expected = in_canonical_order(values["2t"])
     np.testing.assert_array_equal(np.isnan(ds["t2m"].values), np.isnan(expected))
@@ -121,7 +121,7 @@ def test_forecast_steps_are_laid_out_by_valid_time(tmp_path, grib_writer, source
         tmp_path / "fc.grib", times=times, lat=LAT, lon=LON, values=values, steps=[3, 6, 9, 12]
     )
 
-    ds = read_source_file(path, source("grib", ["t2m"]))
+    ds = read_source_file(path, source("grib", ["t2m"])).to_dataset()
 
     expected_times = pd.date_range("2024-01-01T09", periods=8, freq="3h")
     np.testing.assert_array_equal(ds["time"].values, expected_times.values)
@@ -151,7 +151,7 @@ def test_several_levels_of_one_variable_are_an_error(tmp_path, grib_writer, sour
             r"one level and one ensemble member",
         ),
     ):
-        read_source_file(path, source("grib", ["t"]))
+        read_source_file(path, source("grib", ["t"])).to_dataset()
 
 
 def test_missing_variable_lists_what_the_file_has(tmp_path, grib_writer, source):
@@ -167,7 +167,7 @@ def test_missing_variable_lists_what_the_file_has(tmp_path, grib_writer, source)
             r"the file has \['t2m', 'u10'\]",
         ),
     ):
-        read_source_file(path, source("grib", ["t2m", "msl"]))
+        read_source_file(path, source("grib", ["t2m", "msl"])).to_dataset()
 
 
 def test_truncated_and_non_grib_files_are_errors(tmp_path, grib_writer, source):
@@ -181,4 +181,4 @@ def test_truncated_and_non_grib_files_are_errors(tmp_path, grib_writer, source):
 
     for bad in (path, junk):
         with pytest.raises(SourceError, match=error(bad, "not a readable GRIB file")):
-            read_source_file(bad, source("grib", ["t2m"]))
+            read_source_file(bad, source("grib", ["t2m"])).to_dataset()

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xarray as xr
 from pydantic import ValidationError
 
 from stpipe.io.ingestion import IngestJob, ingest
 from stpipe.io.settings import SourceSection
-from stpipe.io.sources.canonical import SourceOptions, cell_dataset, select_variables
+from stpipe.io.sources.canonical import SourceData, SourceOptions, cell_data, select_variables
 from stpipe.io.sources.kinds import SOURCE_KINDS, SourceKindSpec, read_source_file
 from stpipe.io.store import open_store
 
@@ -23,11 +22,11 @@ STEP = np.timedelta64(3600, "s")
 ROOT = str(Path(__file__).resolve().parents[3])
 
 
-def read_toy(path: Path, source: SourceOptions) -> xr.Dataset:
+def read_toy(path: Path, source: SourceOptions) -> SourceData:
     """A ``.npz`` of ``time`` (ns since 1970) and ``count`` [time, 3, 4]: the whole reader."""
     with np.load(path) as f:
         chosen = select_variables(path, ["count"], source)
-        return cell_dataset(
+        return cell_data(
             path,
             time=f["time"].astype("datetime64[ns]"),
             variables={name: (f[file_name], {"units": "1"}) for name, file_name in chosen.items()},
@@ -67,7 +66,7 @@ def test_a_registered_toy_kind_reads_and_ingests_through_the_registry_alone(tmp_
     files = [write_toy(feed / "a.npz", 0, 24), write_toy(feed / "b.npz", 24, 12)]
     source = SourceSection(kind="toy", paths=str(feed / "*.npz"), variables=["count"])
 
-    decoded = read_source_file(files[0], source)
+    decoded = read_source_file(files[0], source).to_dataset()
     report = ingest(IngestJob(tmp_path / "work", source), progress=False)
 
     np.testing.assert_array_equal(decoded["count"].values, toy_values(0, 24))

@@ -57,7 +57,7 @@ def set_time(path: Path, values, *, units: str | None, calendar: str = "standard
 def test_ncep_file_equals_netcdf4_decoding_in_canonical_order(
     ncep_path, source, longitude, expected_lon
 ):
-    ds = read_source_file(ncep_path, source("netcdf", ["air"], longitude=longitude))
+    ds = read_source_file(ncep_path, source("netcdf", ["air"], longitude=longitude)).to_dataset()
 
     with netCDF4.Dataset(ncep_path) as nc:
         decoded = np.ma.filled(nc["air"][:].astype(np.float64), np.nan)  # int16 × 0.01
@@ -84,7 +84,7 @@ def test_ncep_file_equals_netcdf4_decoding_in_canonical_order(
 
 
 def test_rename_maps_file_names_to_store_names(ncep_path, source):
-    ds = read_source_file(ncep_path, source("netcdf", ["t"], rename={"air": "t"}))
+    ds = read_source_file(ncep_path, source("netcdf", ["t"], rename={"air": "t"})).to_dataset()
 
     assert list(ds.data_vars) == ["t"]
     assert ds["t"].attrs["units"] == "degK"
@@ -104,7 +104,7 @@ def test_era5_packed_fill_values_become_nan_at_exactly_those_cells(
         tmp_path / "era5.nc", times=TIMES, lat=LAT, lon=lon, values=values, time_name=time_name
     )
 
-    ds = read_source_file(path, source(kind, ["t2m", "u10"]))
+    ds = read_source_file(path, source(kind, ["t2m", "u10"])).to_dataset()
 
     with netCDF4.Dataset(path) as nc:
         decoded = {n: np.ma.filled(nc[n][:].astype(np.float64), np.nan) for n in values}
@@ -137,7 +137,9 @@ def test_float32_packing_attributes_unpack_in_float32_like_netcdf4(tmp_path, net
         nc["t2m"].add_offset = np.float32(271.3)
 
     # The repacked values span 271 ± 403 K: wider bounds than t2m's physical ones.
-    ds = read_source_file(path, source("netcdf", ["t2m"], bounds={"t2m": (-200.0, 700.0)}))
+    ds = read_source_file(
+        path, source("netcdf", ["t2m"], bounds={"t2m": (-200.0, 700.0)})
+    ).to_dataset()
 
     with netCDF4.Dataset(path) as nc:
         decoded = nc["t2m"][:]
@@ -163,7 +165,7 @@ def test_greenwich_crossing_0_360_grid_becomes_contiguous(
         packed=False,
     )
 
-    ds = read_source_file(path, source("netcdf", ["t2m"]))
+    ds = read_source_file(path, source("netcdf", ["t2m"])).to_dataset()
 
     np.testing.assert_array_equal(ds["lon"].values, np.arange(-10.0, 11.0))
     expected = by_label(values, LAT, file_lon, ds["lat"].values, ds["lon"].values)
@@ -182,7 +184,7 @@ def test_minus_180_grid_into_0_360_convention(tmp_path, netcdf_writer, source):
         packed=False,
     )
 
-    ds = read_source_file(path, source("netcdf", ["t2m"], longitude="0..360"))
+    ds = read_source_file(path, source("netcdf", ["t2m"], longitude="0..360")).to_dataset()
 
     np.testing.assert_array_equal(
         ds["lon"].values, [0.0, 5.0, 10.0, 15.0, 20.0, 340.0, 345.0, 350.0, 355.0]
@@ -201,8 +203,13 @@ def test_time_step_is_most_common_step_and_absent_for_one_step(tmp_path, netcdf_
         tmp_path / "b.nc", times=times[:1], lat=LAT, lon=lon, values={"t2m": fields(1, 4, 4)}
     )
 
-    assert read_source_file(uneven, source("netcdf", ["t2m"])).attrs["time_step_s"] == 3 * 3600
-    assert "time_step_s" not in read_source_file(single, source("netcdf", ["t2m"])).attrs
+    assert (
+        read_source_file(uneven, source("netcdf", ["t2m"])).to_dataset().attrs["time_step_s"]
+        == 3 * 3600
+    )
+    assert (
+        "time_step_s" not in read_source_file(single, source("netcdf", ["t2m"])).to_dataset().attrs
+    )
 
 
 def test_length_one_extra_dims_are_dropped(tmp_path, netcdf_writer, source):
@@ -221,7 +228,7 @@ def test_length_one_extra_dims_are_dropped(tmp_path, netcdf_writer, source):
         var.units = "K"
         var[:] = level_values[:, np.newaxis]
 
-    ds = read_source_file(path, source("netcdf", ["t"]))
+    ds = read_source_file(path, source("netcdf", ["t"])).to_dataset()
 
     np.testing.assert_array_equal(ds["t"].values, level_values[:, ::-1])
 
@@ -236,7 +243,7 @@ def test_noleap_calendar_keeps_its_dates(tmp_path, netcdf_writer, source):
     )
     set_time(path, [0, 1, 2], units="days since 2004-02-27", calendar="noleap")
 
-    ds = read_source_file(path, source("netcdf", ["t2m"]))
+    ds = read_source_file(path, source("netcdf", ["t2m"])).to_dataset()
 
     np.testing.assert_array_equal(
         ds["time"].values, np.array(["2004-02-27", "2004-02-28", "2004-03-01"], "datetime64[ns]")
@@ -290,7 +297,7 @@ def test_bad_times_raise_source_error(
     set_time(path, values, units=units, calendar=calendar)
 
     with pytest.raises(SourceError, match=error(path, problem)):
-        read_source_file(path, source("netcdf", ["t2m"]))
+        read_source_file(path, source("netcdf", ["t2m"])).to_dataset()
 
 
 def test_file_without_time_steps_is_an_error(tmp_path, netcdf_writer, source):
@@ -304,7 +311,7 @@ def test_file_without_time_steps_is_an_error(tmp_path, netcdf_writer, source):
     )
 
     with pytest.raises(SourceError, match=error(path, "the file has no time steps")):
-        read_source_file(path, source("netcdf", ["t2m"]))
+        read_source_file(path, source("netcdf", ["t2m"])).to_dataset()
 
 
 def test_missing_variable_lists_what_the_file_has(ncep_path, source):
@@ -316,7 +323,7 @@ def test_missing_variable_lists_what_the_file_has(ncep_path, source):
             r"has \['air'\]",
         ),
     ):
-        read_source_file(ncep_path, source("netcdf", ["air", "t2m"]))
+        read_source_file(ncep_path, source("netcdf", ["air", "t2m"])).to_dataset()
 
 
 def test_all_missing_variable_is_an_error(tmp_path, netcdf_writer, source):
@@ -331,7 +338,7 @@ def test_all_missing_variable_is_an_error(tmp_path, netcdf_writer, source):
     )
 
     with pytest.raises(SourceError, match=error(path, "variable 'u10' has no valid values")):
-        read_source_file(path, source("netcdf", ["t2m", "u10"]))
+        read_source_file(path, source("netcdf", ["t2m", "u10"])).to_dataset()
 
 
 def test_extra_dimension_is_an_error(tmp_path, netcdf_writer, source):
@@ -354,7 +361,7 @@ def test_extra_dimension_is_an_error(tmp_path, netcdf_writer, source):
             r"'level': 3, 'latitude': 4, 'longitude': 4\}",
         ),
     ):
-        read_source_file(path, source("netcdf", ["t"]))
+        read_source_file(path, source("netcdf", ["t"])).to_dataset()
 
 
 @pytest.mark.parametrize(
@@ -379,7 +386,7 @@ def test_bad_coordinates_raise_source_error(tmp_path, netcdf_writer, source, lat
     )
 
     with pytest.raises(SourceError, match=error(path, problem)):
-        read_source_file(path, source("netcdf", ["t2m"]))
+        read_source_file(path, source("netcdf", ["t2m"])).to_dataset()
 
 
 def test_missing_coordinate_is_named(tmp_path, source):
@@ -390,7 +397,7 @@ def test_missing_coordinate_is_named(tmp_path, source):
         nc.createVariable("time", "i4", ("time",)).units = "hours since 2000-01-01"
 
     with pytest.raises(SourceError, match=error(path, "no latitude coordinate")):
-        read_source_file(path, source("netcdf", ["t2m"]))
+        read_source_file(path, source("netcdf", ["t2m"])).to_dataset()
 
 
 @pytest.mark.parametrize(
@@ -410,7 +417,7 @@ def test_truncated_file_is_an_error(tmp_path, netcdf_writer, source, file_format
     path.write_bytes(data[: len(data) // 2])
 
     with pytest.raises(SourceError, match=error(path, problem)):
-        read_source_file(path, source("netcdf", ["t2m"]))
+        read_source_file(path, source("netcdf", ["t2m"])).to_dataset()
 
 
 def test_non_netcdf_and_absent_files_are_errors(tmp_path, source):
@@ -418,6 +425,6 @@ def test_non_netcdf_and_absent_files_are_errors(tmp_path, source):
     junk.write_text("this is not a NetCDF file\n")
 
     with pytest.raises(SourceError, match=error(junk, "not a readable NetCDF file")):
-        read_source_file(junk, source("netcdf", ["t2m"]))
+        read_source_file(junk, source("netcdf", ["t2m"])).to_dataset()
     with pytest.raises(SourceError, match=error(tmp_path / "absent.nc", "file not found")):
-        read_source_file(tmp_path / "absent.nc", source("netcdf", ["t2m"]))
+        read_source_file(tmp_path / "absent.nc", source("netcdf", ["t2m"])).to_dataset()

@@ -480,10 +480,10 @@ def test_files_decode_through_the_source_readers(tmp_path):
     )
     weather = sources.read_source_file(
         nc, SourceSection(kind="synthetic-weather", variables=list(syn.WEATHER_VARIABLES))
-    )
+    ).to_dataset()
     traffic = sources.read_source_file(
         h5, SourceSection(kind="synthetic-traffic", variables=["inflow", "outflow"])
-    )
+    ).to_dataset()
 
     expected = syn.weather_day("2024-01-15", grid=(8, 12))
     np.testing.assert_array_equal(weather["lat"], expected["latitude"].values[::-1])

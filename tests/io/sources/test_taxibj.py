@@ -36,7 +36,7 @@ def test_taxibj_values_and_half_hour_slots(tmp_path, taxibj_writer, source, kind
     data = flows(len(labels))
     path = taxibj_writer(tmp_path / "BJ13.h5", dates=labels, data=data)
 
-    ds = read_source_file(path, source(kind, ["inflow", "outflow"]))
+    ds = read_source_file(path, source(kind, ["inflow", "outflow"])).to_dataset()
 
     np.testing.assert_array_equal(ds["inflow"].values, data[:, 0].astype(np.float32))
     np.testing.assert_array_equal(ds["outflow"].values, data[:, 1].astype(np.float32))
@@ -56,7 +56,7 @@ def test_incomplete_day_lacks_the_missing_slots(tmp_path, taxibj_writer, source)
     data = flows(len(labels))
     path = taxibj_writer(tmp_path / "BJ15.h5", dates=labels, data=data)
 
-    ds = read_source_file(path, source("taxibj", ["outflow"]))
+    ds = read_source_file(path, source("taxibj", ["outflow"])).to_dataset()
 
     expected = pd.Timestamp("2015-03-01") + pd.to_timedelta([(s - 1) * 30 for s in kept], "min")
     np.testing.assert_array_equal(ds["time"].values, expected.values)
@@ -70,7 +70,9 @@ def test_bikenyc_has_hourly_slots(tmp_path, taxibj_writer, source):
     data = flows(len(labels), ny=16, nx=8)
     path = taxibj_writer(tmp_path / "NYC14.h5", dates=labels, data=data)
 
-    ds = read_source_file(path, source("taxibj", ["bikes_in"], rename={"inflow": "bikes_in"}))
+    ds = read_source_file(
+        path, source("taxibj", ["bikes_in"], rename={"inflow": "bikes_in"})
+    ).to_dataset()
 
     np.testing.assert_array_equal(
         ds["time"].values, pd.date_range("2014-04-01", periods=48, freq="1h").values
@@ -83,7 +85,7 @@ def test_slots_per_day_attribute_overrides_inference(tmp_path, taxibj_writer, so
     labels = slot_labels(["2020-01-01"], range(1, 9))
     path = taxibj_writer(tmp_path / "3h.h5", dates=labels, data=flows(8), slots_per_day=8)
 
-    ds = read_source_file(path, source("taxibj", ["inflow"]))
+    ds = read_source_file(path, source("taxibj", ["inflow"])).to_dataset()
 
     np.testing.assert_array_equal(
         ds["time"].values, pd.date_range("2020-01-01", periods=8, freq="3h").values
@@ -109,7 +111,7 @@ def test_bad_dates_raise_source_error(tmp_path, taxibj_writer, source, labels, p
     path = taxibj_writer(tmp_path / "bad.h5", dates=labels, data=flows(len(labels)))
 
     with pytest.raises(SourceError, match=error(path, problem)):
-        read_source_file(path, source("taxibj", ["inflow"]))
+        read_source_file(path, source("taxibj", ["inflow"])).to_dataset()
 
 
 def test_wrong_shapes_and_missing_datasets_are_errors(tmp_path, taxibj_writer, source):
@@ -128,7 +130,7 @@ def test_wrong_shapes_and_missing_datasets_are_errors(tmp_path, taxibj_writer, s
             r"and 'date' \[T\], got 'data' \(4, 3, 2, 2\)",
         ),
     ):
-        read_source_file(three_channels, source("taxibj", ["inflow"]))
+        read_source_file(three_channels, source("taxibj", ["inflow"])).to_dataset()
     with pytest.raises(
         SourceError,
         match=error(
@@ -137,7 +139,7 @@ def test_wrong_shapes_and_missing_datasets_are_errors(tmp_path, taxibj_writer, s
             r"'date' \(3,\)",
         ),
     ):
-        read_source_file(short_dates, source("taxibj", ["inflow"]))
+        read_source_file(short_dates, source("taxibj", ["inflow"])).to_dataset()
     with pytest.raises(
         SourceError,
         match=error(
@@ -146,7 +148,7 @@ def test_wrong_shapes_and_missing_datasets_are_errors(tmp_path, taxibj_writer, s
             r"\['data'\]",
         ),
     ):
-        read_source_file(no_date, source("taxibj", ["inflow"]))
+        read_source_file(no_date, source("taxibj", ["inflow"])).to_dataset()
 
 
 def test_unknown_variable_lists_the_channels(tmp_path, taxibj_writer, source):
@@ -160,7 +162,7 @@ def test_unknown_variable_lists_the_channels(tmp_path, taxibj_writer, source):
             r"the file has \['inflow', 'outflow'\]",
         ),
     ):
-        read_source_file(path, source("taxibj", ["crowd"]))
+        read_source_file(path, source("taxibj", ["crowd"])).to_dataset()
 
 
 def test_truncated_and_non_hdf5_files_are_errors(tmp_path, taxibj_writer, source):
@@ -173,4 +175,4 @@ def test_truncated_and_non_hdf5_files_are_errors(tmp_path, taxibj_writer, source
 
     for bad in (path, junk):
         with pytest.raises(SourceError, match=error(bad, "not a readable HDF5 file")):
-            read_source_file(bad, source("taxibj", ["inflow"]))
+            read_source_file(bad, source("taxibj", ["inflow"])).to_dataset()
