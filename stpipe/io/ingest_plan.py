@@ -3,37 +3,36 @@
 Threads or processes
 --------------------
 In one process, reads take turns under the format libraries' lock
-(:data:`stpipe.io.sources.canonical.LIBRARY_LOCK`: netCDF-C and HDF5 are not thread-safe;
+(:func:`stpipe.io.sources.canonical.library_lock`: netCDF-C and HDF5 are not thread-safe;
 the NetCDF reader holds it only while netCDF4 reads the packed values, and unpacks outside
 it) and the Python of zarr's writes and of the loop runs under the GIL: about
 :data:`SERIAL_SHARE` of a file's CPU runs one file at a time, however many threads, while
 checksums, unpacking, compression and file I/O run in parallel. Threads therefore keep
 every core busy up to about ``1 / SERIAL_SHARE`` cores. Worker processes share no lock, but
-they come from a launcher that imports numpy, xarray, zarr and the reader, then forks them
-(no import each): they are ready :data:`LAUNCH_S` seconds after the start, while
-:func:`bridging_threads` here (as many as keep cores busy) do the work. With ``c`` the CPU
-seconds per MB of input files (:data:`CPU_S_PER_MB`) and ``w`` workers, threads take
-``MB · c · max(SERIAL_SHARE, 1 / w)``, processes ``LAUNCH_S + (MB · c - LAUNCH_S /
-SERIAL_SHARE) / w``: they win once threads would take longer than the launch.
+they come from a launcher that imports numpy, zarr and the reader (neither xarray nor
+pydantic: :mod:`stpipe.io.ingest_serve`), then forks them (no import each): they are ready
+:data:`LAUNCH_S` seconds after the start, while :func:`bridging_threads` here (as many as
+keep cores busy) do the work. With ``c`` the CPU seconds per MB of input files
+(:data:`CPU_S_PER_MB`) and ``w`` workers, threads take ``MB · c · max(SERIAL_SHARE, 1 /
+w)``, processes ``LAUNCH_S + (MB · c - LAUNCH_S / SERIAL_SHARE) / w``: they win once
+threads would take longer than the launch.
 :func:`plan_workers` takes
 
 - ``workers``: the cores (``[dask] n_workers`` when set), the files to ingest, and what
   memory allows (half the available memory over :data:`DECODED_BYTES_PER_FILE_BYTE` × the
   largest file), whichever is least;
 - worker processes when the input exceeds :func:`processes_pay_off_mb` (never below
-  ``1 / SERIAL_SHARE`` workers, 4; above 0.73 GB of files), else that many worker
+  ``1 / SERIAL_SHARE`` workers, 4; above 0.33 GB of files), else that many worker
   threads (one per file for a nightly run).
 
 Measured (``benchmarks/bench_ingest.py``, daily 256×256 int16-packed NetCDF files of 18.9 MB
 float32; logs in ``benchmarks/results/``): threads cost 5-6 ms of CPU per MB on the 2-core
-machine, 9.4 on the 16-core one, and are bound by the GIL there (1.6 cores busy of 2, 3 of
-16); 16 worker processes cost 15-16 ms (each pays its first zarr write and page faults) but
-ingested 1132 MB in 0.65 s once ready, 2.2 s after the start, while the launcher still
-loaded dask.array, which xarray's check for dask arrays imports (with scipy, and CuPy there:
-0.7 s); it now marks dask.array absent, warms xarray up
-(:func:`stpipe.io.ingest_tasks.warm_up`), freezes its objects out of the collector's reach
-before forking and skips its teardown. ``STPIPE_INGEST_WORKERS=threads`` or ``=processes``
-(no bridging thread) overrides the rule; ``bench_ingest.py --compare`` measures both.
+machine, 8.5-9.4 on the 16-core one, and are bound by the GIL there (1.6 cores busy of 2, 3 of
+16); 16 worker processes cost 11-12 ms (each pays its first zarr write and page faults) and
+were ready after 0.93-1.02 s there (1.4 s while they still imported xarray and pydantic),
+then ingested 1132 MB at 1,000-1,400 MB/s. ``STPIPE_INGEST_WORKERS=threads`` or
+``=processes`` (no bridging thread) overrides the rule; ``bench_ingest.py --compare``
+measures both.
 """
 
 from __future__ import annotations
@@ -53,11 +52,11 @@ SERIAL_SHARE = 0.3
 reading under the format libraries' lock (0.13, measured) and the Python of decoding, of
 zarr's writes and of the loop under the GIL. Threads kept 2.8-3.1 cores busy on the 16-core
 machine and 1.6 of 2 on the 2-core one (the GIL was held about 80 % of the time there)."""
-LAUNCH_S = 2.2
-"""Seconds from the start until the worker processes are ready (16 as soon as one): 2.2-3.0 s
-on the 16-core machine, slower per core (measured while its launcher still loaded dask.array
-and CuPy: 0.7 s of it), 0.9 s on the idle 2-core one (0.8-0.9 s since). The slower figure: the
-rule then picks threads where processes would gain little."""
+LAUNCH_S = 1.0
+"""Seconds from the start until the worker processes are ready (16 as soon as one): 0.93-1.02 s
+on the 16-core machine, whose imports are slower (the launcher's take 0.8 s there, 0.21 s on
+the 2-core machine, where 2 processes were ready after 0.21 s). The slower figure: the rule
+then picks threads where processes would gain little."""
 CPU_S_PER_MB = 0.010
 """CPU seconds per MB of input file (int16-packed NetCDF: checksum, decode, zarr write)."""
 DECODED_BYTES_PER_FILE_BYTE = 4
