@@ -126,8 +126,8 @@ def test_plan_picks_threads_while_they_keep_every_core_busy(tmp_path, monkeypatc
 
     assert plan_workers(files, cores=2) == WorkerPlan(threads=2, processes=0)
     assert plan_workers(files, cores=16) == WorkerPlan(threads=4, processes=16), "2 GB"
-    assert plan_workers(files[:14], cores=16) == WorkerPlan(threads=14, processes=0), "700 MB"
-    assert plan_workers(files[:15], cores=16) == WorkerPlan(threads=4, processes=15), "750 MB"
+    assert plan_workers(files[:6], cores=16) == WorkerPlan(threads=6, processes=0), "300 MB"
+    assert plan_workers(files[:7], cores=16) == WorkerPlan(threads=4, processes=7), "350 MB"
     assert plan_workers(files, cores=4) == WorkerPlan(threads=4, processes=4)
     assert plan_workers(files, cores=3) == WorkerPlan(threads=3, processes=0)
     assert plan_workers(files[:1], cores=16) == WorkerPlan(threads=1, processes=0)
