@@ -1,6 +1,6 @@
 """Ingest throughput: stpipe vs the naive per-file append vs one parallel open_mfdataset.
 
-    python benchmarks/bench_ingest.py [--quick] [--compare]
+    python benchmarks/bench_ingest.py [--quick] [--compare] [--repeat N]
 
 Full: 60 daily ERA5-like NetCDF files, 256×256, 3 variables (t2m, u10, v10), hourly;
 ``--quick``: 12 files. The files are generated once into ``benchmarks/_data/``. Each side
@@ -15,6 +15,11 @@ ingests the same files into a fresh Zarr v3 store, in its own subprocess:
   worker processes, one per core, then ``xr.open_mfdataset(files, parallel=True)
   [variables].to_zarr(store)`` once (timed from when the cluster is up: its start-up is
   printed apart).
+
+``--repeat N`` runs the three sides N times, in turn (stpipe, naive, mfdataset, then again),
+and reports each side's median throughput and the ratios of the medians (and every round's
+figures): on a shared machine one run of each is one sample of a wide spread (the naive
+append ran 112-154 MB/s over four runs on the 16-core machine).
 
 ``--compare`` also runs stpipe with its workers forced to threads, forced to processes
 (``STPIPE_INGEST_WORKERS``), and on a Dask LocalCluster of single-thread processes through
@@ -31,7 +36,7 @@ tree (its worker processes' RSS added, sampled every 0.1 s; pages the forked wor
 count in each, so it is an upper bound); the proportional set size (PSS) divides each
 shared page among the processes that map it, so the tree's PSS is the memory it holds
 (Linux; 0 elsewhere). Last line: ``stpipe_mb_per_s=… naive_mb_per_s=… mfdataset_mb_per_s=…
-ratio_naive=… ratio_mfdataset=… noop_rerun_s=… peak_rss_mb=… peak_pss_mb=…``.
+ratio_naive=… ratio_mfdataset=… noop_rerun_s=… peak_rss_mb=… peak_pss_mb=… rounds=…``.
 """
 
 from __future__ import annotations
@@ -227,6 +232,22 @@ def print_stages(side: dict) -> None:
         print(f"  {line}")
 
 
+def run_sides(names: str, runs: Path, variables: str) -> tuple[dict, dict, dict]:
+    """One run of each side on fresh stores: stpipe (its stages printed), naive, mfdataset."""
+    shutil.rmtree(runs, ignore_errors=True)
+    runs.mkdir(parents=True)
+    ours = run_json(STPIPE_RUN, names, str(runs / "stpipe"), variables, "local")
+    print(f"stpipe, workers as the rule chose: {mb_per_s(ours):.1f} MB/s", flush=True)
+    print_stages(ours)
+    naive = run_json(NAIVE_RUN, names, str(runs / "naive.zarr"), variables)
+    mfdataset = run_json(MFDATASET_RUN, names, str(runs / "mfdataset.zarr"), variables)
+    print(
+        f"naive {mb_per_s(naive):.1f} MB/s, mfdataset {mb_per_s(mfdataset):.1f} MB/s",
+        flush=True,
+    )
+    return ours, naive, mfdataset
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="12 files instead of 60")
@@ -235,22 +256,27 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also run stpipe with threads, with processes, and on a Dask LocalCluster",
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of the three sides; medians reported"
+    )
     args = parser.parse_args(argv)
     days = 12 if args.quick else 60
     files = input_files(days)
     runs = DATA / "runs"
-    shutil.rmtree(runs, ignore_errors=True)
-    runs.mkdir(parents=True)
     variables = json.dumps(VARIABLES)
     names = json.dumps([str(f) for f in files])
-    ours = run_json(STPIPE_RUN, names, str(runs / "stpipe"), variables, "local")
-    print(f"stpipe, workers as the rule chose: {mb_per_s(ours):.1f} MB/s")
-    print_stages(ours)
-    naive = run_json(NAIVE_RUN, names, str(runs / "naive.zarr"), variables)
-    mfdataset = run_json(MFDATASET_RUN, names, str(runs / "mfdataset.zarr"), variables)
+    rounds = [run_sides(names, runs, variables) for _ in range(max(1, args.repeat))]
     if args.compare:
         compare(names, runs, variables)
+    ours, naive, mfdataset = (_median_run(sides) for sides in zip(*rounds, strict=True))
     ours_mb_s, naive_mb_s, mf_mb_s = mb_per_s(ours), mb_per_s(naive), mb_per_s(mfdataset)
+    if len(rounds) > 1:
+        print(
+            f"medians of {len(rounds)} rounds; ratio_naive per round "
+            + " ".join(f"{mb_per_s(o) / mb_per_s(n):.2f}" for o, n, _ in rounds)
+            + ", ratio_mfdataset per round "
+            + " ".join(f"{mb_per_s(o) / mb_per_s(m):.2f}" for o, _, m in rounds)
+        )
     print(
         f"{len(files)} files, {ours['bytes'] / 1e6:.0f} MB float32 on {os.cpu_count()} cores: "
         f"stpipe {ours['seconds']:.1f} s, naive {naive['seconds']:.1f} s, mfdataset "
@@ -263,8 +289,15 @@ def main(argv: list[str] | None = None) -> None:
         f"stpipe_mb_per_s={ours_mb_s:.1f} naive_mb_per_s={naive_mb_s:.1f} "
         f"mfdataset_mb_per_s={mf_mb_s:.1f} ratio_naive={ours_mb_s / naive_mb_s:.2f} "
         f"ratio_mfdataset={ours_mb_s / mf_mb_s:.2f} noop_rerun_s={ours['noop_s']:.3f} "
-        f"peak_rss_mb={ours['peak_rss_mb']:.0f} peak_pss_mb={ours['peak_pss_mb']:.0f}"
+        f"peak_rss_mb={ours['peak_rss_mb']:.0f} peak_pss_mb={ours['peak_pss_mb']:.0f} "
+        f"rounds={len(rounds)}"
     )
+
+
+def _median_run(runs: tuple[dict, ...]) -> dict:
+    """The run of median throughput (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=mb_per_s)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 if __name__ == "__main__":
