@@ -224,6 +224,24 @@ def test_worker_processes_load_no_library_of_their_own(feed_files, tmp_path):
             decoding.release()
 
 
+def test_the_launcher_never_imports_cupy_which_zarr_would(feed_files, tmp_path, monkeypatch):
+    """Where CuPy is installed zarr imports it (for GPU buffers workers never use): a stand-in
+    CuPy on the launcher's path records any import of it (and then says it is missing)."""
+    fake = tmp_path / "site"
+    (fake / "cupy").mkdir(parents=True)
+    marker = tmp_path / "cupy-imported"
+    (fake / "cupy" / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nraise ImportError('a stand-in')\n"
+    )
+    monkeypatch.syspath_prepend(str(fake))  # the launcher gets this process's path
+    source = SourceSection(kind="netcdf", paths="feed/*.nc", variables=["t2m", "u10"])
+    with LocalPool(source, tmp_path / "store.zarr", threads=0, processes=1) as pool:
+        decoding = pool.decode(feed_files[0])
+        assert decoding.described().times.size == STEPS_PER_FILE
+        decoding.release()
+    assert not marker.exists(), "the launcher imported cupy"
+
+
 def test_bridging_threads_and_worker_processes_hold_at_most_processes_plus_one_files(
     feed_files, tmp_path
 ):
