@@ -29,8 +29,8 @@ Measured (``benchmarks/bench_ingest.py``, daily 256×256 int16-packed NetCDF fil
 float32; logs in ``benchmarks/results/``): threads cost 5-6 ms of CPU per MB on the 2-core
 machine, 8.5-9.4 on the 16-core one, and are bound by the GIL there (1.6 cores busy of 2, 3 of
 16); 16 worker processes cost 11-12 ms (each pays its first zarr write and page faults) and
-were ready after 0.93-1.02 s there (1.4 s while they still imported xarray and pydantic),
-then ingested 1132 MB at 1,000-1,400 MB/s. ``STPIPE_INGEST_WORKERS=threads`` or
+were ready after 0.57-0.87 s there (1.4 s while they still imported xarray and pydantic, 0.9
+while zarr loaded CuPy), then ingested the rest of 1132 MB at 1,000-1,400 MB/s. ``STPIPE_INGEST_WORKERS=threads`` or
 ``=processes`` (no bridging thread) overrides the rule; ``bench_ingest.py --compare``
 measures both.
 """
@@ -53,10 +53,10 @@ reading under the format libraries' lock (0.13, measured) and the Python of deco
 zarr's writes and of the loop under the GIL. Threads kept 2.8-3.1 cores busy on the 16-core
 machine and 1.6 of 2 on the 2-core one (the GIL was held about 80 % of the time there)."""
 LAUNCH_S = 1.0
-"""Seconds from the start until the worker processes are ready (16 as soon as one): 0.93-1.02 s
-on the 16-core machine, whose imports are slower (the launcher's take 0.8 s there, 0.21 s on
-the 2-core machine, where 2 processes were ready after 0.21 s). The slower figure: the rule
-then picks threads where processes would gain little."""
+"""Seconds from the start until the worker processes are ready (16 as soon as one): 0.57-0.87 s
+on the 16-core machine, whose imports are slower (the launcher's take 0.5 s there, 0.21 s on
+the 2-core machine, where 2 processes were ready after 0.21 s). Rounded up: the rule then
+picks threads where processes would gain little."""
 CPU_S_PER_MB = 0.010
 """CPU seconds per MB of input file (int16-packed NetCDF: checksum, decode, zarr write)."""
 DECODED_BYTES_PER_FILE_BYTE = 4
