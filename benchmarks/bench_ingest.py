@@ -32,23 +32,28 @@ and planning, committing, resizing; the loop is the serial part of an ingest) an
 worker processes, when they were ready.
 
 MB are uncompressed float32 bytes of the ingested variables. Peak RSS is stpipe's process
-tree (its worker processes' RSS added, sampled every 0.1 s; pages the forked workers share
-count in each, so it is an upper bound); the proportional set size (PSS) divides each
-shared page among the processes that map it, so the tree's PSS is the memory it holds
-(Linux; 0 elsewhere). Last line: ``stpipe_mb_per_s=… naive_mb_per_s=… mfdataset_mb_per_s=…
+tree (its worker processes' RSS added, sampled every 0.1 s from the benchmark's process, not
+the measured one; pages the forked workers share count in each, so it is an upper bound);
+the proportional set size (PSS, sampled every 0.5 s) divides each shared page among the
+processes that map it, so the tree's PSS is the memory it holds (Linux; 0 elsewhere). Last line: ``stpipe_mb_per_s=… naive_mb_per_s=… mfdataset_mb_per_s=…
 ratio_naive=… ratio_mfdataset=… noop_rerun_s=… peak_rss_mb=… peak_pss_mb=… rounds=…``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 from pathlib import Path
+
+import psutil
 
 DATA = Path(__file__).resolve().parent / "_data"
 VARIABLES = ["t2m", "u10", "v10"]
@@ -56,8 +61,7 @@ GRID = (256, 256)
 
 STPIPE_RUN = textwrap.dedent(
     """
-    import json, logging, os, resource, sys, threading, time
-    import psutil
+    import json, logging, os, resource, sys, time
     from stpipe.app.config import config_from_dict
     from stpipe.io.ingestion import ingest
 
@@ -76,21 +80,6 @@ STPIPE_RUN = textwrap.dedent(
         "patches": {"input_steps": 12, "leads": [1], "size": [32, 32]},
         "split": {"val_start": "2030-01-01", "test_start": "2030-01-02"},
     })
-    peak, peak_pss, done = [0], [0], threading.Event()
-
-    def sample():
-        me = psutil.Process()
-        while not done.wait(0.1):
-            tree = [me, *me.children(recursive=True)]
-            rss = pss = 0
-            for p in tree:
-                try:
-                    memory = p.memory_full_info()  # one read of /proc for both
-                    rss, pss = rss + memory.rss, pss + getattr(memory, "pss", 0)
-                except psutil.Error:
-                    pass
-            peak[0], peak_pss[0] = max(peak[0], rss), max(peak_pss[0], pss)
-
     class Stages(logging.Handler):
         def emit(self, record):
             message = record.getMessage()
@@ -101,8 +90,6 @@ STPIPE_RUN = textwrap.dedent(
     for name in ("stpipe.io.ingestion", "stpipe.io.ingest_workers"):
         logging.getLogger(name).setLevel(logging.DEBUG)
         logging.getLogger(name).addHandler(Stages())
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     def cpu_s():
         return sum(
             r.ru_utime + r.ru_stime
@@ -115,12 +102,9 @@ STPIPE_RUN = textwrap.dedent(
     first_stages = list(stages)
     rerun = ingest(config.ingest_job, progress=False)
     t2 = time.perf_counter()
-    done.set()
-    sampler.join()
     assert not report.refused and len(rerun.skipped) == len(report.ingested), rerun.summary()
     print(json.dumps({"seconds": t1 - t0, "bytes": report.bytes_ingested, "noop_s": t2 - t1,
                       "main_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "peak_rss_mb": peak[0] / 2**20, "peak_pss_mb": peak_pss[0] / 2**20,
                       "stages": first_stages,
                       "cpu_s": c1 - c0}))
     """
@@ -188,15 +172,61 @@ def input_files(days: int) -> list[Path]:
     return [Path(p) for p in run_json(GENERATE, str(outdir), str(days), json.dumps(GRID))]
 
 
-def run_json(code: str, *args: str, env: dict[str, str] | None = None) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=None if env is None else os.environ | env,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_json(
+    code: str, *args: str, env: dict[str, str] | None = None, sample_memory: bool = False
+) -> dict:
+    """Run ``code`` in a fresh interpreter; its last stdout line, as JSON.
+
+    ``sample_memory``: also the process tree's peak RSS and PSS (``peak_rss_mb``,
+    ``peak_pss_mb``), sampled from here: RSS every 0.1 s, PSS every 0.5 s. Reading a
+    process's PSS (its smaps) takes 3 ms of kernel time; a thread inside the measured
+    process that read every worker's every 0.1 s took 3-21 % of the ingest's throughput on
+    2 cores (it held the GIL meanwhile), and did so from here too (the CPU).
+    """
+    command = [sys.executable, "-c", code, *args]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=err,
+            text=True,
+            env=None if env is None else os.environ | env,
+        )
+        peak_rss = peak_pss = 0
+        for tick in itertools.count():
+            if proc.poll() is not None:
+                break
+            if sample_memory:
+                rss, pss = _tree_memory(proc.pid, pss=tick % 5 == 0)
+                peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            time.sleep(0.1)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, command, stdout, stderr)
+    result = json.loads(stdout.strip().splitlines()[-1])
+    if sample_memory:
+        result |= {"peak_rss_mb": peak_rss / 2**20, "peak_pss_mb": peak_pss / 2**20}
+    return result
+
+
+def _tree_memory(pid: int, *, pss: bool) -> tuple[int, int]:
+    """RSS and, if ``pss``, PSS (else 0; 0 off Linux) of process ``pid`` and its
+    descendants, in bytes."""
+    total_rss = total_pss = 0
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0, 0
+    for process in tree:
+        try:
+            memory = process.memory_full_info() if pss else process.memory_info()
+        except psutil.Error:
+            continue
+        total_rss += memory.rss
+        total_pss += getattr(memory, "pss", 0) if pss else 0
+    return total_rss, total_pss
 
 
 def mb_per_s(side: dict) -> float:
@@ -210,9 +240,8 @@ def compare(names: str, runs: Path, variables: str) -> None:
         ("processes", "local", {"STPIPE_INGEST_WORKERS": "processes"}),
         ("dask LocalCluster of processes", "dask-processes", {}),
     ):
-        side = run_json(
-            STPIPE_RUN, names, str(runs / name.replace(" ", "-")), variables, cluster, env=env
-        )
+        workdir = str(runs / name.replace(" ", "-"))
+        side = run_json(STPIPE_RUN, names, workdir, variables, cluster, env=env, sample_memory=True)
         print(
             f"stpipe, workers {name}: {mb_per_s(side):.1f} MB/s, "
             f"peak RSS {side['peak_rss_mb']:.0f} MB (proportional {side['peak_pss_mb']:.0f} MB)"
@@ -236,7 +265,7 @@ def run_sides(names: str, runs: Path, variables: str) -> tuple[dict, dict, dict]
     """One run of each side on fresh stores: stpipe (its stages printed), naive, mfdataset."""
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
-    ours = run_json(STPIPE_RUN, names, str(runs / "stpipe"), variables, "local")
+    ours = run_json(STPIPE_RUN, names, str(runs / "stpipe"), variables, "local", sample_memory=True)
     print(f"stpipe, workers as the rule chose: {mb_per_s(ours):.1f} MB/s", flush=True)
     print_stages(ours)
     naive = run_json(NAIVE_RUN, names, str(runs / "naive.zarr"), variables)
