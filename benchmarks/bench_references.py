@@ -34,8 +34,8 @@ from bench_quality import REGIME, WORSE, split_dates
 
 from stpipe.io.sources.synthetic import Regime, weather_fields, weather_grid
 from stpipe.learn.train import REFERENCES
-from stpipe.models.baselines import BASELINES
 from stpipe.models.climatology import Climatology, time_slots
+from stpipe.models.settings import BASELINES
 
 START, DAYS, INPUT_STEPS, LEADS, GRID = date(2024, 2, 1), 21, 12, (1, 3, 6, 12), (24, 32)
 SMALL_PATCH = (8, 8)  # a patch of a twelfth of the grid: its mean anomaly is local weather

@@ -33,8 +33,7 @@ from stpipe.learn.loader import PatchLoader, make_loader, split_windows
 from stpipe.learn.stats import NormStats, compute_stats
 from stpipe.models import Climatology, Forecaster, build_model, model_settings
 from stpipe.models import climatology_period as resolve_climatology_period
-from stpipe.models.baselines import BASELINES
-from stpipe.models.settings import ModelSection
+from stpipe.models.settings import BASELINES, ModelSection
 
 Batch = dict[str, Tensor]
 

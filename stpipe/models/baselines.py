@@ -28,9 +28,8 @@ from torch import Tensor
 from stpipe.core.errors import ConfigError
 from stpipe.models.climatology import Climatology, ClimatologyLookup
 from stpipe.models.common import Batch, Forecaster, last_valid
+from stpipe.models.settings import BaselineName
 
-BaselineName = Literal["persistence", "climatology", "persistence_clim_change"]
-BASELINES: tuple[BaselineName, ...] = ("persistence", "climatology", "persistence_clim_change")
 Terms = tuple[Tensor, Tensor | None, Tensor | None]  # p, C(t), C(t0): reference_terms
 BASELINE_WEIGHTS: dict[BaselineName, tuple[float, float, float]] = {
     "persistence": (1.0, 0.0, 0.0),

@@ -23,6 +23,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from stpipe.core.errors import ConfigError
 
@@ -155,3 +156,48 @@ def conv_block(c_in: int, c_out: int, *, stride: int = 1) -> nn.Sequential:
         nn.BatchNorm2d(c_out),
         nn.GELU(),
     )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters (buffers such as the climatology table excluded)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def flops_per_sample(model: nn.Module, batch: Batch) -> int:
+    """Forward FLOPs per sample (a multiply-add counts 2), eval mode, no grad.
+
+    Convolutions and matmuls are counted by ``torch.utils.flop_counter.FlopCounterMode``.
+    It sees RNNs only when they decompose into matmuls (GRU on CPU, not LSTM, not cuDNN),
+    so each LSTM/GRU layer's count is replaced by 2·gates·(n_in + n_hidden)·n_hidden per
+    sequence element and layer (gates: 4 LSTM, 3 GRU). Elementwise work (activations,
+    norms, gate non-linearities) is not counted, as in FlopCounterMode.
+    """
+    counter = FlopCounterMode(display=False)
+    correction: list[int] = []
+
+    def before_rnn(_module: nn.Module, _inputs: tuple[Tensor, ...]) -> None:
+        correction.append(counter.get_total_flops())
+
+    def after_rnn(module: nn.RNNBase, inputs: tuple[Tensor, ...], _output: object) -> None:
+        shape = inputs[0].shape
+        n_seq, n_steps = (shape[0], shape[1]) if module.batch_first else (shape[1], shape[0])
+        gates = 4 if isinstance(module, nn.LSTM) else 3
+        sizes = [module.input_size] + [module.hidden_size] * (module.num_layers - 1)
+        per_step = sum(
+            2 * gates * (n_in + module.hidden_size) * module.hidden_size for n_in in sizes
+        )
+        correction[-1] += n_seq * n_steps * per_step - counter.get_total_flops()
+
+    rnns = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
+    hooks = [m.register_forward_pre_hook(before_rnn) for m in rnns]
+    hooks += [m.register_forward_hook(after_rnn) for m in rnns]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), counter:
+            model(batch)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return (counter.get_total_flops() + sum(correction)) // batch["x"].shape[0]

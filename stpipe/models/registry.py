@@ -7,6 +7,9 @@ serves, and a builder ``(settings, ModelInputs) -> Forecaster``.
 ``[model]`` is the pydantic discriminated union (on ``name``) of the table's settings
 classes. :data:`ModelUnion` is that union as a field type: it is assembled from the table
 when a section is validated, so a model added to the table is accepted by ``Config`` too.
+
+The table and the settings import no torch (the builders import their networks when they
+run): reading a config, as ``stpipe ingest`` does, stays free of torch's 1.1 s import.
 """
 
 from __future__ import annotations
@@ -14,18 +17,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import BeforeValidator, Field, SerializeAsAny, TypeAdapter, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from stpipe.core.errors import ConfigError
-from stpipe.models.baselines import BASELINES, Baseline, baseline_weights
-from stpipe.models.climatology import Climatology, is_the_climate
-from stpipe.models.common import ArrayLike, Forecaster
-from stpipe.models.convlstm import ConvLSTM
-from stpipe.models.scnn import ScnnRnn
 from stpipe.models.settings import (
+    BASELINES,
     DEFAULT_MODEL,
     BaselineSettings,
     ConvLstmSettings,
@@ -33,6 +32,10 @@ from stpipe.models.settings import (
     ScnnSettings,
     translate_old_keys,
 )
+
+if TYPE_CHECKING:
+    from stpipe.models.climatology import Climatology
+    from stpipe.models.common import ArrayLike, Forecaster
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ def _keeps_level(cfg: ScnnSettings, inputs: ModelInputs) -> bool:
     grid, so that its mean anomaly is the field's (a cold spell, a new air mass). A smaller
     patch's mean anomaly is mostly local weather, which moves on and decays: kept, it lost
     to the blend that reverts (``benchmarks/bench_references.py``)."""
+    from stpipe.models.climatology import is_the_climate
+
     clim = inputs.climatology
     if cfg.baseline != "auto" or clim is None or is_the_climate(clim.period):
         return False
@@ -92,6 +97,9 @@ def _keeps_level(cfg: ScnnSettings, inputs: ModelInputs) -> bool:
 
 
 def _build_scnn(cfg: ScnnSettings, inputs: ModelInputs) -> Forecaster:
+    from stpipe.models.baselines import baseline_weights
+    from stpipe.models.scnn import ScnnRnn
+
     blend = baseline_weights(
         cfg.baseline,
         leads=inputs.leads,
@@ -116,6 +124,8 @@ def _build_scnn(cfg: ScnnSettings, inputs: ModelInputs) -> Forecaster:
 
 
 def _build_convlstm(cfg: ConvLstmSettings, inputs: ModelInputs) -> Forecaster:
+    from stpipe.models.convlstm import ConvLSTM
+
     height, width = inputs.patch_shape
     if height % cfg.patch or width % cfg.patch:
         raise ConfigError(
@@ -128,6 +138,8 @@ def _build_convlstm(cfg: ConvLstmSettings, inputs: ModelInputs) -> Forecaster:
 
 
 def _build_baseline(cfg: BaselineSettings, inputs: ModelInputs) -> Forecaster:
+    from stpipe.models.baselines import Baseline
+
     return Baseline(cfg.name, climatology=inputs.climatology, **inputs.forecaster_args())
 
 

@@ -25,7 +25,11 @@ from typing import Any, Literal
 from pydantic import Field, PositiveInt, field_validator
 
 from stpipe.core.settings import Settings
-from stpipe.models.baselines import BaselineName
+
+BaselineName = Literal["persistence", "climatology", "persistence_clim_change"]
+BASELINES: tuple[BaselineName, ...] = ("persistence", "climatology", "persistence_clim_change")
+"""The baselines' names (:mod:`stpipe.models.baselines` computes them), here so that the
+configuration's schema validates them without importing torch."""
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -50,6 +52,18 @@ def test_shipped_configs_load(name: str) -> None:
     assert config.workdir.is_absolute()
     assert config.workdir.parent == REPO / "runs"
     assert set(config.target_variables) <= set(config.input_variables)
+
+
+def test_loading_a_config_imports_no_torch(tmp_path: Path) -> None:
+    """``stpipe ingest`` reads the config; torch (1.1 s to import) is for training."""
+    path = write(tmp_path, MINIMAL + '\n[model]\nname = "convlstm"\n')
+    code = (
+        "import sys; from stpipe.app.config import load_config; "
+        f"config = load_config({str(path)!r}); assert config.model.name == 'convlstm'; "
+        "print(sorted(m for m in ('torch', 'mlflow', 'prefect') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
