@@ -19,8 +19,9 @@ evaluate | forecast`` and the Prefect ``nightly_flow``, with MLflow on SQLite in
    promote → forecast) end to end.
 
 The split rolls (``[split] val_days/test_days``), so the nightly run trains one day further
-and is promoted or not on the same windows as the champion. Prints a table of wall time per
-stage, then the last line ``device=… ingest_backfill_mb_per_s=… train_samples_per_s=…
+and is promoted or not on the same windows as the champion. Prints a table of wall time and
+of this process's peak RSS per stage (Linux: the peak is reset as each stage starts, so it
+is the stage's own; worker processes not included), then the last line ``device=… ingest_backfill_mb_per_s=… train_samples_per_s=…
 bench_train_samples_per_s=… data_wait_frac=… forecast_s_per_init=… nightly_s=…
 peak_gpu_mem_gb=… peak_rss_gb=…``. ``--quick``: 10 days on 64×128 (a CPU smoke run).
 """
@@ -28,6 +29,7 @@ peak_gpu_mem_gb=… peak_rss_gb=…``. ``--quick``: 10 days on 64×128 (a CPU sm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
@@ -44,18 +46,41 @@ DATA = Path(__file__).resolve().parent / "_data"
 
 @dataclass
 class Stages:
-    """Wall seconds per stage and what was measured inside them."""
+    """Wall seconds per stage, this process's peak RSS during it (GB; Linux, else NaN) and
+    what was measured inside them."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_gb: dict[str, float] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
 
     def timed(self, name: str, run, note=lambda result: ""):
+        reset_peak_rss()
         started = time.perf_counter()
         result = run()
         self.seconds[name] = time.perf_counter() - started
+        self.peak_rss_gb[name] = peak_rss_gb()
         self.notes[name] = note(result)
-        print(f"{name}: {self.seconds[name]:.1f} s {self.notes[name]}", flush=True)
+        print(
+            f"{name}: {self.seconds[name]:.1f} s, peak RSS {self.peak_rss_gb[name]:.2f} GB "
+            f"{self.notes[name]}",
+            flush=True,
+        )
         return result
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak RSS (VmHWM) afresh at its current RSS (Linux ≥ 4.0)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_gb() -> float:
+    """This process's peak RSS since :func:`reset_peak_rss` (NaN off Linux)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
 
 
 def write_config(workdir: Path, *, grid: tuple[int, int], quick: bool) -> Path:
@@ -195,9 +220,10 @@ def run(workdir: Path, *, days: int, grid: tuple[int, int], quick: bool) -> dict
 def report(stages: Stages, *, size: int, samples_per_s: float, wait: float, bench: float):
     import torch
 
-    print(f"\n{'stage':<12} {'seconds':>8}  notes")
+    print(f"\n{'stage':<12} {'seconds':>8} {'peak RSS GB':>12}  notes")
     for name, seconds in stages.seconds.items():
-        print(f"{name:<12} {seconds:>8.1f}  {stages.notes[name]}")
+        peak = stages.peak_rss_gb[name]
+        print(f"{name:<12} {seconds:>8.1f} {peak:>12.2f}  {stages.notes[name]}")
     gpu = torch.cuda.is_available()
     print(
         f"\nstpipe train inside the job: {samples_per_s:.0f} samples/s, data wait "
@@ -212,7 +238,11 @@ def report(stages: Stages, *, size: int, samples_per_s: float, wait: float, benc
         "forecast_s_per_init": stages.seconds["forecast"],
         "nightly_s": stages.seconds["nightly"],
         "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if gpu else 0.0,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        # the stages reset the peak that getrusage reads too: the largest of theirs
+        "peak_rss_gb": max(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            *(peak for peak in stages.peak_rss_gb.values() if peak == peak),  # NaN off Linux
+        ),
     }
 
 
