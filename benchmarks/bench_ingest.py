@@ -35,8 +35,9 @@ MB are uncompressed float32 bytes of the ingested variables. Peak RSS is stpipe'
 tree (its worker processes' RSS added, sampled every 0.1 s from the benchmark's process, not
 the measured one; pages the forked workers share count in each, so it is an upper bound);
 the proportional set size (PSS, sampled every 0.5 s) divides each shared page among the
-processes that map it, so the tree's PSS is the memory it holds (Linux; 0 elsewhere). Last line: ``stpipe_mb_per_s=… naive_mb_per_s=… mfdataset_mb_per_s=…
-ratio_naive=… ratio_mfdataset=… noop_rerun_s=… peak_rss_mb=… peak_pss_mb=… rounds=…``.
+processes that map it, so the tree's PSS is the memory it holds (Linux; 0 elsewhere).
+Last line: ``stpipe_mb_per_s=… naive_mb_per_s=… mfdataset_mb_per_s=… ratio_naive=…
+ratio_mfdataset=… noop_rerun_s=… peak_rss_mb=… peak_pss_mb=… rounds=…``.
 """
 
 from __future__ import annotations

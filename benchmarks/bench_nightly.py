@@ -21,9 +21,10 @@ evaluate | forecast`` and the Prefect ``nightly_flow``, with MLflow on SQLite in
 The split rolls (``[split] val_days/test_days``), so the nightly run trains one day further
 and is promoted or not on the same windows as the champion. Prints a table of wall time and
 of this process's peak RSS per stage (Linux: the peak is reset as each stage starts, so it
-is the stage's own; worker processes not included), then the last line ``device=… ingest_backfill_mb_per_s=… train_samples_per_s=…
-bench_train_samples_per_s=… data_wait_frac=… forecast_s_per_init=… nightly_s=…
-peak_gpu_mem_gb=… peak_rss_gb=…``. ``--quick``: 10 days on 64×128 (a CPU smoke run).
+is the stage's own; worker processes not included), then the last line ``device=…
+ingest_backfill_mb_per_s=… train_samples_per_s=… bench_train_samples_per_s=…
+data_wait_frac=… forecast_s_per_init=… nightly_s=… peak_gpu_mem_gb=… peak_rss_gb=…``.
+``--quick``: 10 days on 64×128 (a CPU smoke run).
 """
 
 from __future__ import annotations

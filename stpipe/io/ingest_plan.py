@@ -30,9 +30,9 @@ float32; logs in ``benchmarks/results/``): threads cost 5-6 ms of CPU per MB on 
 machine, 8.5-9.4 on the 16-core one, and are bound by the GIL there (1.6 cores busy of 2, 3 of
 16); 16 worker processes cost 11-12 ms (each pays its first zarr write and page faults) and
 were ready after 0.57-0.87 s there (1.4 s while they still imported xarray and pydantic, 0.9
-while zarr loaded CuPy), then ingested the rest of 1132 MB at 1,000-1,400 MB/s. ``STPIPE_INGEST_WORKERS=threads`` or
-``=processes`` (no bridging thread) overrides the rule; ``bench_ingest.py --compare``
-measures both.
+while zarr loaded CuPy), then ingested the rest of 1132 MB at 1,000-1,400 MB/s.
+``STPIPE_INGEST_WORKERS=threads`` or ``=processes`` (no bridging thread) overrides the rule;
+``bench_ingest.py --compare`` measures both.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """What ingest's workers do with one file, and what the ingest loop asks of a pool of them.
 
 A worker decodes a file (:func:`decode`: checksum, read, float32 ``(time, y, x)`` arrays,
-a :class:`stpipe.io.sources.canonical.SourceData`), keeps it and answers with its description (:func:`describe`), compares its first steps with
-the store (:func:`first_difference`) and writes its new steps (:func:`write_loaded`). The
+a :class:`stpipe.io.sources.canonical.SourceData`), keeps it and answers with its
+description (:func:`describe`), compares its first steps with the store
+(:func:`first_difference`) and writes its new steps (:func:`write_loaded`). The
 pools that run these are :class:`stpipe.io.ingest_workers.LocalPool` (this machine) and
 :class:`stpipe.io.ingest_dask.DaskPool` (``[dask] address``); both satisfy :class:`DecodePool`.
 What runs on a worker imports neither xarray nor pydantic: worker processes start sooner.
