@@ -16,8 +16,11 @@ bench = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # datacl
 spec.loader.exec_module(bench)
 
 
-def row(case, seed, split, margins, best=("persistence_clim_change",) * 2):
-    return bench.MarginRow(case, seed, split, (1.0, 12.0), tuple(margins), tuple(best))
+def row(case, seed, split, margins, best=("persistence_clim_change",) * 2, without=None):
+    without = margins if without is None else without
+    return bench.MarginRow(
+        case, seed, split, (1.0, 12.0), tuple(margins), tuple(best), tuple(without)
+    )
 
 
 def test_split_positions_put_the_test_days_at_the_end_or_a_week_earlier() -> None:
@@ -51,14 +54,14 @@ def test_the_last_line_gives_each_case_minimum_and_counts_leads_below_minus_two_
     rows = [
         row("regional", 1, "end", [0.10, -0.021]),
         row("regional", 1, "earlier", [0.05, -0.02]),  # -2 % exactly is not worse
-        row("regime", 1, "end", [-0.5, 0.0]),
+        row("regime", 1, "end", [-0.5, 0.0], ("advection",) * 2, without=[0.0, 0.1]),
         row("weather", None, "default", [0.2, 0.1]),
         row("longclim", 7, "end", [0.3, -0.4]),
     ]
     line = bench.summary_line(rows)
     assert line == (
         "min_margin_regional=-0.0210 min_margin_regime=-0.5000 min_margin_weather=0.1000 "
-        "min_margin_traffic=nan worse_than_baseline_cases=3"
+        "min_margin_traffic=nan worse_than_baseline_cases=3 worse_without_advection_cases=2"
     )
     assert math.isnan(float(line.split()[3].split("=")[1]))
 

@@ -33,6 +33,7 @@ STYLES = {
     "persistence": {"color": "tab:blue", "marker": "s", "linestyle": "--"},
     "climatology": {"color": "tab:green", "marker": "^", "linestyle": ":"},
     "persistence_clim_change": {"color": "tab:orange", "marker": "D", "linestyle": "-."},
+    "advection": {"color": "tab:purple", "marker": "v", "linestyle": (0, (5, 1))},
 }
 
 

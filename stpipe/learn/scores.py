@@ -22,9 +22,10 @@ artifact of a training run)::
     {"leads": [1.0, 3.0, 6.0, 12.0], "lead_unit": "h", "lead_steps": [1, 3, 6, 12],
      "split": "test", "variables": ["t2m"], "variable_units": {"t2m": "K"},
      "n_samples": 412, "headline": "rmse_lat_weighted", "climatology": "hour of day",
-     "forecasters": ["model", "persistence", "climatology", "persistence_clim_change"],
+     "forecasters": ["model", "persistence", "climatology", "persistence_clim_change",
+                     "advection"],
      "metrics": {"rmse": {"model": [...], "persistence": [...], "climatology": [...],
-                          "persistence_clim_change": [...]},
+                          "persistence_clim_change": [...], "advection": [...]},
                  "mae": {...}, "skill_vs_persistence": {...}, "skill_vs_climatology": {...},
                  "rmse_lat_weighted": {...}, "acc": {...},        # lat/lon grids
                  "mse_openstl": {...}, "mae_openstl": {...}},     # cell grids (traffic)
@@ -56,7 +57,10 @@ from stpipe.core.errors import ConfigError
 
 MODEL = "model"
 HEADLINE_MEAN = "rmse_wmean"
-FORECASTER_WORDS = {"persistence_clim_change": "persistence + climatological change"}
+FORECASTER_WORDS = {
+    "persistence_clim_change": "persistence + climatological change",
+    "advection": "advected anomaly + climatology",
+}
 DIMS = ("forecaster", "lead", "variable")
 OPTIONAL_ATTRS = ("model_version", "climatology")  # attrs the JSON carries where known
 
@@ -205,7 +209,8 @@ def margins(evaluation: xr.Dataset, metric: str) -> PerLead:
 
 def forecaster_label(name: str, *, model: str = MODEL) -> str:
     """A forecaster in words: ``model`` for the model (e.g. "champion v3"); baselines as
-    "persistence", "climatology", "persistence + climatological change"."""
+    "persistence", "climatology", "persistence + climatological change", "advected anomaly
+    + climatology"."""
     return model if name == MODEL else FORECASTER_WORDS.get(name, name.replace("_", " "))
 
 

@@ -40,7 +40,7 @@ class Forecaster(nn.Module):
     ``normalise_targets(batch["y"])`` against ``normalise_targets(forward(batch))``.
 
     Calibration (:func:`stpipe.learn.train.calibrate`, after training): a forecaster with
-    ``calibratable`` true has ``uncalibrated_forecast(batch)`` and the ``anchor`` [L, V_out, 3]
+    ``calibratable`` true has ``uncalibrated_forecast(batch)`` and the ``anchor`` [L, V_out, 4]
     and ``shrink`` [L, V_out] buffers the calibration fits (:class:`stpipe.models.scnn.ScnnRnn`);
     ``reset_calibration()`` returns it to its uncalibrated forecast before training.
     """

@@ -12,9 +12,10 @@ Stages (dims: B batch, T input steps, L leads, C channels, H × W patch, h × w 
    the last state plus the last SCNN frame is the latent [B, C, h, w].
 4. Decoder per lead (leads folded into the batch): latent + lead embedding + projected
    valid-time features, up-sampled stage by stage with skips from the last input frame's
-   encoder maps; at full resolution it also sees the baseline fields of that lead and
-   the last one-step changes of the targets and of their climatology (the tendency that
-   short leads extrapolate).
+   encoder maps; at full resolution it also sees the baseline fields of that lead (among
+   them the advected persistence A: the last input moved with the motion the input steps
+   show, :mod:`stpipe.models.advection`) and the last one-step changes of the targets and
+   of their climatology (the tendency that short leads extrapolate).
    A zero-initialised 1×1 head gives the residual r [B, L, V_out, H, W].
 
 Level shifts: the encoder and the decoder's maps see the targets less their mean anomaly
@@ -23,27 +24,28 @@ patch against the climatology (a cold spell, a new air mass: weather the train d
 had) leaves the residual r as trained. Where the patch is the whole grid, so that its
 mean anomaly is the field's, and the climatology is of a few weeks, the mean of those
 weeks' weather rather than the climate (:func:`~stpipe.models.climatology.is_the_climate`),
-the fitted blend (``baseline = "auto"``) keeps that level too (``keeps_level``, decided in
-:mod:`stpipe.models.registry`): it damps the anomaly about the recent level m,
-w_p·p + w_c·C(t) + w_0·C(t0) + (1 − w_p)·m, so such a shift moves the whole forecast by
-the shift (it is equivariant to it) instead of being damped back towards the train days'
-mean. Otherwise, and for the baselines, the forecast keeps the blend's share w_p of the
-shift (persistence all, climatology none).
+the blend (``baseline = "auto"``) keeps that level too (``keeps_level``, decided in
+:mod:`stpipe.models.registry`): it starts at the ``advection`` baseline, which keeps the
+whole anomaly and moves it with the inputs' motion, and as training moves its weights it
+keeps the level in the term w_m·m, w_m = 1 − w_p − w_a, so such a shift moves the whole
+forecast by the shift (it is equivariant to it) instead of being damped back towards the
+train days' mean. Otherwise, and for the baselines, the forecast keeps the blend's share
+w_p + w_a of the shift (persistence all, climatology none).
 Measured on the ``regional`` and ``regime`` cases' fields without any network
-(``benchmarks/bench_references.py``, 5 seeds × 2 split positions × 4 leads): the blend
-damped about the climatology fell below the best baseline by more than 2 % in 40 of 80
-(worst −122 %, at 12 h after the regime change), damped about the recent level in 28
-(worst −34 %, at 12 h where climatology wins; after the regime change −20 %), but damped
-about the level of 8×8 patches (a twelfth of the grid: local weather, which moves on) in
-42. Trained (``benchmarks/bench_quality.py`` on an H200), cases below −2 % went from 17 to
-9. With the day-of-year climatology (its ``longclim`` case), keeping the level lost 45–56 %
-to climatology at 24 h; in ``stpipe demo`` (16×16 patches on a 64×64 grid) the champion
-went from 8–12 % ahead of the best baseline to 14 % behind it at 6 h.
+(``benchmarks/bench_references.py``, 5 seeds × 2 split positions × 4 leads, against the
+best of the four baselines): the fitted blend damped about the climatology fell more than
+2 % behind in 66 of 80, damped about the recent level in 59, about the level of 8×8
+patches (a twelfth of the grid: local weather, which moves on) in 62, and the
+``advection`` baseline in 4. With the day-of-year climatology (the ``longclim`` case of
+``benchmarks/bench_quality.py``), keeping the level lost 45–56 % to climatology at 24 h;
+in ``stpipe demo`` (16×16 patches on a 64×64 grid) the champion went from 8–12 % ahead
+of the best baseline to 14 % behind it at 6 h.
 
 Output (normalised units, then physical): with ``residual``,
-ŷ = w_p·p + w_c·C(t) + w_0·C(t0) + w_m·m + r, where p is persistence, C the climatology,
-m the recent level (w_m = 1 − w_p for the fitted blend about a few weeks' climatology,
-else 0), and the per-lead,
+ŷ = w_p·p + w_c·C(t) + w_0·C(t0) + w_a·A + w_m·m + r, where p is persistence, C the
+climatology, A the advected persistence (which carries a level shift as p does), m the
+recent level (w_m = 1 − w_p − w_a where the blend keeps the level, else 0), and the
+per-lead,
 per-variable weights start at the chosen baseline
 (:func:`stpipe.models.baselines.baseline_weights`) and are learned as offsets from it, so
 weight decay pulls the model back towards the baseline. Untrained, the model *is* that
@@ -72,7 +74,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stpipe.models.baselines import Terms, baseline_terms, reference_forecast, reference_terms
+from stpipe.models.baselines import (
+    N_TERMS,
+    Terms,
+    baseline_terms,
+    reference_forecast,
+    reference_terms,
+)
 from stpipe.models.climatology import Climatology, ClimatologyLookup
 from stpipe.models.common import Batch, Forecaster, conv_block
 
@@ -138,8 +146,9 @@ class ScnnRnn(Forecaster):
         self.lead_embedding = nn.Parameter(torch.randn(n_leads, hidden))
         self.time_projection = nn.Linear(n_time_features, hidden) if n_time_features else None
         self.tendency = self.input_steps > 1
-        # blend, persistence, C(t), C(t0), and the last one-step changes of input and C
-        n_baseline_maps = 2 * n_out + 2 * n_clim + (n_out + n_clim if self.tendency else 0)
+        # blend, persistence, advected persistence, C(t), C(t0), and the last one-step
+        # changes of input and C
+        n_baseline_maps = 3 * n_out + 2 * n_clim + (n_out + n_clim if self.tendency else 0)
         self.up = nn.ModuleList(
             _UpStage(widths[k + 1], widths[k], n_extra=n_baseline_maps if k == 0 else 0)
             for k in reversed(range(encoder_layers))
@@ -149,9 +158,9 @@ class ScnnRnn(Forecaster):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         self.register_buffer("blend_init", torch.as_tensor(blend, dtype=torch.float32))
-        self.blend_delta = nn.Parameter(torch.zeros(n_leads, n_out, 3))
-        # The reference a as weights of p, C(t), C(t0) [L, V, 3], and s [L, V].
-        self.register_buffer("anchor", torch.zeros(n_leads, n_out, 3))
+        self.blend_delta = nn.Parameter(torch.zeros(n_leads, n_out, N_TERMS))
+        # The reference a as weights of p, C(t), C(t0), A [L, V, 4], and s [L, V].
+        self.register_buffer("anchor", torch.zeros(n_leads, n_out, N_TERMS))
         self.register_buffer("shrink", torch.ones(n_leads, n_out))
 
     def reset_calibration(self) -> None:
@@ -190,7 +199,12 @@ class ScnnRnn(Forecaster):
         persistence, clim_inputs, clim_valid = baseline_terms(
             batch, target_index=self.target_index, climatology=self.climatology
         )
+        inputs = x[:, :, self.target_index]
+        terms = reference_terms(
+            persistence, clim_inputs, clim_valid, inputs=inputs, leads=self.leads
+        )
         z_last = torch.nan_to_num(self.normalise_targets(persistence), nan=0.0)  # [B, 1, V, H, W]
+        z_moved = torch.nan_to_num(self.normalise_targets(terms[3]), nan=0.0)  # [B, L, V, H, W]
         z = self.normalise_inputs(x)
         level = self._recent_level(x, clim_inputs)  # [B, 1, V_in, 1, 1], normalised
         z = torch.where(torch.isfinite(x), z - level, 0.0)
@@ -201,12 +215,13 @@ class ScnnRnn(Forecaster):
         if self.static_norm is not None:
             static = self.static_norm(torch.nan_to_num(batch["static"], nan=0.0))
             frames.append(static[:, None].expand(-1, t, -1, -1, -1))
-        w = self.blend_init + self.blend_delta  # [L, V, 3]
-        w_p = w[None, :, :, 0, None, None]
-        # the share of a level shift the forecast keeps: all of it about the recent level
-        kept = torch.ones_like(w_p) if self.keeps_level else w_p
-        blend = w_p * z_last + (kept - w_p) * z_level
-        maps = [(z_last - z_level).expand(-1, n_leads, -1, -1, -1)]
+        w = self.blend_init + self.blend_delta  # [L, V, 4]
+        w_p, w_a = w[None, :, :, 0, None, None], w[None, :, :, 3, None, None]
+        # the share of a level shift the forecast keeps (p and A carry it): all of it about
+        # the recent level
+        kept = torch.ones_like(w_p) if self.keeps_level else w_p + w_a
+        blend = w_p * z_last + w_a * z_moved + (kept - w_p - w_a) * z_level
+        maps = [(z_last - z_level).expand(-1, n_leads, -1, -1, -1), z_moved - z_level]
         if clim_inputs is not None and clim_valid is not None:
             z_clim_inputs = torch.nan_to_num(self.normalise_targets(clim_inputs), nan=0.0)
             z_clim_valid = torch.nan_to_num(self.normalise_targets(clim_valid), nan=0.0)
@@ -244,7 +259,6 @@ class ScnnRnn(Forecaster):
         for stage, skip in zip(self.up, reversed(skips[:-1]), strict=True):
             d = stage(d, skip.unflatten(0, (b, t))[:, -1], extra, n_leads=n_leads)
         r = self.head(self.dropout(d)).unflatten(0, (b, n_leads)).float()
-        terms = reference_terms(persistence, clim_inputs, clim_valid)
         return self.denormalise_targets(blend + r if self.residual else r), terms
 
 

@@ -6,7 +6,8 @@ family is an unknown key. Shared by all: ``name`` and ``climatology_period``.
 
 - ``scnn_lstm``, ``scnn_gru``: :class:`ScnnSettings`;
 - ``convlstm``: :class:`ConvLstmSettings`;
-- ``persistence``, ``climatology``, ``persistence_clim_change``: :class:`BaselineSettings`.
+- ``persistence``, ``climatology``, ``persistence_clim_change``, ``advection``:
+  :class:`BaselineSettings`.
 
 Files written before the families had their own classes have one flat ``[model]`` table,
 where every model read its own keys and ignored the others', and the ConvLSTM keys were
@@ -26,8 +27,13 @@ from pydantic import Field, PositiveInt, field_validator
 
 from stpipe.core.settings import Settings
 
-BaselineName = Literal["persistence", "climatology", "persistence_clim_change"]
-BASELINES: tuple[BaselineName, ...] = ("persistence", "climatology", "persistence_clim_change")
+BaselineName = Literal["persistence", "climatology", "persistence_clim_change", "advection"]
+BASELINES: tuple[BaselineName, ...] = (
+    "persistence",
+    "climatology",
+    "persistence_clim_change",
+    "advection",
+)
 """The baselines' names (:mod:`stpipe.models.baselines` computes them), here so that the
 configuration's schema validates them without importing torch."""
 
@@ -80,12 +86,13 @@ class ScnnSettings(ModelSection):
     rnn_layers: PositiveInt = 1
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     residual: bool = Field(default=True, description="Predict the change over a baseline.")
-    baseline: Literal["auto", "persistence", "climatology", "persistence_clim_change"] = Field(
+    baseline: Literal["auto"] | BaselineName = Field(
         default="auto",
         description="What a residual model adds its output to (and predicts when untrained): "
         "'auto' is the per-lead least-squares blend of persistence, climatology and "
         "persistence + climatological change fitted on the train split with the climatology "
-        "held out (persistence when there is no climatology); about a climatology of a few "
+        "held out, its persistence moved with the motion of the inputs (as the 'advection' "
+        "baseline; persistence when there is no climatology); about a climatology of a few "
         "weeks it damps the anomaly about its recent level, so a shift of the whole field "
         "(a cold spell) is kept rather than damped towards the train days' mean.",
     )

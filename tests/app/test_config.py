@@ -105,7 +105,7 @@ def test_overrides_apply_before_validation(tmp_path: Path) -> None:
         (
             ("[split]", '[model]\nname = "convlstn"\n\n[split]'),
             r"\[model\] name: 'convlstn' is not a model; known names: scnn_lstm, scnn_gru, "
-            r"convlstm, persistence, climatology, persistence_clim_change$",
+            r"convlstm, persistence, climatology, persistence_clim_change, advection$",
         ),
         (
             ("[split]", '[model]\nname = "convlstm"\nhiden = [4]\n\n[split]'),

@@ -55,6 +55,7 @@ BASELINES = {
     "persistence": "persistence",
     "climatology": "climatology",
     "persistence_clim_change": "persistence + climatological change",
+    "advection": "advected anomaly + climatology",
 }
 
 
@@ -112,7 +113,7 @@ def test_demo_replays_nights_and_reports_the_champion_per_lead(tmp_path):
     table = {}
     for row in out.splitlines():
         cells = [c.strip() for c in re.split(r"[│┃]", row.strip("│┃ "))]
-        if cells[0] in {"lead (h)", "1", "3", "6", "12"} and len(cells) == 8:  # not the nights
+        if cells[0] in {"lead (h)", "1", "3", "6", "12"} and len(cells) == 9:  # not the nights
             table[cells[0]] = cells
     champion = f"champion v{summary['champion']}"
     assert table.pop("lead (h)") == [

@@ -21,7 +21,11 @@ from tests.learn import test_train
 pipeline, one_thread = test_train.pipeline, test_train.one_thread
 
 # per leads 1 and 3, the baselines they fall back to (each baseline at least once)
-FALLBACKS = [("persistence_clim_change", "climatology"), ("persistence", "climatology")]
+FALLBACKS = [
+    ("persistence_clim_change", "climatology"),
+    ("persistence", "advection"),
+    ("advection", "persistence_clim_change"),
+]
 
 
 def test_a_lead_calibrated_to_a_baseline_forecasts_exactly_that_baseline(pipeline) -> None:
@@ -107,9 +111,14 @@ def test_the_reference_does_as_well_as_the_best_baseline_and_holds_on_the_train_
 
 
 def test_a_climatology_of_a_few_weeks_is_leant_on_only_by_references_that_keep_the_anomaly():
-    kept = ["persistence", "persistence_clim_change"]
+    kept = [
+        "persistence",
+        "persistence_clim_change",
+        "advection",
+        "mean(persistence_clim_change, advection)",
+    ]
     assert reference_names("day") == reference_names("week") == kept
-    assert all(REFERENCES[name][0] == 1.0 for name in kept), "weight 1 on persistence"
+    assert all(REFERENCES[n][0] + REFERENCES[n][3] == 1.0 for n in kept), "weight 1 on p and A"
     assert reference_names("doy") == list(REFERENCES), "a year or more: every reference"
     assert "climatology" in reference_names("doy")
     assert reference_names(None) == ["persistence"]

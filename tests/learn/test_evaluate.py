@@ -34,7 +34,7 @@ from stpipe.testing import make_dataset
 from stpipe.tracking import registry
 
 INPUT_STEPS, LEADS = 4, [1, 3]
-BASELINES_IN_ORDER = ["persistence", "climatology", "persistence_clim_change"]
+BASELINES_IN_ORDER = ["persistence", "climatology", "persistence_clim_change", "advection"]
 BASELINES = set(BASELINES_IN_ORDER)
 
 
@@ -151,6 +151,7 @@ def test_the_result_is_a_dataset_of_forecaster_lead_variable(store) -> None:
         "model",
         "persistence",
         "persistence_clim_change",
+        "advection",
     ]
     assert np.isnan(evaluation["acc"].sel(forecaster="climatology")).all(), "not scored: NaN"
     assert evaluation["skill_vs_persistence"].attrs["units"] == "1"

@@ -9,6 +9,7 @@ import torch
 
 from stpipe.core.errors import ConfigError
 from stpipe.models import build_model, model_settings
+from stpipe.models.advection import advect, motion
 from stpipe.models.baselines import baseline_weights
 from stpipe.models.climatology import Climatology, Period, slots_per_period
 
@@ -110,10 +111,101 @@ def test_climatology_baselines_need_a_climatology() -> None:
 def test_baseline_weights_per_name_and_auto_uses_the_fitted_blend() -> None:
     clim = climatology()
     kwargs = dict(leads=[1, 6], variables=["b"], climatology=clim)
-    assert baseline_weights("persistence", **kwargs)[:, 0].tolist() == [[1, 0, 0]] * 2
-    assert baseline_weights("climatology", **kwargs)[:, 0].tolist() == [[0, 1, 0]] * 2
-    assert baseline_weights("persistence_clim_change", **kwargs)[:, 0].tolist() == [[1, 1, -1]] * 2
+    assert baseline_weights("persistence", **kwargs)[:, 0].tolist() == [[1, 0, 0, 0]] * 2
+    assert baseline_weights("climatology", **kwargs)[:, 0].tolist() == [[0, 1, 0, 0]] * 2
+    pcc = baseline_weights("persistence_clim_change", **kwargs)[:, 0].tolist()
+    assert pcc == [[1, 1, -1, 0]] * 2
+    assert baseline_weights("advection", **kwargs)[:, 0].tolist() == [[0, 1, -1, 1]] * 2
     auto = baseline_weights("auto", **kwargs)[:, 0]
-    np.testing.assert_allclose(auto, [[11 / 12, 1, -11 / 12], [0.5, 1, -0.5]], rtol=1e-6)
+    np.testing.assert_allclose(auto, [[11 / 12, 1, -11 / 12, 0], [0.5, 1, -0.5, 0]], rtol=1e-6)
     no_clim = baseline_weights("auto", leads=[1], variables=["b"], climatology=None)
-    assert no_clim.tolist() == [[[1, 0, 0]]], "without climatology auto is persistence"
+    assert no_clim.tolist() == [[[1, 0, 0, 0]]], "without climatology auto is persistence"
+
+
+def moving_waves(steps: int, *, velocity: tuple[float, float], shape=(24, 32)) -> torch.Tensor:
+    """Smooth waves moving by ``velocity`` (rows, columns per step): [steps, H, W]."""
+    rows, cols = torch.meshgrid(
+        torch.arange(shape[0], dtype=torch.float64),
+        torch.arange(shape[1], dtype=torch.float64),
+        indexing="ij",
+    )
+    frames = []
+    for t in range(steps):
+        r, c = rows - velocity[0] * t, cols - velocity[1] * t
+        frames.append(
+            torch.sin(2 * np.pi * c / 17)
+            + torch.cos(2 * np.pi * r / 13)
+            + 0.5 * torch.sin(2 * np.pi * (r + c) / 23)
+        )
+    return torch.stack(frames).float()
+
+
+def test_motion_recovers_the_velocity_of_moving_waves() -> None:
+    # within 3 % of half a cell per step: the linearisation's error on 13-cell waves
+    for velocity in [(0.2, -0.4), (-0.5, 0.0), (0.0, 0.0)]:
+        frames = moving_waves(12, velocity=velocity)
+        found = motion(frames[None, :, None])[0, 0]
+        np.testing.assert_allclose(found.tolist(), velocity, atol=0.015)
+
+
+def test_motion_is_zero_without_two_steps_or_gradients_and_ignores_missing_cells() -> None:
+    frames = moving_waves(6, velocity=(0.3, 0.3))[None, :, None]
+    assert motion(frames[:, -1:]).abs().max() == 0, "one step shows no motion"
+    assert motion(torch.full((1, 6, 1, 8, 8), 3.0)).abs().max() == 0, "a flat field"
+    holed = frames.clone()
+    holed[:, 2:, :, 5:9, 7:12] = float("nan")
+    np.testing.assert_allclose(motion(holed)[0, 0].tolist(), (0.3, 0.3), atol=0.02)
+
+
+def test_advect_moves_a_field_by_whole_cells_and_holds_the_edge() -> None:
+    field = torch.randn(1, 1, 6, 7)
+    moved = advect(field, torch.tensor([[[1.0, -1.0]]]), [2])[0, 0, 0]  # [B, L, V, H, W]
+    torch.testing.assert_close(moved[2:, :-2], field[0, 0, :-2, 2:], rtol=0, atol=1e-5)
+    torch.testing.assert_close(moved[0, :-2], field[0, 0, 0, 2:], rtol=0, atol=1e-5)
+    torch.testing.assert_close(moved[:, -1], moved[:, -3], rtol=0, atol=1e-5)
+    half = advect(field, torch.tensor([[[0.0, 0.5]]]), [1])[0, 0, 0]
+    torch.testing.assert_close(half[:, 0], field[0, 0, :, 0], rtol=0, atol=0), "inflow: the edge"
+    torch.testing.assert_close(half[:, 1:], (field[0, 0, :, :-1] + field[0, 0, :, 1:]) / 2)
+    still = advect(field, torch.zeros(1, 1, 2), [1, 5])
+    assert torch.equal(still[:, 0], field) and torch.equal(still[:, 1], field)
+
+
+def test_advect_keeps_a_cells_own_value_where_its_source_is_missing() -> None:
+    field = torch.randn(1, 1, 6, 6)
+    field[0, 0, 2, 2] = float("nan")
+    moved = advect(field, torch.tensor([[[0.0, 1.0]]]), [1])[0, 0, 0]
+    assert torch.isnan(moved[2, 2]), "a missing cell stays missing"
+    assert moved[2, 3] == field[0, 0, 2, 3], "its source was the missing cell"
+    assert torch.isfinite(moved[[0, 1, 3, 4, 5]]).all()
+
+
+def test_advection_baseline_moves_the_anomaly_over_the_climatology() -> None:
+    clim = climatology(variables=("a", "b"), grid=(8, 8))
+    batch = make_batch(steps=8, leads=(1, 3), start="2024-01-01T05:00")
+    anomaly = moving_waves(8, velocity=(0.0, 0.5), shape=(8, 8))
+    inputs = np.stack([expected_clim(clim, batch["x_times"][i], 0, 0) for i in range(2)])
+    batch["x"][:, :, 1] = torch.as_tensor(inputs) + anomaly  # C at the input times + waves
+    out = baseline("advection", leads=(1, 3), clim=clim)(batch)
+    pcc = baseline("persistence_clim_change", leads=(1, 3), clim=clim)(batch)
+    velocity = motion(anomaly[None, :, None])
+    for i in range(2):
+        valid = torch.as_tensor(expected_clim(clim, batch["y_times"][i], 0, 0))
+        moved = advect(anomaly[None, -1:], velocity, (1, 3))[0, :, 0]
+        torch.testing.assert_close(out[i, :, 0], valid + moved, rtol=0, atol=1e-4)
+    assert (out[:, 1] - batch["y"][:, 1]).abs().mean() != (
+        pcc[:, 1] - batch["y"][:, 1]
+    ).abs().mean()
+
+
+def test_advection_baseline_is_persistence_clim_change_when_nothing_moves() -> None:
+    clim = climatology(variables=("a", "b"), grid=(8, 8))
+    batch = make_batch(steps=4, start="2024-01-01T05:00")
+    batch["x"][:, :, 1] = batch["x"][:, -1:, 1]  # the same field at every input step
+    batch["x"][:, :, 1] += torch.as_tensor(
+        np.stack([expected_clim(clim, batch["x_times"][i], 0, 0) for i in range(2)])
+    ) - torch.as_tensor(
+        np.stack([expected_clim(clim, batch["x_times"][i, -1:], 0, 0) for i in range(2)])
+    )  # ... on the climatology's course: a standing anomaly
+    out = baseline("advection", clim=clim)(batch)
+    pcc = baseline("persistence_clim_change", clim=clim)(batch)
+    torch.testing.assert_close(out, pcc, rtol=0, atol=1e-4)

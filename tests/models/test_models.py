@@ -141,7 +141,8 @@ def test_untrained_residual_model_equals_its_baseline(name: str, base: str) -> N
 
 def test_a_level_shift_of_the_targets_passes_through_a_trained_residual_unchanged() -> None:
     # the residual sees the targets less their recent mean anomaly: shifting every input
-    # of the target by δ moves the forecast by w_p·δ, the blend's share, and no more
+    # of the target by δ moves the forecast by (w_p + w_a)·δ, the blend's share (p and the
+    # advected p carry it), and no more
     clim = climatology()
     m = model("scnn_lstm", clim=clim, baseline="persistence_clim_change").eval()
     with torch.no_grad():
@@ -152,10 +153,10 @@ def test_a_level_shift_of_the_targets_passes_through_a_trained_residual_unchange
     shifted["x"][:, :, 1] -= 4.0  # the target "b": a cold spell of 4 units everywhere
     with torch.no_grad():
         before, after = m(batch), m(shifted)
-        w_p = (m.blend_init + m.blend_delta)[:, 0, 0]
+        w = (m.blend_init + m.blend_delta)[:, 0]
         unshifted = model("scnn_lstm", clim=clim, baseline="persistence_clim_change").eval()
     assert not torch.allclose(before, unshifted(batch), atol=1e-3), "the residual is not 0"
-    expected = before - 4.0 * w_p[None, :, None, None, None]
+    expected = before - 4.0 * (w[:, 0] + w[:, 3])[None, :, None, None, None]
     torch.testing.assert_close(after, expected, rtol=0, atol=1e-4)
 
 
@@ -166,19 +167,28 @@ def recent_level(clim: Climatology, batch: dict[str, torch.Tensor]) -> torch.Ten
     return (batch["x"][:, :, 1] - torch.from_numpy(c)).mean((1, 2, 3))[:, None, None, None, None]
 
 
-def test_untrained_auto_model_is_the_fitted_blend_about_the_recent_level() -> None:
-    # blend: damped anomaly persistence, r(k) = 1 − k/12; the 8×8 patch is the whole grid
+def test_untrained_auto_model_is_advection_where_it_keeps_the_level() -> None:
+    # the 8×8 patch is the whole grid and the climatology of a few weeks: the blend starts
+    # at the advection baseline, whatever the fitted damping
     clim = climatology(grid=(8, 8))
     batch = batch_for(leads=(1, 6))
-    batch["x"][:, :, 1] += 3.0  # a warm spell: the level the blend keeps
+    batch["x"][:, :, 1] += 3.0  # a warm spell
+    learned = model("scnn_lstm", leads=(1, 6), clim=clim).eval()
+    advection = model("advection", leads=(1, 6), clim=clim)(batch)
+    assert recent_level(clim, batch).min() > 2.5, "the warm spell's level"
+    torch.testing.assert_close(learned(batch), advection, rtol=0, atol=1e-4)
+
+
+def test_untrained_auto_model_is_the_fitted_blend_where_the_patch_is_smaller_than_the_grid():
+    # blend: damped anomaly persistence, r(k) = 1 − k/12, about the climatology
+    clim = climatology(grid=(8, 9))
+    batch = batch_for(leads=(1, 6))
     learned = model("scnn_lstm", leads=(1, 6), clim=clim).eval()
     p = model("persistence", leads=(1, 6))(batch)
     c = model("climatology", leads=(1, 6), clim=clim)(batch)
     change = model("persistence_clim_change", leads=(1, 6), clim=clim)(batch) - p  # C(t) − C(t0)
     r = torch.tensor([11 / 12, 0.5])[None, :, None, None, None]
-    level = recent_level(clim, batch)
-    assert level.min() > 2.5, "the warm spell's level"
-    expected = c + level + r * (p - (c - change) - level)
+    expected = c + r * (p - (c - change))
     torch.testing.assert_close(learned(batch), expected, rtol=0, atol=1e-4)
 
 
@@ -202,9 +212,11 @@ def test_a_level_shift_moves_a_trained_auto_model_by_all_of_it_where_the_patch_i
     shifted = dict(batch, x=batch["x"].clone())
     shifted["x"][:, :, 1] -= 4.0
     with torch.no_grad():
-        w_p = (m.blend_init + m.blend_delta)[:, 0, 0]
+        w = (m.blend_init + m.blend_delta)[:, 0]
+        w_p = w[:, 0] + w[:, 3]  # the weights of p and of the advected p: both carry it
         moved = m(shifted) - m(batch)
-    assert (w_p < 0.95).all(), "a damped blend, which without the level would move by w_p·4"
+    if not keeps:
+        assert (w_p < 0.95).all(), "a damped blend, which moves by w_p·4"
     share = torch.ones_like(w_p) if keeps else w_p
     expected = (-4.0 * share)[None, :, None, None, None].expand_as(moved)
     torch.testing.assert_close(moved, expected, rtol=0, atol=1e-4)

@@ -33,7 +33,9 @@ from stpipe.models.settings import (
 
 from . import make_batch
 
-KNOWN = "scnn_lstm, scnn_gru, convlstm, persistence, climatology, persistence_clim_change"
+KNOWN = (
+    "scnn_lstm, scnn_gru, convlstm, persistence, climatology, persistence_clim_change, advection"
+)
 
 
 class ToySettings(ModelSection):
@@ -231,7 +233,7 @@ def test_a_model_added_to_the_table_alone_is_validated_built_and_run(monkeypatch
 def test_a_name_removed_from_the_table_is_refused(monkeypatch) -> None:
     without = {name: entry for name, entry in MODELS.items() if name != "convlstm"}
     monkeypatch.setattr(registry, "MODELS", without)  # a copy: the table keeps its order
-    known = "scnn_lstm, scnn_gru, persistence, climatology, persistence_clim_change"
+    known = "scnn_lstm, scnn_gru, persistence, climatology, persistence_clim_change, advection"
     with pytest.raises(ValidationError, match=f"'convlstm' is not a model; known names: {known} "):
         model_settings({"name": "convlstm"})
     with pytest.raises(ConfigError, match="name 'convlstm' is not a model"):

@@ -67,14 +67,17 @@ from stpipe.models.baselines import (
 )
 from stpipe.models.climatology import Period, is_the_climate
 
-# References a calibration may lean on, as weights of p, C(t), C(t0): the baselines and the
-# means of two (averaging two forecasts of similar skill is the robust combination).
+# References a calibration may lean on, as weights of p, C(t), C(t0), A: the baselines and
+# the means of two (averaging two forecasts of similar skill is the robust combination).
 REFERENCES = {
-    "persistence": (1.0, 0.0, 0.0),
-    "climatology": (0.0, 1.0, 0.0),
-    "persistence_clim_change": (1.0, 1.0, -1.0),
-    "mean(persistence, climatology)": (0.5, 0.5, 0.0),
-    "mean(climatology, persistence_clim_change)": (0.5, 1.0, -0.5),
+    "persistence": (1.0, 0.0, 0.0, 0.0),
+    "climatology": (0.0, 1.0, 0.0, 0.0),
+    "persistence_clim_change": (1.0, 1.0, -1.0, 0.0),
+    "advection": (0.0, 1.0, -1.0, 1.0),
+    "mean(persistence, climatology)": (0.5, 0.5, 0.0, 0.0),
+    "mean(climatology, persistence_clim_change)": (0.5, 1.0, -0.5, 0.0),
+    "mean(climatology, advection)": (0.0, 1.0, -0.5, 0.5),
+    "mean(persistence_clim_change, advection)": (0.5, 1.0, -1.0, 0.5),
 }
 # Validation days are gathered into at most this many blocks: the init time's day modulo
 # BLOCKS (a week: one day per block on the usual few days of validation).
@@ -120,13 +123,13 @@ def reference_names(period: Period | None) -> list[str]:
     """The :data:`REFERENCES` a calibration may choose with a climatology of ``period``
     (None: no climatology): all of them for the day-of-year climatology of a year or more;
     for a climatology of a few weeks (``"day"``, ``"week"``) only those that keep the
-    current anomaly (weight 1 on p, see the module docstring); persistence alone without
-    one."""
+    current anomaly (weight 1 on p and A together, see the module docstring); persistence
+    alone without one."""
     if period is None:
         return ["persistence"]
     if is_the_climate(period):
         return list(REFERENCES)
-    return [name for name, weights in REFERENCES.items() if weights[0] == 1.0]
+    return [name for name, w in REFERENCES.items() if w[0] + w[3] == 1.0]
 
 
 def block_sums(
@@ -163,7 +166,8 @@ def reference_errors(model: Forecaster, loader: Any, references: Tensor) -> Tens
         parts = baseline_terms(
             batch, target_index=model.target_index, climatology=model.climatology
         )
-        terms = reference_terms(*parts)
+        inputs = batch["x"][:, :, model.target_index]
+        terms = reference_terms(*parts, inputs=inputs, leads=model.leads)
         for k, weights in enumerate(references):
             a = _reference(model, terms, weights)
             dy = _normalised(model, torch.where(_counted(batch, a), batch["y"] - a, 0.0))
@@ -172,8 +176,8 @@ def reference_errors(model: Forecaster, loader: Any, references: Tensor) -> Tens
 
 
 def _reference(model: Forecaster, terms: Terms, weights: Tensor) -> Tensor:
-    """The reference of ``weights`` [3] at every lead and variable: [B, L, V, H, W]."""
-    return reference_forecast(terms, weights.expand(*lead_var_shape(model), 3))
+    """The reference of ``weights`` [4] at every lead and variable: [B, L, V, H, W]."""
+    return reference_forecast(terms, weights.expand(*lead_var_shape(model), len(weights)))
 
 
 def _counted(batch: dict[str, Tensor], *forecasts: Tensor) -> Tensor:
