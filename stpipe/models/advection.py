@@ -86,7 +86,8 @@ def advect(field: Tensor, velocity: Tensor, leads: Sequence[int]) -> Tensor:
     [B, L, V, H, W] (module docstring: bilinear, the edge beyond the patch, a cell whose
     source touches a missing value keeps its own; a missing cell stays missing). A shift of whole cells moves the values
     exactly; no shift returns ``field`` as it is."""
-    steps = torch.tensor(leads, dtype=torch.float32, device=field.device)
+    # filled on the device, not copied from the host: a copy cannot be captured in a CUDA graph
+    steps = torch.stack([field.new_full((), float(lead), dtype=torch.float32) for lead in leads])
     shift = velocity.float()[:, :, None, :] * steps[None, None, :, None]  # [B, V, L, 2]
     finite = torch.isfinite(field)
     values = torch.where(finite, field, 0.0)[:, :, None].expand(-1, -1, len(leads), -1, -1)
