@@ -2,9 +2,9 @@
 
 The ``advection`` baseline (:mod:`stpipe.models.baselines`) moves the anomaly of the last
 input step (its departure from the climatology) with the motion the input steps show, and
-adds the climatology of the valid time: weather carried by the wind, traffic carried along
-a road, in whichever direction and at whichever speed the inputs show it moving, the days
-of the train split not consulted. Persistence + climatological change is the same
+adds the climatology of the valid time: weather carried by the wind, in whichever
+direction and at whichever speed the inputs show it moving, the days of the train split
+not consulted. Persistence + climatological change is the same
 forecast with the anomaly standing still.
 
 Motion: one velocity (rows, columns per step) per sample and variable, the least-squares
