@@ -8,6 +8,10 @@ import sys
 from datetime import date
 from pathlib import Path
 
+import numpy as np
+
+from stpipe.learn.scores import MetricScores, scores_dataset
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location(
     "bench_quality", ROOT / "benchmarks" / "bench_quality.py"
@@ -71,3 +75,38 @@ def test_the_margin_table_names_the_run_the_margin_and_the_best_baseline_per_lea
     assert bench.margin_table(rows) == [
         "regime    seed=3   split=earlier  1h  +12.3% (pers)  12h  -50.0% (clim)"
     ]
+
+
+def test_a_margin_row_is_over_the_best_baseline_and_apart_over_the_best_but_advection() -> None:
+    rmse = {
+        "model": (0.5, 1.0),
+        "persistence": (0.6, 2.0),
+        "climatology": (1.5, 0.8),
+        "persistence_clim_change": (0.55, 1.2),
+        "advection": (0.4, 0.9),
+    }
+    pooled = {name: np.asarray(values) for name, values in rmse.items()}
+    evaluation = scores_dataset(
+        {
+            "rmse": MetricScores(
+                per_variable={k: v[:, None] for k, v in pooled.items()},
+                pooled=pooled,
+                long_name="RMSE",
+                units="K",
+                better="lower",
+            )
+        },
+        forecasters=list(rmse),
+        lead_hours=(1.0, 12.0),
+        lead_steps=[1, 12],
+        variables=["t2m"],
+        variable_units=["K"],
+        split="test",
+        n_samples=4,
+        headline="rmse",
+    )
+    run = bench.Run("regional", 2, "end", {})
+    row = bench.margin_row(run, evaluation)
+    assert row.best == ("advection", "climatology")
+    np.testing.assert_allclose(row.margins, (1 - 0.5 / 0.4, 1 - 1.0 / 0.8))
+    np.testing.assert_allclose(row.margins_without_advection, (1 - 0.5 / 0.55, 1 - 1.0 / 0.8))
