@@ -350,5 +350,10 @@ def test_fine_tuning_starts_from_the_given_weights(pipeline) -> None:
             dict(tuned.model.named_parameters())[name], p, rtol=0, atol=1e-6, msg=name
         )
     assert not torch.allclose(fresh.state["lead_embedding"], base.state["lead_embedding"])
+    # the climatology is this data's, not the starting weights' (fitted on other days): a
+    # lead that falls back to a baseline is then the baseline evaluation computes
+    older = dict(base.state, **{"climatology.table": base.state["climatology.table"] + 1.0})
+    retuned = train(pipeline(train={"epochs": 1, "lr": 2e-9}), progress=False, init_from=older)
+    assert torch.equal(retuned.model.climatology.table, fresh.model.climatology.table)
     with pytest.raises(ConfigError, match="init_from: the weights do not fit"):
         train(pipeline(), progress=False, init_from={"nonsense": torch.zeros(1)})

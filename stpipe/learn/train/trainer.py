@@ -49,6 +49,7 @@ from stpipe.learn.train.state import (
 )
 from stpipe.learn.train.step import TrainStep
 from stpipe.models import Forecaster, count_parameters
+from stpipe.models.climatology import ClimatologyLookup
 from stpipe.models.settings import ModelSection
 
 # One logger for the package, under the name it had as a single module.
@@ -365,13 +366,26 @@ def _starting_model(
     """The model to train, on ``device``, and its number of trainable parameters."""
     model = build_forecaster(model_cfg, data)
     if init_from is not None:
-        _load_weights(model, init_from, origin="init_from")
+        # The climatology is this data's (its train split's), not the starting weights':
+        # the references, and a lead's fallback to a baseline, are then the baselines that
+        # evaluation and promotion compute, bit for bit.
+        _load_weights(model, {**init_from, **_climatology_state(model)}, origin="init_from")
     model.reset_calibration()  # trained uncalibrated, calibrated on this validation split
     n_parameters = count_parameters(model)
     model.to(device)
     if device.type == "cuda":
         use_channels_last(model)
     return model, n_parameters
+
+
+def _climatology_state(model: nn.Module) -> dict[str, Tensor]:
+    """The buffers of ``model``'s climatology lookups, by their names in its state."""
+    return {
+        f"{name}.{buffer}": value
+        for name, module in model.named_modules()
+        if isinstance(module, ClimatologyLookup)
+        for buffer, value in module.named_buffers(recurse=False)
+    }
 
 
 def _load_weights(model: nn.Module, state: Mapping[str, Tensor], *, origin: str) -> None:
