@@ -41,8 +41,8 @@ baseline) and which baseline is best. Last line::
 (one line), N the number of (case, seed, split, lead) over every run with a margin below
 −2 % (:data:`WORSE`); a case not run prints ``nan``. M counts the same against the best of
 the baselines but ``advection`` (persistence, climatology, persistence + climatological
-change: the baselines of the logs before advection was one). Progress goes to stderr. Imports stay
-lazy in the workers' path: no prefect or mlflow needed.
+change: the baselines of the logs before advection was one). Progress goes to stderr.
+Imports stay lazy in the workers' path: no prefect or mlflow needed.
 """
 
 from __future__ import annotations

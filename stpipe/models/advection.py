@@ -84,8 +84,8 @@ def motion(anomaly: Tensor) -> Tensor:
 def advect(field: Tensor, velocity: Tensor, leads: Sequence[int]) -> Tensor:
     """``field`` [B, V, H, W] moved by ``velocity`` [B, V, 2] for each of ``leads`` steps:
     [B, L, V, H, W] (module docstring: bilinear, the edge beyond the patch, a cell whose
-    source touches a missing value keeps its own; a missing cell stays missing). A shift of whole cells moves the values
-    exactly; no shift returns ``field`` as it is."""
+    source touches a missing value keeps its own; a missing cell stays missing). A shift of
+    whole cells moves the values exactly; no shift returns ``field`` as it is."""
     # filled on the device, not copied from the host: a copy cannot be captured in a CUDA graph
     steps = torch.stack([field.new_full((), float(lead), dtype=torch.float32) for lead in leads])
     shift = velocity.float()[:, :, None, :] * steps[None, None, :, None]  # [B, V, L, 2]

@@ -21,19 +21,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, PositiveInt, field_validator
 
 from stpipe.core.settings import Settings
 
 BaselineName = Literal["persistence", "climatology", "persistence_clim_change", "advection"]
-BASELINES: tuple[BaselineName, ...] = (
-    "persistence",
-    "climatology",
-    "persistence_clim_change",
-    "advection",
-)
+BASELINES: tuple[BaselineName, ...] = get_args(BaselineName)
 """The baselines' names (:mod:`stpipe.models.baselines` computes them), here so that the
 configuration's schema validates them without importing torch."""
 
@@ -91,10 +86,10 @@ class ScnnSettings(ModelSection):
         description="What a residual model adds its output to (and predicts when untrained): "
         "'auto' is the per-lead least-squares blend of persistence, climatology and "
         "persistence + climatological change fitted on the train split with the climatology "
-        "held out, its persistence moved with the motion of the inputs (as the 'advection' "
-        "baseline; persistence when there is no climatology); about a climatology of a few "
-        "weeks it damps the anomaly about its recent level, so a shift of the whole field "
-        "(a cold spell) is kept rather than damped towards the train days' mean.",
+        "held out (persistence when there is no climatology); where the patch is the whole "
+        "grid and the climatology of a few weeks it is the 'advection' baseline instead, "
+        "which keeps the whole anomaly, so a shift of the whole field (a cold spell) is kept "
+        "rather than damped towards the train days' mean.",
     )
 
 

@@ -2,7 +2,7 @@
 
 A forecaster takes part when its ``calibratable`` is true
 (:class:`stpipe.models.common.Forecaster`): it then has ``uncalibrated_forecast(batch)`` and
-the ``anchor`` [L, V, 3] and ``shrink`` [L, V] buffers that :func:`calibrate` sets (as
+the ``anchor`` [L, V, 4] and ``shrink`` [L, V] buffers that :func:`calibrate` sets (as
 :class:`stpipe.models.scnn.ScnnRnn` does): ŷ' = a + s·(ŷ − a), per lead and variable.
 
 The validation split is a few days, and the days after it are often another regime: a mean
@@ -67,17 +67,24 @@ from stpipe.models.baselines import (
 )
 from stpipe.models.climatology import Period, is_the_climate
 
+# Pairs of baselines whose mean a calibration may lean on (averaging two forecasts of similar
+# skill is the robust combination).
+MEANS = [
+    ("persistence", "climatology"),
+    ("climatology", "persistence_clim_change"),
+    ("climatology", "advection"),
+    ("persistence_clim_change", "advection"),
+]
 # References a calibration may lean on, as weights of p, C(t), C(t0), A: the baselines and
-# the means of two (averaging two forecasts of similar skill is the robust combination).
+# the means of those pairs.
 REFERENCES = {
-    "persistence": (1.0, 0.0, 0.0, 0.0),
-    "climatology": (0.0, 1.0, 0.0, 0.0),
-    "persistence_clim_change": (1.0, 1.0, -1.0, 0.0),
-    "advection": (0.0, 1.0, -1.0, 1.0),
-    "mean(persistence, climatology)": (0.5, 0.5, 0.0, 0.0),
-    "mean(climatology, persistence_clim_change)": (0.5, 1.0, -0.5, 0.0),
-    "mean(climatology, advection)": (0.0, 1.0, -0.5, 0.5),
-    "mean(persistence_clim_change, advection)": (0.5, 1.0, -1.0, 0.5),
+    **BASELINE_WEIGHTS,
+    **{
+        f"mean({a}, {b})": tuple(
+            (x + y) / 2 for x, y in zip(BASELINE_WEIGHTS[a], BASELINE_WEIGHTS[b], strict=True)
+        )
+        for a, b in MEANS
+    },
 }
 # Validation days are gathered into at most this many blocks: the init time's day modulo
 # BLOCKS (a week: one day per block on the usual few days of validation).
@@ -102,7 +109,7 @@ def calibrate(
     model.eval()
     model.reset_calibration()
     names = reference_names(None if model.climatology is None else model.climatology.period)
-    references = torch.tensor([REFERENCES[n] for n in names], device=device)  # [K, 3]
+    references = torch.tensor([REFERENCES[n] for n in names], device=device)  # [K, 4]
     sums = all_reduce(block_sums(model, loader, references, precision=precision), dist)
     periods = [sums[0].sum(0)]  # [K, L, V] per period
     if history is not None:
@@ -135,7 +142,7 @@ def reference_names(period: Period | None) -> list[str]:
 def block_sums(
     model: Forecaster, loader: Any, references: Tensor, *, precision: torch.dtype
 ) -> Tensor:
-    """Σ(y−a)², Σ(ŷ−a)(y−a), Σ(ŷ−a)² per block, reference a (``references`` [K, 3]), lead
+    """Σ(y−a)², Σ(ŷ−a)(y−a), Σ(ŷ−a)² per block, reference a (``references`` [K, 4]), lead
     and variable, in normalised units over the real target cells: float64
     [3, BLOCKS, K, L, V]. Blocks are the init times' days modulo :data:`BLOCKS`."""
     device = references.device
