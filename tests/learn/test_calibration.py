@@ -11,7 +11,14 @@ from stpipe.app.jobs import data_context, model_card, tracking_for, train
 from stpipe.learn import scores
 from stpipe.learn.context import build_baselines, make_split_loader
 from stpipe.learn.evaluate import evaluate_model
-from stpipe.learn.train.calibration import BLOCKS, REFERENCES, choose, reference_names
+from stpipe.learn.train.calibration import (
+    BLOCKS,
+    PRIOR_WINDOWS,
+    REFERENCES,
+    choose,
+    independent_forecasts,
+    reference_names,
+)
 from stpipe.models.baselines import BASELINE_WEIGHTS
 from stpipe.tracking import runs
 from stpipe.tracking.model import load_model, log_model
@@ -19,6 +26,9 @@ from tests.learn import test_train
 
 # the tiny store of the training tests, on one thread
 pipeline, one_thread = test_train.pipeline, test_train.one_thread
+
+# a split of unbounded duration: no shrinking toward the reference (rule 3)
+NO_PRIOR = torch.tensor([torch.inf])
 
 # per leads 1 and 3, the baselines they fall back to (each baseline at least once)
 FALLBACKS = [
@@ -92,8 +102,32 @@ def test_the_model_keeps_only_the_weight_that_beats_the_reference_on_every_day(
     yy, zy, zz, shrink
 ) -> None:
     sums = block_sums(yy, zy, zz)
-    _, s = choose(sums, sums[0].sum(0)[None], torch.tensor([True, True]))
+    _, s = choose(sums, sums[0].sum(0)[None], torch.tensor([True, True]), NO_PRIOR)
     assert float(s) == pytest.approx(shrink, rel=1e-6)
+
+
+@pytest.mark.parametrize(("windows", "factor"), [(PRIOR_WINDOWS, 0.5), (3 * PRIOR_WINDOWS, 0.75)])
+def test_the_weight_is_shrunk_toward_the_reference_where_the_split_holds_few_forecasts(
+    windows, factor
+) -> None:
+    # the days agree on s = 1/2: with n windows, n / (n + PRIOR_WINDOWS) of it
+    sums = block_sums([10.0, 20.0, 5.0], [4.0, 8.0, 2.0], [8.0, 16.0, 4.0])
+    _, s = choose(sums, sums[0].sum(0)[None], torch.tensor([True, True]), torch.tensor([windows]))
+    assert float(s) == pytest.approx(0.5 * factor, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("grid", "patch", "expected"),
+    [
+        ((64, 64), (32, 32), [288.0, 24.0]),  # four tiles
+        ((24, 32), (24, 32), [72.0, 6.0]),  # one patch over the grid
+        ((24, 40), (16, 16), [144.0, 12.0]),  # two tiles fit side by side, none below
+    ],
+)
+def test_independent_forecasts_are_lead_windows_end_to_end_times_tiles(grid, patch, expected):
+    three_days = 3 * 86_400.0
+    n = independent_forecasts(three_days, step_s=3600, leads=(1, 12), grid=grid, patch=patch)
+    assert n.tolist() == expected
 
 
 def test_the_reference_does_as_well_as_the_best_baseline_and_holds_on_the_train_days() -> None:
@@ -104,10 +138,11 @@ def test_the_reference_does_as_well_as_the_best_baseline_and_holds_on_the_train_
     validation = torch.tensor([1.0, 1.2, 0.95], dtype=torch.float64)[:, None, None]
     train = torch.tensor([1.0, 0.5, 1.5], dtype=torch.float64)[:, None, None]
 
-    assert choose(sums, validation[None], is_baseline)[0].tolist() == [[2]]
+    assert choose(sums, validation[None], is_baseline, NO_PRIOR)[0].tolist() == [[2]]
     # the mean holds only on the validation days; the second baseline, best on the train
     # days, trails on the validation days: the first baseline
-    assert choose(sums, torch.stack([validation, train]), is_baseline)[0].tolist() == [[0]]
+    chosen = choose(sums, torch.stack([validation, train]), is_baseline, NO_PRIOR)[0]
+    assert chosen.tolist() == [[0]]
 
 
 def test_a_climatology_of_a_few_weeks_is_leant_on_only_by_references_that_keep_the_anomaly():

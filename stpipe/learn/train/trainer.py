@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -27,12 +28,13 @@ from stpipe.learn.context import (
     Distributed,
     build_baselines,
     build_forecaster,
+    grid_coordinates,
     make_split_loader,
     resolve_device,
 )
 from stpipe.learn.loader import PatchLoader
 from stpipe.learn.settings import TrainSection
-from stpipe.learn.train.calibration import calibrate
+from stpipe.learn.train.calibration import calibrate, independent_forecasts
 from stpipe.learn.train.distributed import barrier, init_process_group, wrap_model
 from stpipe.learn.train.loss import loss_lead_weights
 from stpipe.learn.train.optim import make_optimizer, make_scheduler
@@ -309,6 +311,7 @@ class Trainer:
                 calibration = calibrate(
                     final.to(self.device),
                     self.val_loader,
+                    independent=_independent_validation_forecasts(self.data, final),
                     history=self.train_loader,
                     precision=self.precision,
                     device=self.device,
@@ -318,6 +321,18 @@ class Trainer:
             if self.dist.is_main:
                 log.info("calibration on the validation split: %s", calibration)
         return final
+
+
+def _independent_validation_forecasts(data: DataContext, model: Forecaster) -> Tensor:
+    """:func:`independent_forecasts` of the validation split, per lead of ``model``."""
+    _, _, rows, cols = grid_coordinates(data)
+    return independent_forecasts(
+        (data.splits.test_start - data.splits.val_start) / np.timedelta64(1, "s"),
+        step_s=data.step_s,
+        leads=model.leads,
+        grid=(len(rows), len(cols)),
+        patch=data.spec.size,
+    )
 
 
 def split_loaders(
