@@ -47,8 +47,9 @@ class TrainSection(Settings):
     )
     calibrate: bool = Field(
         default=True,
-        description="After training, blend each lead with its best baseline by least squares "
-        "on the validation split (scnn models).",
+        description="After training, blend each lead with a reference (a baseline or the "
+        "mean of two) on the validation split, the model's weight shrunk where the split "
+        "holds few independent forecasts (scnn models).",
     )
     lead_weighting: Literal["baseline", "uniform"] = Field(
         default="baseline",
