@@ -17,10 +17,10 @@ answers what no choice of reference, however made, can do: per reference, the pe
 margin 1 − RMSE / RMSE of the best baseline (persistence, climatology, persistence +
 climatological change, advection), its worst, and how many (case, seed, split, lead) fall
 below −2 %. The row ``calibration's reference`` is the reference the calibration leans on
-(:func:`stpipe.learn.train.calibration.choose`, rule 1, from these references' errors on the
-validation and train days, among those a climatology of a few weeks allows): what a trained
-model's calibration falls back to at s = 0, so its cases are the floor of what calibration
-alone can reach. Last line::
+(:func:`stpipe.learn.train.calibration.choose`, rule 1: of those a climatology of a few
+weeks allows, the least wrong on the train days): what a trained model's calibration falls
+back to at s = 0, so its cases are the floor of what calibration alone can reach. Last
+line::
 
     fewest_cases=N reference=… worst_margin=… calibration_floor_cases=M
 
@@ -101,12 +101,10 @@ def margins(x: xr.DataArray, split: dict[str, str]) -> dict[str, list[float]]:
     c = clim.table[time_slots(times.astype("int64"), period="day", step_s=3600), 0] - mean
     values = x.values - mean
     levels = {tile: recent_level(values - c, tile) for tile in (GRID, SMALL_PATCH)}
-    bounds = [int(np.searchsorted(times, t)) for t in (val_start, test_start, test_end)]
+    val, test, end = (int(np.searchsorted(times, t)) for t in (val_start, test_start, test_end))
     inits = {  # the sample windows of each split, as the loaders cut them
-        split: np.arange(start + INPUT_STEPS - 1, stop - max(LEADS))
-        for split, start, stop in zip(
-            ("train", "val", "test"), [0, *bounds[:2]], bounds, strict=True
-        )
+        "train": np.arange(INPUT_STEPS - 1, val - max(LEADS)),
+        "test": np.arange(test + INPUT_STEPS - 1, end - max(LEADS)),
     }
     moved = {split: advected(values, c, i) for split, i in inits.items()}
     blends = {  # damped about the level m of patches of a size, or about C (m = 0)
@@ -125,7 +123,7 @@ def margins(x: xr.DataArray, split: dict[str, str]) -> dict[str, list[float]]:
             forecast = np.tensordot((w_p, w_c, w_0, 0.0), terms, axes=1)
             forecast += kept * (1 - w_p) * levels[tile][test]
             rmse[name] = float(np.sqrt(np.mean((forecast - values[test + lead]) ** 2)))
-        rmse[CHOICE] = rmse[calibration_choice(mse["val"], mse["train"])]
+        rmse[CHOICE] = rmse[calibration_choice(mse["train"])]
         best = min(rmse[name] for name in BASELINES)
         for name in out:
             out[name].append(1 - rmse[name] / best)
@@ -144,14 +142,13 @@ def reference_mse(
     }
 
 
-def calibration_choice(val: dict[str, float], train: dict[str, float]) -> str:
-    """The reference the calibration leans on, from the references' errors on the
-    validation and train days (its rule 1, with a climatology of a few weeks)."""
+def calibration_choice(train: dict[str, float]) -> str:
+    """The reference the calibration leans on, from the references' mean squared errors on
+    the train days (its rule 1, with a climatology of a few weeks)."""
     names = reference_names("day")
-    errors = torch.tensor([[[period[n]] for n in names] for period in (val, train)])
+    errors = torch.tensor([[[train[n]]] for n in names], dtype=torch.float64)
     no_model = torch.zeros(3, BLOCKS, len(names), 1, 1, dtype=torch.float64)
-    is_baseline = torch.tensor([n in BASELINES for n in names])
-    best, _ = choose(no_model, errors[..., None].double(), is_baseline, torch.tensor([torch.inf]))
+    best, _ = choose(no_model, errors, torch.tensor([torch.inf]))
     return names[int(best)]
 
 
