@@ -47,8 +47,8 @@ class TrainSection(Settings):
     )
     calibrate: bool = Field(
         default=True,
-        description="After training, blend each lead with a reference (a baseline or the "
-        "mean of two) on the validation split, the model's weight shrunk where the split "
+        description="After training, blend each lead with the baseline least wrong on the "
+        "train split, the model's weight fitted on the validation split and shrunk where it "
         "holds few independent forecasts (scnn models).",
     )
     lead_weighting: Literal["baseline", "uniform"] = Field(

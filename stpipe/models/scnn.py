@@ -52,8 +52,8 @@ weight decay pulls the model back towards the baseline. Untrained, the model *is
 baseline; with little data it degrades to it rather than below it.
 
 Calibration (:func:`stpipe.learn.train.calibrate`, after training): per lead and variable,
-ŷ' = a + s·(ŷ − a) in physical units, with a a reference (a baseline, or the mean of two)
-and s ∈ [0, 1] the weight the model keeps, both chosen after training. At a lead where the
+ŷ' = a + s·(ŷ − a) in physical units, with a the reference (a baseline) and s ∈ [0, 1]
+the weight the model keeps, both chosen after training. At a lead where the
 network has learned little beyond the baselines (long leads on a few weeks of data) s is
 small or 0; where it has learned a lot, s ≈ 1. Until calibrated s = 1 and a = 0.
 The reference is computed from the baseline terms by

@@ -61,11 +61,11 @@ over the whole split follows whichever of its days varied most. So:
    worth ``PRIOR_WINDOWS`` such forecasts. Shrinking is as safe as the reference: with a
    few weeks' climatology the references keep the current anomaly, and advection was
    within 2 % of the best baseline in 76 of 80 test cases
-   (``benchmarks/bench_references.py``). With the day-of-year climatology they may lean on
-   climatology, and the reference chosen on the validation days can be far off: in the
-   ``longclim`` case of ``bench_quality.py`` at 24 h, mean(persistence, climatology), where
-   persistence trailed climatology by 98 % on the test days; shrunk toward it (0.33·model),
-   the blend trailed climatology by 24.6 %. There s stays.
+   (``benchmarks/bench_references.py``). With the day-of-year climatology s stays: tried
+   there while rule 1 still chose on the validation days, the ``longclim`` case of
+   ``bench_quality.py`` shrank toward mean(persistence, climatology) at 24 h (0.33·model)
+   and trailed climatology by 24.6 % (persistence by 98 %). Not tried again since rule 1
+   chooses on the train days.
 
 ``benchmarks/bench_quality.py --case regional``, seeds 1–5, margins over the best baseline
 on the test days at 1/3/6/12 h: 15 of the 20 no worse than −2 % with one least-squares
