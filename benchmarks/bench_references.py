@@ -17,7 +17,7 @@ answers what no choice of reference, however made, can do: per reference, the pe
 margin 1 − RMSE / RMSE of the best baseline (persistence, climatology, persistence +
 climatological change, advection), its worst, and how many (case, seed, split, lead) fall
 below −2 %. The row ``calibration's reference`` is the reference the calibration leans on
-(:func:`stpipe.learn.train.calibration.choose`, rule 1: of those a climatology of a few
+(:func:`stpipe.learn.train.calibration.choose_reference`, rule 1: of those a climatology of a few
 weeks allows, the least wrong on the train days): what a trained model's calibration falls
 back to at s = 0, so its cases are the floor of what calibration alone can reach. Last
 line::
@@ -41,7 +41,7 @@ from bench_quality import REGIME, WORSE, split_dates
 
 from stpipe.io.sources.synthetic import Regime, weather_fields, weather_grid
 from stpipe.learn.train import REFERENCES
-from stpipe.learn.train.calibration import BLOCKS, choose, reference_names
+from stpipe.learn.train.calibration import choose_reference, reference_names
 from stpipe.models.advection import advected_persistence
 from stpipe.models.climatology import Climatology, time_slots
 from stpipe.models.settings import BASELINES
@@ -115,14 +115,19 @@ def margins(x: xr.DataArray, split: dict[str, str]) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {name: [] for name in [*REFERENCES, *blends, CHOICE]}
     test = inits["test"]
     for k, lead in enumerate(LEADS):
-        mse = {s: reference_mse(values, c, inits[s], moved[s][:, k], lead) for s in inits}
+        # p, C(t), C(t0), A and the truth of each split's windows
+        terms = {
+            s: (np.stack([values[i], c[i + lead], c[i], moved[s][:, k]]), values[i + lead])
+            for s, i in inits.items()
+        }
+        mse = {s: reference_mse(*split_terms) for s, split_terms in terms.items()}
         rmse = {name: float(np.sqrt(v)) for name, v in mse["test"].items()}
         w_p, w_c, w_0 = clim.blend("t2m", lead)
-        terms = np.stack([values[test], c[test + lead], c[test], moved["test"][:, k]])
+        test_terms, truth = terms["test"]
         for name, (tile, kept) in blends.items():
-            forecast = np.tensordot((w_p, w_c, w_0, 0.0), terms, axes=1)
+            forecast = np.tensordot((w_p, w_c, w_0, 0.0), test_terms, axes=1)
             forecast += kept * (1 - w_p) * levels[tile][test]
-            rmse[name] = float(np.sqrt(np.mean((forecast - values[test + lead]) ** 2)))
+            rmse[name] = float(np.sqrt(np.mean((forecast - truth) ** 2)))
         rmse[CHOICE] = rmse[calibration_choice(mse["train"])]
         best = min(rmse[name] for name in BASELINES)
         for name in out:
@@ -130,12 +135,8 @@ def margins(x: xr.DataArray, split: dict[str, str]) -> dict[str, list[float]]:
     return out
 
 
-def reference_mse(
-    values: np.ndarray, c: np.ndarray, inits: np.ndarray, moved: np.ndarray, lead: int
-) -> dict[str, float]:
-    """Each reference's mean squared error at ``lead`` over the windows at ``inits``."""
-    terms = np.stack([values[inits], c[inits + lead], c[inits], moved])  # p, C(t), C(t0), A
-    truth = values[inits + lead]
+def reference_mse(terms: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Each reference's mean squared error, from the ``terms`` [4, N, H, W] of N windows."""
     return {
         name: float(np.mean((np.tensordot(w, terms, axes=1) - truth) ** 2))
         for name, w in REFERENCES.items()
@@ -147,9 +148,7 @@ def calibration_choice(train: dict[str, float]) -> str:
     the train days (its rule 1, with a climatology of a few weeks)."""
     names = reference_names("day")
     errors = torch.tensor([[[train[n]]] for n in names], dtype=torch.float64)
-    no_model = torch.zeros(3, BLOCKS, len(names), 1, 1, dtype=torch.float64)
-    best, _ = choose(no_model, errors, torch.tensor([torch.inf]))
-    return names[int(best)]
+    return names[int(choose_reference(errors))]
 
 
 def main() -> None:

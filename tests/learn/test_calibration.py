@@ -15,8 +15,9 @@ from stpipe.learn.train.calibration import (
     BLOCKS,
     PRIOR_WINDOWS,
     REFERENCES,
-    choose,
+    choose_reference,
     independent_forecasts,
+    model_weight,
     reference_names,
 )
 from stpipe.models.baselines import BASELINE_WEIGHTS
@@ -75,34 +76,33 @@ def test_a_lead_calibrated_to_a_baseline_forecasts_exactly_that_baseline(pipelin
                 assert rmse["model"][i] == rmse[name][i], f"lead {i}: model vs {name}"
 
 
-def block_sums(yy: list[float], zy: list[float], zz: list[float], *, refs: int = 2) -> torch.Tensor:
+def block_sums(zy: list[float], zz: list[float]) -> torch.Tensor:
     """:func:`~stpipe.learn.train.calibration.block_sums` of one lead and variable on
-    len(yy) days (the other blocks empty) for ``refs`` references, all alike."""
-    sums = torch.zeros(3, BLOCKS, refs, 1, 1, dtype=torch.float64)
-    sums[:, : len(yy), :, 0, 0] = torch.tensor([yy, zy, zz], dtype=torch.float64)[..., None]
+    len(zy) days (the other blocks empty)."""
+    sums = torch.zeros(2, BLOCKS, 1, 1, dtype=torch.float64)
+    sums[:, : len(zy), 0, 0] = torch.tensor([zy, zz], dtype=torch.float64)
     return sums
 
 
 @pytest.mark.parametrize(
-    ("yy", "zy", "zz", "shrink"),
+    ("zy", "zz", "shrink"),
     [
         # the days agree: their least-squares weight s_b = Σ(ŷ−a)(y−a) / Σ(ŷ−a)², in [0, 1]
-        ([10.0, 20.0, 5.0], [4.0, 8.0, 2.0], [8.0, 16.0, 4.0], 0.5),
-        ([10.0, 20.0, 5.0], [6.0, 12.0, 3.0], [4.0, 8.0, 2.0], 1.0),
-        ([10.0, 20.0, 5.0], [-1.0, -2.0, -0.5], [6.0, 12.0, 3.0], 0.0),
+        ([4.0, 8.0, 2.0], [8.0, 16.0, 4.0], 0.5),
+        ([6.0, 12.0, 3.0], [4.0, 8.0, 2.0], 1.0),
+        ([-1.0, -2.0, -0.5], [6.0, 12.0, 3.0], 0.0),
         # s_b = 1/2, 1/2, 1/6 (7/18 over the split): above 2/6 the blend loses to the
         # reference on day 3
-        ([10.0, 10.0, 10.0], [3.0, 3.0, 1.0], [6.0, 6.0, 6.0], 2 / 6),
+        ([3.0, 3.0, 1.0], [6.0, 6.0, 6.0], 2 / 6),
         # the model is the best on day 1 (s_1 = 1), the reference on day 2 (s_2 = 0), whose
         # errors are ten times larger (1/11 over the split): no consistent win, the reference
-        ([10.0, 40.0], [6.0, 0.0], [6.0, 60.0], 0.0),
+        ([6.0, 0.0], [6.0, 60.0], 0.0),
     ],
 )
 def test_the_model_keeps_only_the_weight_that_beats_the_reference_on_every_day(
-    yy, zy, zz, shrink
+    zy, zz, shrink
 ) -> None:
-    sums = block_sums(yy, zy, zz)
-    _, s = choose(sums, sums[0].sum(0), NO_PRIOR)
+    s = model_weight(block_sums(zy, zz), NO_PRIOR)
     assert float(s) == pytest.approx(shrink, rel=1e-6)
 
 
@@ -111,8 +111,7 @@ def test_the_weight_is_shrunk_toward_the_reference_where_the_split_holds_few_for
     windows, factor
 ) -> None:
     # the days agree on s = 1/2: with n windows, n / (n + PRIOR_WINDOWS) of it
-    sums = block_sums([10.0, 20.0, 5.0], [4.0, 8.0, 2.0], [8.0, 16.0, 4.0])
-    _, s = choose(sums, sums[0].sum(0), torch.tensor([windows]))
+    s = model_weight(block_sums([4.0, 8.0, 2.0], [8.0, 16.0, 4.0]), torch.tensor([windows]))
     assert float(s) == pytest.approx(0.5 * factor, rel=1e-6)
 
 
@@ -138,10 +137,13 @@ def test_the_reference_is_the_least_wrong_on_the_train_days_and_the_weight_is_ag
 ) -> None:
     # on the validation days the model's best weight is 1/2 against reference 0, 1 against
     # reference 1; which one is the reference is up to the train days alone
-    sums = block_sums([10.0, 20.0, 5.0], [4.0, 8.0, 2.0], [8.0, 16.0, 4.0])
-    sums[1, :3, 1] *= 2.0  # Σ(ŷ−a)(y−a) twice as large against reference 1
+    against = [
+        block_sums([4.0, 8.0, 2.0], [8.0, 16.0, 4.0]),
+        block_sums([8.0, 16.0, 4.0], [8.0, 16.0, 4.0]),
+    ]
     errors = torch.tensor(train_errors, dtype=torch.float64)[:, None, None]
-    best, s = choose(sums, errors, NO_PRIOR)
+    best = choose_reference(errors)
+    s = model_weight(against[int(best)], NO_PRIOR)
     assert best.tolist() == [[reference]]
     assert float(s) == pytest.approx(shrink, rel=1e-6)
 

@@ -125,31 +125,28 @@ def calibrate(
     loader: Any,
     *,
     independent: Tensor,
-    history: Any | None = None,
+    history: Any,
     precision: torch.dtype,
     device: torch.device,
     dist: Distributed | None = None,
 ) -> str:
-    """Fit a calibratable ``model``'s calibration (module docstring) on the validation split
-    of ``loader``, which holds ``independent`` [L] forecasts per lead whose errors do not
-    overlap (:func:`independent_forecasts`); ``history`` is the train split's loader, on
-    which the reference is chosen (None: on the validation split). Returns the choice per
-    lead, for the log."""
+    """Fit a calibratable ``model``'s calibration (module docstring): the reference on the
+    train split of ``history``, the model's weight on the validation split of ``loader``,
+    which holds ``independent`` [L] forecasts per lead whose errors do not overlap
+    (:func:`independent_forecasts`). Returns the choice per lead, for the log."""
     model.eval()
     model.reset_calibration()
     period = None if model.climatology is None else model.climatology.period
     names = reference_names(period)
     references = torch.tensor([REFERENCES[n] for n in names], device=device)  # [K, 4]
-    sums = all_reduce(block_sums(model, loader, references, precision=precision), dist)
-    if history is None:
-        errors = sums[0].sum(0)  # Σ(y−a)² over the validation split: [K, L, V]
-    else:  # the mean: a reference without a value somewhere counts fewer cells
-        total, count = all_reduce(reference_errors(model, history, references), dist)
-        errors = total / count.clamp_min(1.0)
+    # the mean: a reference without a value somewhere counts fewer cells
+    total, count = all_reduce(reference_errors(model, history, references), dist)
+    best = choose_reference(total / count.clamp_min(1.0))
+    model.anchor.copy_(references[best])
+    sums = all_reduce(block_sums(model, loader, precision=precision), dist)
     if period is not None and is_the_climate(period):
         independent = torch.full_like(independent, torch.inf)  # rule 3: s stays
-    best, shrink = choose(sums, errors, independent.to(device))
-    model.anchor.copy_(references[best])
+    shrink = model_weight(sums, independent.to(device))
     model.shrink.copy_(shrink)
     return "; ".join(
         f"lead {lead} {var}: {float(shrink[i, j]):.2f}·model + "
@@ -182,27 +179,23 @@ def reference_names(period: Period | None) -> list[str]:
     return [name for name, w in REFERENCES.items() if w[0] + w[3] == 1.0]
 
 
-def block_sums(
-    model: Forecaster, loader: Any, references: Tensor, *, precision: torch.dtype
-) -> Tensor:
-    """Σ(y−a)², Σ(ŷ−a)(y−a), Σ(ŷ−a)² per block, reference a (``references`` [K, 4]), lead
-    and variable, in normalised units over the real target cells: float64
-    [3, BLOCKS, K, L, V]. Blocks are the init times' days modulo :data:`BLOCKS`."""
-    device = references.device
-    shape = (3, BLOCKS, len(references), *lead_var_shape(model))
-    sums = torch.zeros(shape, dtype=torch.float64, device=device)
+def block_sums(model: Forecaster, loader: Any, *, precision: torch.dtype) -> Tensor:
+    """Σ(ŷ−a)(y−a) and Σ(ŷ−a)² per block, lead and variable, a the reference ``model.anchor``
+    holds, in normalised units over the real target cells: float64 [2, BLOCKS, L, V].
+    Blocks are the init times' days modulo :data:`BLOCKS`."""
+    device = model.anchor.device
+    sums = torch.zeros(2, BLOCKS, *lead_var_shape(model), dtype=torch.float64, device=device)
     for batch, _ in iterate_on_device(loader, device):
         with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
             forecast, terms = model.uncalibrated_forecast(batch)
         block = (batch["x_times"][:, -1] // DAY_NS) % BLOCKS
         one_hot = torch.nn.functional.one_hot(block, BLOCKS).double()  # [B, BLOCKS]
-        for k, weights in enumerate(references):
-            a = _reference(model, terms, weights)
-            counted = _counted(batch, a, forecast)
-            dy = _normalised(model, torch.where(counted, batch["y"] - a, 0.0))
-            dz = _normalised(model, torch.where(counted, forecast - a, 0.0))
-            per_sample = torch.stack([dy * dy, dz * dy, dz * dz]).sum((4, 5)).double()
-            sums[:, :, k] += torch.einsum("nb,qnlv->qblv", one_hot, per_sample)
+        a = reference_forecast(terms, model.anchor)
+        counted = _counted(batch, a, forecast)
+        dy = _normalised(model, torch.where(counted, batch["y"] - a, 0.0))
+        dz = _normalised(model, torch.where(counted, forecast - a, 0.0))
+        per_sample = torch.stack([dz * dy, dz * dz]).sum((4, 5)).double()
+        sums += torch.einsum("nb,qnlv->qblv", one_hot, per_sample)
     return sums
 
 
@@ -246,16 +239,19 @@ def _normalised(model: Forecaster, difference: Tensor) -> Tensor:
     return difference / model.target_std[:, None, None]
 
 
-def choose(sums: Tensor, errors: Tensor, independent: Tensor) -> tuple[Tensor, Tensor]:
-    """The reference (index [L, V]) and the model's weight s [L, V] (module docstring) from
-    the validation :func:`block_sums`, ``errors`` [K, L, V] (each reference's squared error
-    on the split it is chosen on, the train split) and ``independent`` [L]
+def choose_reference(errors: Tensor) -> Tensor:
+    """The reference (index [L, V]) with the least of ``errors`` [K, L, V], each reference's
+    mean squared error on the train split (module docstring, rule 1)."""
+    return errors.nan_to_num(nan=torch.inf).argmin(0)
+
+
+def model_weight(sums: Tensor, independent: Tensor) -> Tensor:
+    """The model's weight s [L, V] (module docstring, rules 2 and 3) from the validation
+    :func:`block_sums` [2, BLOCKS, L, V] and ``independent`` [L]
     (:func:`independent_forecasts`; inf: no shrinking). Days without data count for
     nothing."""
-    best = errors.nan_to_num(nan=torch.inf).argmin(0)  # [L, V]
-    index = best[None, None, None].expand(3, BLOCKS, 1, *best.shape)
-    _, zy, zz = sums.gather(2, index).squeeze(2)  # [BLOCKS, L, V]
+    zy, zz = sums
     pooled = (zy.sum(0) / zz.sum(0).clamp_min(1e-300)).clamp(0.0, 1.0)
     per_day = torch.where(zz > 0, 2 * zy / zz.clamp_min(1e-300), torch.inf).amin(0)
     prior = 1.0 / (1.0 + PRIOR_WINDOWS / independent.double())  # n / (n + PRIOR_WINDOWS)
-    return best, (torch.minimum(pooled, per_day.clamp_min(0.0)) * prior[:, None]).float()
+    return (torch.minimum(pooled, per_day.clamp_min(0.0)) * prior[:, None]).float()
