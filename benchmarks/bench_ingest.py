@@ -31,7 +31,10 @@ own time went (``ingest loop seconds``: waiting for workers' decodes and writes,
 and planning, committing, resizing; the loop is the serial part of an ingest) and, with
 worker processes, when they were ready.
 
-MB are uncompressed float32 bytes of the ingested variables. Peak RSS is stpipe's process
+MB are uncompressed float32 bytes of the ingested variables. Each side's store size (its
+files' bytes) is printed too: stpipe stores float32 under Blosc+lz4 (by default); the other
+two keep the files' int16 packing (xarray writes a variable's source encoding back) under
+zstd, half the bytes before compression. Peak RSS is stpipe's process
 tree (its worker processes' RSS added, sampled every 0.1 s from the benchmark's process, not
 the measured one; pages the forked workers share count in each, so it is an upper bound);
 the proportional set size (PSS, sampled every 0.5 s) divides each shared page among the
@@ -106,7 +109,7 @@ STPIPE_RUN = textwrap.dedent(
     assert not report.refused and len(rerun.skipped) == len(report.ingested), rerun.summary()
     print(json.dumps({"seconds": t1 - t0, "bytes": report.bytes_ingested, "noop_s": t2 - t1,
                       "main_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "stages": first_stages,
+                      "stages": first_stages, "store": str(config.store_path),
                       "cpu_s": c1 - c0}))
     """
 )
@@ -275,7 +278,18 @@ def run_sides(names: str, runs: Path, variables: str) -> tuple[dict, dict, dict]
         f"naive {mb_per_s(naive):.1f} MB/s, mfdataset {mb_per_s(mfdataset):.1f} MB/s",
         flush=True,
     )
+    stores = (Path(ours["store"]), runs / "naive.zarr", runs / "mfdataset.zarr")
+    print(
+        "store MB: stpipe {:.0f}, naive {:.0f}, mfdataset {:.0f}".format(
+            *(tree_bytes(store) / 1e6 for store in stores)
+        )
+    )
     return ours, naive, mfdataset
+
+
+def tree_bytes(path: Path) -> int:
+    """The bytes of the files under ``path``."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def main(argv: list[str] | None = None) -> None:

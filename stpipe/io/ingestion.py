@@ -61,6 +61,7 @@ from stpipe.io.ingest_plan import available_cores
 from stpipe.io.ingest_report import IngestReport, finish_report
 from stpipe.io.ingest_tasks import Decoded, DecodePool, Decoding
 from stpipe.io.ingest_workers import WorkerDied, local_pool
+from stpipe.io.layout import blosc_codecs
 from stpipe.io.manifest import FileEntry, Manifest
 from stpipe.io.settings import DaskSection, SourceSection, StoreSection
 
@@ -379,8 +380,8 @@ def _open_state(store_path: Path, manifest: Manifest | None) -> _StoreState:
 
 def _warn_on_layout_settings(job: IngestJob, template: xr.Dataset) -> None:
     """The layout is fixed when the store is created; say so if ``[store]`` now asks for another."""
-    chunks = template[next(iter(template.data_vars))].encoding.get("chunks")
-    wanted = job.store
+    encoding = template[next(iter(template.data_vars))].encoding
+    chunks, wanted = encoding.get("chunks"), job.store
     if chunks and (
         (wanted.time_chunk and wanted.time_chunk != chunks[0])
         or (wanted.spatial_chunk and tuple(wanted.spatial_chunk) != tuple(chunks[1:]))
@@ -391,6 +392,17 @@ def _warn_on_layout_settings(job: IngestJob, template: xr.Dataset) -> None:
             wanted.time_chunk,
             wanted.spatial_chunk,
             tuple(chunks),
+        )
+    stored = [(c.cname.value, c.clevel) for c in encoding.get("compressors", ())]
+    codecs = [(c.cname.value, c.clevel) for c in blosc_codecs(wanted.compressor, wanted.level)]
+    # a store made before lz4 became the default keeps zstd unless the user asks otherwise
+    if {"compressor", "compression_level"} & wanted.model_fields_set and stored != codecs:
+        log.warning(
+            "[store] compressor/compression_level %s/%s differ from the existing store's "
+            "compression %s; the store keeps its own (ingest into a new workdir to change it)",
+            wanted.compressor,
+            wanted.level,
+            stored,
         )
 
 

@@ -131,12 +131,39 @@ class SourceSection(Settings):
         return sorted(p for p in found if p.is_file())
 
 
+# Per compressor of the store (inside Blosc, with byte shuffle): its levels' range and
+# default. Why lz4 is the default: stpipe.io.layout.
+COMPRESSION_LEVELS = {"lz4": (1, 9, 5), "zstd": (1, 22, 3)}
+
+
 class StoreSection(Settings):
-    """Layout of the Zarr store; defaults are chosen from the data (see stpipe.io.store)."""
+    """Layout of the Zarr store; defaults are chosen from the data (see stpipe.io.store).
+    Compression applies to stores created from then on: a store keeps its own."""
 
     time_chunk: PositiveInt | None = None
     spatial_chunk: tuple[PositiveInt, PositiveInt] | None = None
-    compression_level: int = Field(default=3, ge=1, le=22, description="zstd level.")
+    compressor: Literal["lz4", "zstd"] = Field(
+        default="lz4", description="Inside Blosc with byte shuffle: lz4 (fast) or zstd (smaller)."
+    )
+    compression_level: PositiveInt | None = Field(
+        default=None,
+        description="lz4: a Blosc level 1-9 (default 5); zstd: a zstd level 1-22 (default 3).",
+    )
+
+    @model_validator(mode="after")
+    def _level_in_range(self) -> StoreSection:
+        low, high, _ = COMPRESSION_LEVELS[self.compressor]
+        if self.compression_level is not None and not low <= self.compression_level <= high:
+            raise ValueError(
+                f"compression_level {self.compression_level} is outside {self.compressor}'s "
+                f"{low}-{high}"
+            )
+        return self
+
+    @property
+    def level(self) -> int:
+        """The compression level in use: the one set, or the compressor's default."""
+        return self.compression_level or COMPRESSION_LEVELS[self.compressor][2]
 
 
 class DaskSection(Settings):

@@ -205,7 +205,7 @@ def _create_arrays(
 ) -> None:
     store = local_store(staging)
     root = zarr.create_group(store=store, attributes=dict(attrs), zarr_format=3)
-    codecs = blosc_codecs(layout.compression_level)
+    codecs = blosc_codecs(layout.compressor, layout.compression_level)
     rows, cols = template[next(iter(template.data_vars))].dims[1:]
     for name in (rows, cols):
         coord = template[name]

@@ -12,6 +12,7 @@ import zarr
 from stpipe.core.errors import StoreError
 from stpipe.core.splits import time_gaps
 from stpipe.io.ingestion import ingest
+from stpipe.io.layout import blosc_codecs
 from stpipe.io.manifest import FileEntry, Manifest, manifest_digest, read_manifest
 from stpipe.io.settings import StoreSection
 from stpipe.io.store import (
@@ -28,11 +29,11 @@ from stpipe.io.store import (
 @pytest.mark.parametrize(
     ("grid", "step_s", "expected"),
     [
-        ((256, 256), 3600, Layout(24, (128, 128), 3)),
-        ((64, 64), 3600, Layout(96, (64, 64), 3)),
-        ((25, 53), 6 * 3600, Layout(32, (25, 53), 3)),
-        ((32, 32), 1800, Layout(384, (32, 32), 3)),
-        ((721, 1440), 600, Layout(36, (128, 128), 3)),
+        ((256, 256), 3600, Layout(24, (128, 128), "lz4", 5)),
+        ((64, 64), 3600, Layout(96, (64, 64), "lz4", 5)),
+        ((25, 53), 6 * 3600, Layout(32, (25, 53), "lz4", 5)),
+        ((32, 32), 1800, Layout(384, (32, 32), "lz4", 5)),
+        ((721, 1440), 600, Layout(36, (128, 128), "lz4", 5)),
     ],
     ids=["256-hourly", "64-hourly", "ncep-6h", "taxibj-30min", "era5-10min"],
 )
@@ -41,8 +42,56 @@ def test_chunk_rule(grid, step_s, expected):
 
 
 def test_chunk_rule_yields_to_store_settings():
-    store = StoreSection(time_chunk=10, spatial_chunk=(50, 500), compression_level=9)
-    assert choose_layout((256, 256), time_step_s=3600, store=store) == Layout(10, (50, 256), 9)
+    store = StoreSection(
+        time_chunk=10, spatial_chunk=(50, 500), compressor="zstd", compression_level=9
+    )
+    expected = Layout(10, (50, 256), "zstd", 9)
+    assert choose_layout((256, 256), time_step_s=3600, store=store) == expected
+
+
+@pytest.mark.parametrize(
+    ("compressor", "level", "blosc_level"),
+    [
+        ("zstd", 1, 1),
+        ("zstd", 3, 2),
+        ("zstd", 5, 3),
+        ("zstd", 15, 8),
+        ("zstd", 22, 9),
+        ("lz4", 1, 1),
+        ("lz4", 9, 9),
+    ],
+)
+def test_blosc_level_of_each_compressor(compressor, level, blosc_level):
+    (codec,) = blosc_codecs(compressor, level)
+    assert (codec.cname.value, codec.clevel, codec.shuffle.value) == (
+        compressor,
+        blosc_level,
+        "shuffle",
+    )
+
+
+@pytest.mark.parametrize(("compressor", "level"), [("lz4", 10), ("zstd", 23)])
+def test_compression_level_outside_the_compressors_range_is_refused(compressor, level):
+    with pytest.raises(ValueError, match=f"compression_level {level} is outside {compressor}'s 1-"):
+        StoreSection(compressor=compressor, compression_level=level)
+
+
+@pytest.mark.parametrize("asked", [{}, {"compressor": "lz4"}], ids=["default", "set"])
+def test_a_store_keeps_its_compressor_when_the_setting_changes(
+    asked, source_data, write_feed, make_config, caplog
+):
+    write_feed(source_data.isel(time=slice(0, 24)))
+    ingest(make_config(store={"compressor": "zstd"}).ingest_job, progress=False)
+    write_feed(source_data.isel(time=slice(24, 48)))
+    config = make_config(store=asked)  # lz4: new stores only, said when asked for
+    ingest(config.ingest_job, progress=False)
+
+    t2m = zarr.open_array(config.store_path / "t2m")
+    assert [(c.cname.value, c.clevel) for c in t2m.compressors] == [("zstd", 2)]
+    stored = xr.open_zarr(config.store_path)["t2m"].values
+    np.testing.assert_array_equal(stored, source_data["t2m"].values[:48].astype("float32"))
+    warned = "compressor/compression_level lz4/5 differ from the existing store's" in caplog.text
+    assert warned == bool(asked)
 
 
 def test_open_store_on_missing_path_names_it(tmp_path):
@@ -67,7 +116,7 @@ def test_store_metadata_is_xarray_and_cf_compatible(source_data, write_feed, mak
     assert t2m["chunk_grid"]["configuration"]["chunk_shape"] == [192, 16, 20]
     assert t2m["codecs"][1]["name"] == "blosc"
     blosc = t2m["codecs"][1]["configuration"]
-    assert (blosc["cname"], blosc["clevel"], blosc["shuffle"]) == ("zstd", 2, "shuffle")
+    assert (blosc["cname"], blosc["clevel"], blosc["shuffle"]) == ("lz4", 5, "shuffle")
     time = root["consolidated_metadata"]["metadata"]["time"]["attributes"]
     assert time["units"] == "seconds since 1970-01-01 00:00:00"
     assert time["calendar"] == "proleptic_gregorian"
