@@ -2,7 +2,7 @@
 
     python benchmarks/bench_quality.py [--quick] [--case all|weather|traffic|regional|regime|
                                        longclim] [--seeds N] [--jobs N] [--model scnn_lstm]
-                                       [--epochs N]
+                                       [--epochs N] [--set SECTION.KEY=VALUE ...]
 
 Each run ingests a synthetic feed through the real path (``stpipe.io.ingestion.ingest``)
 into ``benchmarks/_data/``, trains with ``stpipe.learn.train.train_model`` (early stopping
@@ -65,6 +65,8 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from stpipe.app.cli import parse_override
+from stpipe.app.config import apply_overrides
 from stpipe.learn import scores
 from stpipe.learn.lead_table import lead_table
 
@@ -125,19 +127,19 @@ def split_dates(
     return split
 
 
-def _finish(raw: dict[str, Any], workdir: str, *, quick: bool, epochs: int | None, model: str):
+def _finish(
+    raw: dict[str, Any], workdir: str, *, quick: bool, overrides: dict[str, Any], model: str
+):
     raw["pipeline"]["name"] = f"bench-quality-{workdir}"
     raw["pipeline"]["workdir"] = str(DATA / workdir)
     raw["model"] = raw.get("model", {}) | {"name": model}
     raw["train"] = raw.get("train", {}) | {"device": "auto"}
     if quick:
         raw["train"] |= {"epochs": 2, "max_batches_per_epoch": 20}
-    if epochs is not None:
-        raw["train"]["epochs"] = epochs
-    return raw
+    return apply_overrides(raw, overrides, origin="bench_quality --set")
 
 
-def shipped_run(name: str, *, quick: bool, epochs: int | None, model: str) -> Run:
+def shipped_run(name: str, *, quick: bool, overrides: dict[str, Any], model: str) -> Run:
     """``weather`` or ``traffic``: the shipped config (fewer days with ``quick``)."""
     raw = _base(name)
     if quick:
@@ -149,12 +151,12 @@ def shipped_run(name: str, *, quick: bool, epochs: int | None, model: str) -> Ru
         }
     workdir = f"quality-{name}-{raw['source']['synthetic']['days']}d"
     return Run(
-        name, None, "default", _finish(raw, workdir, quick=quick, epochs=epochs, model=model)
+        name, None, "default", _finish(raw, workdir, quick=quick, overrides=overrides, model=model)
     )
 
 
 def regional_runs(
-    name: str, *, seeds: Sequence[int], quick: bool, epochs: int | None, model: str
+    name: str, *, seeds: Sequence[int], quick: bool, overrides: dict[str, Any], model: str
 ) -> list[Run]:
     """``regional`` or ``regime`` (module docstring) per seed and split position."""
     start, days = date(2024, 2, 1), 12 if quick else 21
@@ -176,12 +178,12 @@ def regional_runs(
             else:
                 raw["source"] = {"kind": "synthetic-weather"}
             raw["source"] |= {"variables": ["t2m"], "synthetic": synthetic}
-            raw = _finish(raw, workdir, quick=quick, epochs=epochs, model=model)
+            raw = _finish(raw, workdir, quick=quick, overrides=overrides, model=model)
             runs.append(Run(name, seed, split, raw, regime))
     return runs
 
 
-def longclim_run(*, quick: bool, epochs: int | None, model: str) -> Run:
+def longclim_run(*, quick: bool, overrides: dict[str, Any], model: str) -> Run:
     """``longclim`` (module docstring): 366 train days, 3 validation, 3 test."""
     start, days = date(2023, 1, 1), 372
     raw = _base("weather")
@@ -193,7 +195,7 @@ def longclim_run(*, quick: bool, epochs: int | None, model: str) -> Run:
     raw["patches"] = {"input_steps": 12, "leads": [1, 6, 24, 48], "size": [16, 16]}
     raw["split"] = split_dates(start, days=days, val_days=3, test_days=3, days_before_end=0)
     raw["model"] = {"climatology_period": "doy"}
-    raw = _finish(raw, f"quality-longclim-{days}d", quick=quick, epochs=epochs, model=model)
+    raw = _finish(raw, f"quality-longclim-{days}d", quick=quick, overrides=overrides, model=model)
     if not quick:
         raw["train"]["max_batches_per_epoch"] = 60  # a year of samples: an epoch is a sample
     return Run("longclim", 7, "end", raw)
@@ -309,7 +311,10 @@ def summary_line(rows: Sequence[MarginRow]) -> str:
 
 def plan(args: argparse.Namespace) -> list[Run]:
     names = CASES if args.case == "all" else (args.case,)
-    options = {"quick": args.quick, "epochs": args.epochs, "model": args.model}
+    overrides = dict(parse_override(text) for text in args.set or [])
+    if args.epochs is not None:
+        overrides["train.epochs"] = args.epochs
+    options = {"quick": args.quick, "overrides": overrides, "model": args.model}
     seeds = range(1, 1 + (args.seeds or (2 if args.quick else 5)))
     runs: list[Run] = []
     for name in names:
@@ -347,6 +352,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, help="runs at a time (default 4 with CUDA, else 1)")
     parser.add_argument("--model", default="scnn_lstm", help="[model] name to train")
     parser.add_argument("--epochs", type=int, help="override [train] epochs")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key of every run (TOML value), as stpipe's --set; repeatable",
+    )
     args = parser.parse_args()
     runs = plan(args)
     jobs = args.jobs or (4 if torch.cuda.is_available() else 1)

@@ -40,7 +40,7 @@ def test_split_positions_put_the_test_days_at_the_end_or_a_week_earlier() -> Non
 
 
 def test_every_regional_and_regime_run_has_its_seed_split_and_regime_at_the_test_start() -> None:
-    runs = bench.regional_runs("regime", seeds=range(1, 6), quick=False, epochs=None, model="m")
+    runs = bench.regional_runs("regime", seeds=range(1, 6), quick=False, overrides={}, model="m")
     assert [(r.seed, r.split) for r in runs] == [
         (s, p) for s in range(1, 6) for p in ("end", "earlier")
     ]
@@ -48,10 +48,29 @@ def test_every_regional_and_regime_run_has_its_seed_split_and_regime_at_the_test
     for run in runs:
         assert run.regime["start"].date().isoformat() == run.raw["split"]["test_start"]
         assert run.raw["source"]["kind"] == "netcdf"
-    regional = bench.regional_runs("regional", seeds=[1], quick=False, epochs=None, model="m")
+    regional = bench.regional_runs("regional", seeds=[1], quick=False, overrides={}, model="m")
     assert all(
         r.regime is None and r.raw["source"]["kind"] == "synthetic-weather" for r in regional
     )
+
+
+def test_set_and_epochs_override_every_run_after_the_cases_own_settings() -> None:
+    args = bench.argparse.Namespace(
+        case="all",
+        quick=True,
+        seeds=1,
+        epochs=7,
+        model="m",
+        set=["train.seed=3", "train.lr=0.001"],
+    )
+    runs = bench.plan(args)
+    assert {r.case for r in runs} == set(bench.CASES)
+    for run in runs:
+        train = run.raw["train"]
+        assert (train["seed"], train["lr"], train["epochs"]) == (3, 0.001, 7), run.label
+        assert run.raw["model"]["name"] == "m"
+    longclim = next(r for r in runs if r.case == "longclim")
+    assert longclim.raw["model"]["climatology_period"] == "doy", "the case's own key is kept"
 
 
 def test_the_last_line_gives_each_case_minimum_and_counts_leads_below_minus_two_percent() -> None:

@@ -39,7 +39,8 @@ _SCORE_KEY = re.compile(r"(?P<metric>[a-z]+)_(?P<variable>.+)_lead(?P<lead>\d+)"
 Command = Callable[[argparse.Namespace], int]
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
+def parse_override(text: str) -> tuple[str, Any]:
+    """``section.key=value`` (the value in TOML, else the text itself) as (key, value)."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ConfigError(
@@ -53,7 +54,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(_parse_override(s) for s in args.set or [])
+    return dict(parse_override(s) for s in args.set or [])
 
 
 def _config(args: argparse.Namespace, *, check_paths: bool = False) -> Config:
