@@ -203,15 +203,36 @@ def longclim_run(*, quick: bool, overrides: dict[str, Any], model: str) -> Run:
 
 def execute(run: Run, threads: int) -> Outcome:
     """Ingest, train, evaluate ``run`` (in a worker process)."""
-    from stpipe.app.config import config_from_dict
     from stpipe.app.jobs import data_context, train
-    from stpipe.io.ingestion import ingest
-    from stpipe.io.sources.synthetic import Regime, generate_weather_files
     from stpipe.learn.evaluate import evaluate_model
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING)
-    started, raw = time.perf_counter(), run.raw | {"source": dict(run.raw["source"])}
+    started = time.perf_counter()
+    config = ingested(run)
+    result = train(config, resume=False, progress=False)
+    evaluation = evaluate_model(result.model, data_context(config), split="test")
+    trained = (
+        f"trained {run.raw['model']['name']} on {result.device}: {len(result.history)} epochs "
+        f"in {result.seconds:.0f} s, best epoch {result.best_epoch} (validation score "
+        f"{result.best_score:.3f}, start {result.initial_score:.3f})"
+    )
+    return Outcome(
+        run,
+        scores.to_dict(evaluation),
+        trained,
+        calibration_summary(result.model),
+        time.perf_counter() - started,
+    )
+
+
+def ingested(run: Run) -> Any:
+    """``run``'s config, its feed written (``regime``) and ingested into its store."""
+    from stpipe.app.config import config_from_dict
+    from stpipe.io.ingestion import ingest
+    from stpipe.io.sources.synthetic import Regime, generate_weather_files
+
+    raw = run.raw | {"source": dict(run.raw["source"])}
     if run.regime is not None:
         synthetic = raw["source"].pop("synthetic")
         generate_weather_files(
@@ -226,20 +247,7 @@ def execute(run: Run, threads: int) -> Outcome:
     report = ingest(config.ingest_job, progress=False)
     if report.refused:
         raise SystemExit(f"{run.label}: ingest refused files: {report.refused}")
-    result = train(config, resume=False, progress=False)
-    evaluation = evaluate_model(result.model, data_context(config), split="test")
-    trained = (
-        f"trained {raw['model']['name']} on {result.device}: {len(result.history)} epochs "
-        f"in {result.seconds:.0f} s, best epoch {result.best_epoch} (validation score "
-        f"{result.best_score:.3f}, start {result.initial_score:.3f})"
-    )
-    return Outcome(
-        run,
-        scores.to_dict(evaluation),
-        trained,
-        calibration_summary(result.model),
-        time.perf_counter() - started,
-    )
+    return config
 
 
 def calibration_summary(model: Any) -> str:
