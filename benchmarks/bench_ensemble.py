@@ -31,11 +31,10 @@ from multiprocessing import get_context
 
 import numpy as np
 import torch
-from bench_quality import WORSE, Run, ingested, regional_runs
+from bench_quality import WORSE, Run, ingested, margin_row, regional_runs
 from torch import nn
 
 from stpipe.app.config import apply_overrides
-from stpipe.learn import scores
 
 SHORT_LEADS_H = 6.0
 
@@ -68,12 +67,12 @@ def member_margins(run: Run, members: int) -> tuple[list[float], dict[str, list[
     data = data_context(config)
     forecasters = {f"seed {i}": model for i, model in enumerate(models)}
     forecasters |= {f"mean of {k}": MeanForecast(models[:k]) for k in range(2, members + 1)}
-    out, leads = {}, []
-    for name, forecaster in forecasters.items():
-        evaluation = evaluate_model(forecaster, data, split="test")
-        leads = list(scores.lead_hours(evaluation))
-        out[name] = [float(m) for m in scores.margins(evaluation, scores.headline(evaluation))]
-    return leads, out
+    rows = {
+        name: margin_row(run, evaluate_model(forecaster, data, split="test"))
+        for name, forecaster in forecasters.items()
+    }
+    leads = list(next(iter(rows.values())).leads)
+    return leads, {name: [float(m) for m in row.margins] for name, row in rows.items()}
 
 
 def summary(leads: list[float], table: dict[str, list[list[float]]]) -> dict[str, tuple]:
