@@ -4,11 +4,12 @@
 
 The ``regional`` and ``regime`` runs of ``bench_quality.py`` (data seeds 1..``--seeds``, test
 days at the end or a week earlier), each trained ``--members`` times (default 4) with
-``[train] seed`` 0, 1, … through the same job as ``stpipe train`` (early stopping and the
-per-lead calibration on the validation split, each model calibrated on its own), then
-scored on the test split: every model alone, and the mean of the first k models' forecasts
-for k = 2..N (each member calibrated, then averaged: a lead where every member falls back to
-the same baseline forecasts that baseline, to rounding). Margin = 1 − RMSE / RMSE of the best baseline
+``[train] seed`` 0, 1, … through the same job as ``stpipe train`` with ``[train] members``
+= N (early stopping and the per-lead calibration on the validation split, each model
+calibrated on its own), then scored on the test split: every model alone, and the mean of
+the first k models for k = 2..N as stpipe forms it
+(:class:`stpipe.models.ensemble.MemberMean`: a lead where every member falls back to the
+same baseline forecasts that baseline bit for bit). Margin = 1 − RMSE / RMSE of the best baseline
 at that lead (the headline metric of ``stpipe evaluate``), as in ``bench_quality.py``.
 
 Output: per run, the margins at 1/3/6/12 h of each model and each mean; then per model and
@@ -32,41 +33,25 @@ from multiprocessing import get_context
 import numpy as np
 import torch
 from bench_quality import WORSE, Run, ingested, margin_row, regional_runs
-from torch import nn
 
 from stpipe.app.config import apply_overrides
 
 SHORT_LEADS_H = 6.0
 
 
-class MeanForecast(nn.Module):
-    """The mean of ``members``' forecasts."""
-
-    def __init__(self, members: list[nn.Module]) -> None:
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.stack([member(batch).float() for member in self.members]).mean(0)
-
-
 def member_margins(run: Run, members: int) -> tuple[list[float], dict[str, list[float]]]:
     """The leads (hours) and, per model ``seed i`` and mean ``mean of k``, its test margins."""
     from stpipe.app.jobs import data_context, train
     from stpipe.learn.evaluate import evaluate_model
+    from stpipe.models.ensemble import MemberMean
 
     logging.basicConfig(level=logging.WARNING)
-    models = []
-    for seed in range(members):
-        config = ingested(
-            replace(
-                run, raw=apply_overrides(run.raw, {"train.seed": seed}, origin="bench_ensemble")
-            )
-        )
-        models.append(train(config, resume=False, progress=False).model.eval())
+    raw = apply_overrides(run.raw, {"train.members": members}, origin="bench_ensemble")
+    config = ingested(replace(run, raw=raw))
+    models = [member.model for member in train(config, resume=False, progress=False).members]
     data = data_context(config)
     forecasters = {f"seed {i}": model for i, model in enumerate(models)}
-    forecasters |= {f"mean of {k}": MeanForecast(models[:k]) for k in range(2, members + 1)}
+    forecasters |= {f"mean of {k}": MemberMean(models[:k]) for k in range(2, members + 1)}
     rows = {
         name: margin_row(run, evaluate_model(forecaster, data, split="test"))
         for name, forecaster in forecasters.items()

@@ -213,9 +213,14 @@ def execute(run: Run, threads: int) -> Outcome:
     result = train(config, resume=False, progress=False)
     evaluation = evaluate_model(result.model, data_context(config), split="test")
     trained = (
-        f"trained {run.raw['model']['name']} on {result.device}: {len(result.history)} epochs "
-        f"in {result.seconds:.0f} s, best epoch {result.best_epoch} (validation score "
-        f"{result.best_score:.3f}, start {result.initial_score:.3f})"
+        f"trained {run.raw['model']['name']} on {result.device} in {result.seconds:.0f} s: "
+        + (
+            "; ".join(
+                f"{len(r.history)} epochs, best epoch {r.best_epoch} (validation score "
+                f"{r.best_score:.3f}, start {r.initial_score:.3f})"
+                for r in result.members or (result,)
+            )
+        )
     )
     return Outcome(
         run,
@@ -251,9 +256,14 @@ def ingested(run: Run) -> Any:
 
 
 def calibration_summary(model: Any) -> str:
-    """Per lead, the model's weight s and its reference, e.g. ``12h 0.35·mean(…)``."""
+    """Per lead, the model's weight s and its reference, e.g. ``lead 12: 0.35·model +
+    advection``; of an ensemble, each member's."""
     from stpipe.learn.train.calibration import REFERENCES
 
+    if hasattr(model, "members"):
+        return " | ".join(
+            f"member {i}: {calibration_summary(member)}" for i, member in enumerate(model.members)
+        )
     if not getattr(model, "calibratable", False):
         return "not calibratable"
     names = {tuple(w): n for n, w in REFERENCES.items()}

@@ -1,4 +1,5 @@
-"""benchmarks/bench_ensemble.py: the mean of the models' forecasts and the summary per model."""
+"""benchmarks/bench_ensemble.py: the summary per model and mean (the mean itself is
+stpipe's MemberMean, tested in tests/models/test_ensemble.py)."""
 
 from __future__ import annotations
 
@@ -8,31 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # bench_ensemble imports bench_quality
 spec = importlib.util.spec_from_file_location("bench_ensemble", BENCHMARKS / "bench_ensemble.py")
 bench = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
-
-
-class Constant(nn.Module):
-    def __init__(self, value: float) -> None:
-        super().__init__()
-        self.value = value
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.full_like(batch["x"], self.value)
-
-
-def test_the_mean_forecast_is_the_mean_of_the_members_and_one_baseline_stays_itself() -> None:
-    batch = {"x": torch.zeros(2, 3)}
-    mean = bench.MeanForecast([Constant(1.0), Constant(2.0), Constant(6.0)])
-    assert torch.equal(mean(batch), torch.full((2, 3), 3.0))
-    same = bench.MeanForecast([Constant(0.7), Constant(0.7)])
-    assert torch.equal(same(batch), torch.full((2, 3), 0.7))
 
 
 def test_the_summary_counts_cases_below_minus_two_percent_and_the_worst_short_lead() -> None:

@@ -1,7 +1,8 @@
 """Where a training starts: ``[train] init_from``, the weights of a registered version.
 
 ``"none"`` trains from the seeded initialisation. ``"champion"`` or a version number starts
-from that version's weights, read from its logged ``torch.export`` program (pickle-free,
+from that version's weights (each member from its own where the version is an ensemble of
+``[train] members``; members beyond its number start from its members in turn), read from its logged ``torch.export`` program (pickle-free,
 :func:`stpipe.tracking.model.load_model`), and trains ``finetune_epochs`` at
 ``finetune_lr`` (:meth:`stpipe.learn.settings.TrainSection.finetuning`). The nightly run
 fine-tunes the model that forecasts; with ``"champion"`` and no champion yet (a pipeline's
@@ -16,6 +17,7 @@ difference: fine-tuning it would start from weights that mean something else.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from mlflow.entities.model_registry import ModelVersion
@@ -37,19 +39,20 @@ log = logging.getLogger(__name__)
 INIT_FROM_TAG = TAG_PREFIX + "init_from"
 SCRATCH = "none"
 SHOWN_KEYS = 3  # weight names listed in an error
+_MEMBER_KEY = re.compile(r"(?:^|\.)members\.(?P<index>\d+)\.(?P<name>.+)$")
 
 
 @dataclass(frozen=True)
 class StartingPoint:
     """The weights a training starts from and the ``[train]`` it trains with.
 
-    ``version``: the registered version whose weights ``state`` holds (None: the seeded
-    initialisation, ``state`` None); ``train``: ``[train]``, fine-tuning's epochs and
-    learning rate when it starts from a version.
+    ``version``: the registered version whose weights ``state`` holds, one state per member
+    of it (None: the seeded initialisation, ``state`` empty); ``train``: ``[train]``,
+    fine-tuning's epochs and learning rate when it starts from a version.
     """
 
     version: str | None
-    state: dict[str, Tensor] | None
+    state: tuple[dict[str, Tensor], ...]
     train: TrainSection
 
     def tags(self) -> dict[str, str]:
@@ -62,11 +65,11 @@ def starting_point(tracking: Tracking, config: Config, data: DataContext) -> Sta
     version that does not exist or does not fit this config and store ``data``."""
     wanted = config.train.init_from
     if wanted == SCRATCH:
-        return StartingPoint(version=None, state=None, train=config.train)
+        return StartingPoint(version=None, state=(), train=config.train)
     version = _registered_version(tracking, wanted)
     if version is None:
         log.info("[train] init_from = 'champion': no champion yet, so training in full")
-        return StartingPoint(version=None, state=None, train=config.train)
+        return StartingPoint(version=None, state=(), train=config.train)
     number = str(version.version)
     state = _weights(tracking, config, data, number)
     log.info(
@@ -99,10 +102,11 @@ def _registered_version(tracking: Tracking, wanted: str | int) -> ModelVersion |
 
 def _weights(
     tracking: Tracking, config: Config, data: DataContext, version: str
-) -> dict[str, Tensor]:
-    """The weights of ``version`` under the names of the network ``[model]`` builds;
-    ConfigError naming each difference if its model card (model, patch shape, variables,
-    leads, time step, grid) or its weights do not fit this config."""
+) -> tuple[dict[str, Tensor], ...]:
+    """The weights of ``version``'s members (its one model if it is not an ensemble) under
+    the names of the network ``[model]`` builds; ConfigError naming each difference if its
+    model card (model, patch shape, variables, leads, time step, grid) or its weights do
+    not fit this config."""
     model = load_model(tracking, f"models:/{tracking.model_name}/{version}")
     card = model.card
     here = card_for(
@@ -112,10 +116,26 @@ def _weights(
     problems += card.mismatch(here)
     if problems:
         raise _unfit(tracking, config, version, problems)
-    state, problems = _renamed(model.program.state_dict(), build_forecaster(config.model, data))
-    if problems:
-        raise _unfit(tracking, config, version, problems)
-    return state
+    network = build_forecaster(config.model, data)
+    states = []
+    for member in member_states(model.program.state_dict()):
+        state, problems = _renamed(member, network)
+        if problems:
+            raise _unfit(tracking, config, version, problems)
+        states.append(state)
+    return tuple(states)
+
+
+def member_states(state: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+    """``state`` split into its ensemble members' states (the weights under ``members.<i>.``
+    of :class:`~stpipe.models.ensemble.MemberMean`, named without that prefix, in member
+    order), or ``[state]`` when it is not an ensemble's."""
+    members: dict[int, dict[str, Tensor]] = {}
+    for key, value in state.items():
+        found = _MEMBER_KEY.search(key)
+        if found is not None:
+            members.setdefault(int(found["index"]), {})[found["name"]] = value
+    return [members[i] for i in sorted(members)] if members else [state]
 
 
 def _unfit(tracking: Tracking, config: Config, version: str, problems: list[str]) -> ConfigError:

@@ -25,7 +25,7 @@ import functools
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
@@ -63,7 +63,7 @@ from stpipe.learn.context import (
 )
 from stpipe.learn.evaluate import SampleMaps, evaluate_model, sample_maps
 from stpipe.learn.plots import plot_rmse_vs_lead, plot_sample_maps
-from stpipe.learn.train import EpochLog, TrainResult, train_model
+from stpipe.learn.train import EpochLog, TrainResult, train_members
 from stpipe.tracking import registry, runs
 from stpipe.tracking.client import Tracking, connect, request_retries, tracking_errors
 from stpipe.tracking.compare import VersionTable, version_table
@@ -164,10 +164,11 @@ def train(
     resume: bool = True,
     progress: bool = True,
     on_epoch_end: Callable[[EpochLog], None] | None = None,
-    init_from: Mapping[str, Tensor] | None = None,
+    init_from: Sequence[Mapping[str, Tensor]] = (),
 ) -> TrainResult:
-    """:func:`stpipe.learn.train.train_model` with the settings of ``config`` (no tracking)."""
-    return train_model(
+    """:func:`stpipe.learn.train.train_members` with the settings of ``config`` (no
+    tracking); ``init_from``: starting weights per member (none: the seeded ones)."""
+    return train_members(
         data or data_context(config),
         model=config.model,
         train=config.train,

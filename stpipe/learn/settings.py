@@ -5,6 +5,10 @@ training of ``epochs`` at ``lr``), ``"champion"`` (the registered champion's wei
 version number of ``[mlflow] model_name``. A run that starts from registered weights trains
 ``finetune_epochs`` at ``finetune_lr`` instead (:meth:`TrainSection.finetuning`); with
 ``"champion"`` and no champion yet (a pipeline's first night) it trains in full.
+
+``members`` trains that many models, with seeds ``seed``, ``seed + 1``, …, and forecasts
+their mean (:mod:`stpipe.learn.train.members`); a fine-tune starts each member from the
+registered version's member of the same index.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from pydantic import Field, PositiveInt, field_validator
 
 from stpipe.core.settings import Settings
 
+# The default [train] members: the measurement behind it is in the README's quality section.
+MEMBERS = 3
+
 
 class TrainSection(Settings):
     epochs: PositiveInt = 20
@@ -24,6 +31,12 @@ class TrainSection(Settings):
     grad_clip: float = Field(default=1.0, gt=0)
     patience: PositiveInt = Field(default=5, description="Early stopping, in epochs.")
     seed: int = 0
+    members: PositiveInt = Field(
+        default=MEMBERS,
+        description="Models trained with seeds seed, seed+1, …, each calibrated on its own; "
+        "the forecast is their mean (a lead where every member falls back to the reference "
+        "is that reference's forecast, bit for bit). Training costs this many times one model.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
     cuda_graph: bool = Field(
@@ -79,6 +92,11 @@ class TrainSection(Settings):
                 f"got {v!r}"
             )
         return v
+
+    def member(self, index: int) -> Self:
+        """This section as member ``index`` of ``members`` trains: one model, seed
+        ``seed + index`` (member 0 is the run a single model of this section would be)."""
+        return self.model_copy(update={"seed": self.seed + index, "members": 1})
 
     def finetuning(self) -> Self:
         """This section as a fine-tuning run trains: ``finetune_epochs`` and ``finetune_lr``

@@ -42,7 +42,8 @@ class Forecaster(nn.Module):
     Calibration (:func:`stpipe.learn.train.calibrate`, after training): a forecaster with
     ``calibratable`` true has ``uncalibrated_forecast(batch)`` and the ``anchor`` [L, V_out, 4]
     and ``shrink`` [L, V_out] buffers the calibration fits (:class:`stpipe.models.scnn.ScnnRnn`);
-    ``reset_calibration()`` returns it to its uncalibrated forecast before training.
+    ``reset_calibration()`` returns it to its uncalibrated forecast before training, and
+    ``forecast_and_reference(batch)`` gives the forecast with that reference.
     """
 
     calibratable: ClassVar[bool] = False
@@ -84,6 +85,13 @@ class Forecaster(nn.Module):
 
     def reset_calibration(self) -> None:
         """Back to the uncalibrated forecast; nothing to do without a calibration."""
+
+    def forecast_and_reference(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
+        """``forward(batch)`` and the reference its calibration blends with, [B, L, V_out,
+        H, W] each (None without a calibration): :class:`~stpipe.models.ensemble.MemberMean`
+        averages members about the reference so that a lead where every member forecasts it
+        stays it bit for bit."""
+        return self(batch), None
 
     def normalise_inputs(self, x: Tensor) -> Tensor:
         """[..., V_in, H, W] physical → normalised; NaN becomes 0 (the train mean)."""

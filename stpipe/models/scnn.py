@@ -169,10 +169,14 @@ class ScnnRnn(Forecaster):
         self.shrink.fill_(1.0)
 
     def forward(self, batch: Batch) -> Tensor:
+        return self.forecast_and_reference(batch)[0]
+
+    def forecast_and_reference(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The calibrated forecast a + s·(ŷ − a) (ŷ where a is not finite) and a."""
         forecast, terms = self.uncalibrated_forecast(batch)
         reference = reference_forecast(terms, self.anchor)
         calibrated = reference + self.shrink[..., None, None] * (forecast - reference)
-        return torch.where(torch.isfinite(reference), calibrated, forecast)
+        return torch.where(torch.isfinite(reference), calibrated, forecast), reference
 
     def _recent_level(self, x: Tensor, clim_inputs: Tensor | None) -> Tensor:
         """The targets' mean anomaly over the input steps and the patch, normalised, at the

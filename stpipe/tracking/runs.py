@@ -110,11 +110,13 @@ def log_lineage(tracking: Tracking, run_id: str, data: DataContext, *, name: str
 def epoch_logger(
     tracking: Tracking, run_id: str, *, leads: Sequence[int]
 ) -> Callable[[EpochLog], None]:
-    """The ``on_epoch_end`` hook of :func:`stpipe.learn.train.train_model` (rank 0 calls it);
-    ``leads`` (steps) name the per-lead validation RMSEs."""
+    """The ``on_epoch_end`` hook of :func:`stpipe.learn.train.train_members` (rank 0 calls
+    it); ``leads`` (steps) name the per-lead validation RMSEs. A member's epochs (of several)
+    are logged under ``member<i>/`` (e.g. ``member1/val_loss``), step the epoch."""
 
     def log_epoch(entry: EpochLog) -> None:
         now = int(time.time() * 1000)
+        prefix = "" if entry.member is None else f"member{entry.member}/"
         values = {
             "train_loss": entry.train_loss,
             "val_loss": entry.val_loss,
@@ -123,12 +125,9 @@ def epoch_logger(
             "data_wait_frac": entry.data_wait_frac,
             "epoch_seconds": entry.seconds,
         }
-        metrics = [Metric(k, float(v), now, entry.epoch) for k, v in values.items()]
         for lead, rmse, ref in zip(leads, entry.val_rmse, entry.val_ref_rmse, strict=True):
-            metrics += [
-                Metric(f"epoch_val_rmse_lead{lead}", rmse, now, entry.epoch),
-                Metric(f"epoch_val_ref_rmse_lead{lead}", ref, now, entry.epoch),
-            ]
+            values |= {f"epoch_val_rmse_lead{lead}": rmse, f"epoch_val_ref_rmse_lead{lead}": ref}
+        metrics = [Metric(prefix + k, float(v), now, entry.epoch) for k, v in values.items()]
         with tracking_errors(tracking.uri, f"log epoch {entry.epoch} of run {run_id}"):
             tracking.client.log_batch(run_id, metrics=_finite(metrics))
 
@@ -165,7 +164,9 @@ def log_evaluation(
 
 
 def log_system(tracking: Tracking, run_id: str, result: TrainResult) -> None:
-    """Device, versions, throughput and size of a finished training."""
+    """Device, versions, throughput and size of a finished training; its epochs, best epoch
+    and best validation score at step 0, and of several members (``[train] members``) each
+    member's at step = its index."""
     history = result.history
     samples_per_s = sum(e.samples_per_s for e in history) / len(history) if history else math.nan
     tags = {
@@ -181,14 +182,18 @@ def log_system(tracking: Tracking, run_id: str, result: TrainResult) -> None:
         "train_samples_per_s": samples_per_s,
         "train_seconds": result.seconds,
         "n_parameters": float(result.n_parameters),
-        "best_epoch": float(result.best_epoch),
-        "best_val_score": result.best_score,
-        "epochs": float(len(history)),
     }
+    metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
+    for step, run in enumerate(result.members or (result,)):
+        metrics += [
+            Metric("epochs", float(len(run.history)), now, step),
+            Metric("best_epoch", float(run.best_epoch), now, step),
+            Metric("best_val_score", run.best_score, now, step),
+        ]
     with tracking_errors(tracking.uri, f"log system facts of run {run_id}"):
         tracking.client.log_batch(
             run_id,
-            metrics=_finite([Metric(k, float(v), now, 0) for k, v in values.items()]),
+            metrics=_finite(metrics),
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
 

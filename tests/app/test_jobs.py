@@ -59,6 +59,7 @@ hidden = [4]
 
 [train]
 epochs = 1
+members = 1
 batch_size = 16
 max_batches_per_epoch = 3
 device = "cpu"

@@ -53,6 +53,7 @@ dropout = 0.0
 
 [train]
 epochs = 3
+members = 1
 batch_size = {batch_size}
 lr = 5e-4
 device = "cpu"

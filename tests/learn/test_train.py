@@ -37,6 +37,7 @@ from stpipe.learn.train import (
     weighted_loss,
 )
 from stpipe.learn.train.calibration import PRIOR_WINDOWS
+from stpipe.models.ensemble import MemberMean
 from stpipe.testing import make_dataset
 
 TINY = {
@@ -52,6 +53,7 @@ TINY = {
         "max_val_batches": 2,
         "lr": 3e-3,
         "patience": 5,
+        "members": 1,  # one run's mechanics; members have tests of their own
     },
 }
 
@@ -88,6 +90,14 @@ def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"tensors differ: {different}"
+
+
+def first_batch(data, split: str, size: int) -> dict[str, torch.Tensor]:
+    """The first batch of ``size`` windows of ``split``, in order."""
+    loader = make_split_loader(
+        data, split=split, batch_size=size, shuffle=False, drop_last=False, max_batches=1
+    )
+    return next(iter(loader))
 
 
 def scores(history: tuple[EpochLog, ...] | list[EpochLog]) -> list[tuple]:
@@ -130,18 +140,7 @@ def test_channels_last_keeps_the_5d_weights_and_the_outputs(pipeline, name: str)
     config = pipeline(model={"name": name, "convlstm_hidden": [4]})
     data = data_context(config)
     model = build_forecaster(config.model, data).eval()
-    batch = next(
-        iter(
-            make_split_loader(
-                data,
-                split="train",
-                batch_size=2,
-                shuffle=False,
-                drop_last=False,
-                max_batches=1,
-            )
-        )
-    )
+    batch = first_batch(data, "train", 2)
     with torch.no_grad():
         before = model(batch)
     ranks = {p.dim() for p in model.parameters()}
@@ -350,7 +349,7 @@ def test_a_finished_run_is_not_trained_again_and_a_changed_config_starts_fresh(p
 
 def test_fine_tuning_starts_from_the_given_weights(pipeline) -> None:
     base = train(pipeline(train={"epochs": 1}), progress=False)
-    tuned = train(pipeline(train={"epochs": 1, "lr": 1e-9}), progress=False, init_from=base.state)
+    tuned = train(pipeline(train={"epochs": 1, "lr": 1e-9}), progress=False, init_from=[base.state])
     fresh = train(pipeline(train={"epochs": 1, "lr": 1e-9}), progress=False)
     assert tuned.run_key not in (base.run_key, fresh.run_key)
     for name, p in base.model.named_parameters():
@@ -361,7 +360,43 @@ def test_fine_tuning_starts_from_the_given_weights(pipeline) -> None:
     # the climatology is this data's, not the starting weights' (fitted on other days): a
     # lead that falls back to a baseline is then the baseline evaluation computes
     older = dict(base.state, **{"climatology.table": base.state["climatology.table"] + 1.0})
-    retuned = train(pipeline(train={"epochs": 1, "lr": 2e-9}), progress=False, init_from=older)
+    retuned = train(pipeline(train={"epochs": 1, "lr": 2e-9}), progress=False, init_from=[older])
     assert torch.equal(retuned.model.climatology.table, fresh.model.climatology.table)
     with pytest.raises(ConfigError, match="init_from: the weights do not fit"):
-        train(pipeline(), progress=False, init_from={"nonsense": torch.zeros(1)})
+        train(pipeline(), progress=False, init_from=[{"nonsense": torch.zeros(1)}])
+
+
+def test_members_train_one_seed_each_and_forecast_their_mean(pipeline) -> None:
+    config = pipeline(train={"epochs": 1, "members": 2, "seed": 4})
+    seen: list[tuple[int | None, int]] = []
+    result = train(config, progress=False, on_epoch_end=lambda e: seen.append((e.member, e.epoch)))
+    assert isinstance(result.model, MemberMean) and len(result.model.members) == 2
+    assert seen == [(0, 1), (1, 1)] == [(e.member, e.epoch) for e in result.history]
+    first, second = result.members
+    # member 0 is the run one model with this seed is: its checkpoint serves both
+    alone = train(pipeline(train={"epochs": 1, "members": 1, "seed": 4}), progress=False)
+    assert alone.run_key == first.run_key and alone.history == first.history
+    assert_same_state(alone.state, first.state)
+    other = train(pipeline(train={"epochs": 1, "members": 1, "seed": 5}), progress=False)
+    assert other.run_key == second.run_key
+    assert not torch.equal(first.state["lead_embedding"], second.state["lead_embedding"])
+    assert result.run_key == f"{first.run_key}+{second.run_key}"
+    assert result.seconds == first.seconds + second.seconds
+    batch = first_batch(data_context(config), "test", 4)
+    with torch.no_grad():
+        expected = (first.model(batch) + second.model(batch)) / 2
+        torch.testing.assert_close(result.model(batch), expected, equal_nan=True)
+
+
+def test_each_member_fine_tunes_from_its_own_weights(pipeline) -> None:
+    base = train(pipeline(train={"epochs": 1, "members": 2}), progress=False)
+    starts = [m.state for m in base.members]
+    tuned = train(
+        pipeline(train={"epochs": 1, "members": 3, "lr": 1e-9}), progress=False, init_from=starts
+    )
+    # member 2 starts from member 0's weights (the starting states in turn)
+    for member, start in zip(tuned.members, [*starts, starts[0]], strict=True):
+        torch.testing.assert_close(
+            member.state["lead_embedding"], start["lead_embedding"], rtol=0, atol=1e-6
+        )
+    assert tuned.members[0].run_key != tuned.members[2].run_key  # seeds 0 and 2

@@ -1,4 +1,5 @@
-"""Training: ``train_model(data, model=..., train=...) -> TrainResult``, resumable, seeded, DDP-ready.
+"""Training: ``train_model(data, model=..., train=...) -> TrainResult``, resumable, seeded, DDP-ready;
+``train_members`` trains ``[train] members`` such runs and averages them.
 
 One epoch: the train split's patches (shuffled by ``(seed, epoch)``, at most
 ``[train] max_batches_per_epoch`` batches) through AdamW with a warm-up + cosine (or
@@ -33,13 +34,15 @@ wrapped in DistributedDataParallel, each rank reads its shard, sums are all-redu
 rank 0 writes checkpoints, logs and draws the progress bar.
 
 Modules: :mod:`~stpipe.learn.train.trainer` (:class:`Trainer`: ``setup``, ``run_epochs``,
-``finish``; :func:`train_model` composes them), ``loss``, ``step`` (:class:`TrainStep`),
+``finish``; :func:`train_model` composes them), ``members`` (:func:`train_members`: ``[train]
+members`` runs and their mean), ``loss``, ``step`` (:class:`TrainStep`),
 ``passes`` (:func:`train_epoch`, :func:`validate`), ``calibration``, ``state``, ``optim``,
 ``runtime`` (precision, determinism), ``distributed``, ``progress``.
 """
 
 from stpipe.learn.train.calibration import REFERENCES, calibrate, reference_names
 from stpipe.learn.train.loss import loss_lead_weights, masked_errors, weighted_loss
+from stpipe.learn.train.members import train_members
 from stpipe.learn.train.optim import make_optimizer, make_scheduler
 from stpipe.learn.train.passes import train_epoch, validate
 from stpipe.learn.train.runtime import determinism, resolve_precision, use_channels_last
@@ -66,6 +69,7 @@ __all__ = [
     "run_identity",
     "split_loaders",
     "train_epoch",
+    "train_members",
     "train_model",
     "use_channels_last",
     "validate",

@@ -37,12 +37,16 @@ class EpochLog:
     data_wait_frac: float
     seconds: float
     improved: bool
+    member: int | None = None  # which of several members (``[train] members``) it trained
 
 
 @dataclass(frozen=True, eq=False)
 class TrainResult:
     """A finished run. ``model`` (CPU, eval mode) and ``state`` are the best epoch's;
-    ``best_epoch`` 0 means no epoch beat the starting weights (``initial_score``)."""
+    ``best_epoch`` 0 means no epoch beat the starting weights (``initial_score``).
+
+    Of several members (:mod:`~stpipe.learn.train.members`): ``model`` is their mean,
+    ``members`` each member's result, and the scores and early stopping member 0's."""
 
     model: Forecaster
     state: dict[str, Tensor]
@@ -59,6 +63,7 @@ class TrainResult:
     climatology: Climatology
     seconds: float
     n_parameters: int
+    members: tuple[TrainResult, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ hidden = 8
 
 [train]
 epochs = 1
+members = 1
 batch_size = 8
 max_batches_per_epoch = 2
 device = "cpu"

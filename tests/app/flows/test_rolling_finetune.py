@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from stpipe.app.cli import main
 from stpipe.app.config import load_config
+from stpipe.app.finetune import member_states
 from stpipe.app.flows.nightly import nightly_flow
 from stpipe.app.jobs import compare_versions, data_context, tracking_for
 from stpipe.learn import scores
@@ -21,9 +23,16 @@ pytestmark = pytest.mark.slow
 
 FIXED = "val_start = 2024-01-04\ntest_start = 2024-01-05\n"
 ROLLING = "val_days = 1\ntest_days = 1\n"
-# [train] is the config's last table: a full training runs 2 epochs, a fine-tune 1.
-FINETUNE = 'epochs = 2\ninit_from = "champion"\nfinetune_epochs = 1\nfinetune_lr = 1e-3\n'
+# [train] is the config's last table: a full training runs 2 epochs, a fine-tune 1, of each
+# of two members (seeds 0 and 1), each fine-tuned from its own weights.
+FINETUNE = (
+    'epochs = 2\ninit_from = "champion"\nfinetune_epochs = 1\nfinetune_lr = 1e-3\nmembers = 2\n'
+)
 WINDOW_TAGS = ("stpipe.train_end", "stpipe.val_window", "stpipe.test_window", "stpipe.init_from")
+
+
+def distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return sum(float(((a[k] - b[k]) ** 2).sum()) for k in a if a[k].is_floating_point())
 
 
 def test_the_next_night_fine_tunes_the_champion_and_both_are_judged_on_the_new_windows(
@@ -33,7 +42,10 @@ def test_the_next_night_fine_tunes_the_champion_and_both_are_judged_on_the_new_w
     pipeline = new_pipeline(days=7, arrived=6)
     text = pipeline.config.read_text()
     assert FIXED in text and text.rstrip().endswith('device = "cpu"')
-    pipeline.config.write_text(text.replace(FIXED, ROLLING).replace("epochs = 1\n", "") + FINETUNE)
+    pipeline.config.write_text(
+        text.replace(FIXED, ROLLING).replace("epochs = 1\n", "").replace("members = 1\n", "")
+        + FINETUNE
+    )
     config = load_config(pipeline.config)
     tracking = tracking_for(config)
 
@@ -65,6 +77,15 @@ def test_the_next_night_fine_tunes_the_champion_and_both_are_judged_on_the_new_w
     }
     assert tracking.client.get_run(second.training.run_id).data.tags["stpipe.init_from"] == v1
     assert tracking.client.get_run(second.training.run_id).data.metrics["epochs"] == 1
+    epochs = tracking.client.get_metric_history(second.training.run_id, "epochs")
+    assert sorted((m.step, m.value) for m in epochs) == [(0, 1.0), (1, 1.0)]
+    starts = [
+        member_states(load_model(tracking, f"models:/{config.model_name}/{v}").program.state_dict())
+        for v in (v1, v2)
+    ]
+    assert [len(s) for s in starts] == [2, 2]
+    for i in (0, 1):  # each member of v2 is nearer the member of v1 it started from
+        assert distance(starts[1][i], starts[0][i]) < distance(starts[1][i], starts[0][1 - i])
 
     # and: the decision compared it with v1 re-scored on the new validation window
     promotion = second.training.promotion
