@@ -2,11 +2,12 @@
 
 ``"none"`` trains from the seeded initialisation. ``"champion"`` or a version number starts
 from that version's weights (each member from its own where the version is an ensemble of
-``[train] members``; members beyond its number start from its members in turn), read from its logged ``torch.export`` program (pickle-free,
-:func:`stpipe.tracking.model.load_model`), and trains ``finetune_epochs`` at
-``finetune_lr`` (:meth:`stpipe.learn.settings.TrainSection.finetuning`). The nightly run
-fine-tunes the model that forecasts; with ``"champion"`` and no champion yet (a pipeline's
-first night) training is in full.
+``[train] members``; members beyond its number start from its members in turn), read from
+its logged ``torch.export`` program (pickle-free, :func:`stpipe.tracking.model.load_model`),
+and trains ``finetune_epochs`` at ``finetune_lr``
+(:meth:`stpipe.learn.settings.TrainSection.finetuning`). The nightly run fine-tunes the
+model that forecasts; with ``"champion"`` and no champion yet (a pipeline's first night)
+training is in full.
 
 A version trained for other inputs than the config describes (another model, patch shape,
 variables, leads, time step or grid: its model card against this config's), or whose

@@ -1,5 +1,5 @@
-"""Training: ``train_model(data, model=..., train=...) -> TrainResult``, resumable, seeded, DDP-ready;
-``train_members`` trains ``[train] members`` such runs and averages them.
+"""Training: ``train_model(data, model=..., train=...) -> TrainResult``, resumable, seeded,
+DDP-ready; ``train_members`` trains ``[train] members`` such runs and averages them.
 
 One epoch: the train split's patches (shuffled by ``(seed, epoch)``, at most
 ``[train] max_batches_per_epoch`` batches) through AdamW with a warm-up + cosine (or
