@@ -212,15 +212,11 @@ def execute(run: Run, threads: int) -> Outcome:
     config = ingested(run)
     result = train(config, resume=False, progress=False)
     evaluation = evaluate_model(result.model, data_context(config), split="test")
-    trained = (
-        f"trained {run.raw['model']['name']} on {result.device} in {result.seconds:.0f} s: "
-        + (
-            "; ".join(
-                f"{len(r.history)} epochs, best epoch {r.best_epoch} (validation score "
-                f"{r.best_score:.3f}, start {r.initial_score:.3f})"
-                for r in result.members or (result,)
-            )
-        )
+    trained = f"trained {run.raw['model']['name']} on {result.device} in {result.seconds:.0f} s: "
+    trained += "; ".join(
+        f"{len(r.history)} epochs, best epoch {r.best_epoch} (validation score "
+        f"{r.best_score:.3f}, start {r.initial_score:.3f})"
+        for r in result.members or (result,)
     )
     return Outcome(
         run,

@@ -19,11 +19,11 @@ lz4hc 1.36 at 0.72 and 0.19. Plain zstd 3 (xarray's default) was ratio 1.31 at a
 of Blosc+zstd's speed; higher zstd levels buy little ratio for much time (1.42 at level
 9, 4× slower). lz4's store is 4 % larger, but it encodes 3.7× and decodes 2.8× faster:
 on 2 cores an ingest took 3.5-4.3 ms of CPU per float32 MB with lz4, 5.9-6.9 with zstd
-(``bench_ingest.py``), and every patch the loaders read is decoded. ``compressor = "zstd"`` keeps the smaller store; its
-``compression_level`` (a zstd level) maps to the Blosc level whose zstd level is the first
-at or above it (3 → Blosc level 2 = zstd 3). Bit-rounding (numcodecs BitRound) would
-double the ratio but is lossy; the store must return the source values exactly, so it is
-not used.
+(``bench_ingest.py``), and every patch the loaders read is decoded. ``compressor =
+"zstd"`` keeps the smaller store; its ``compression_level`` (a zstd level) maps to the
+Blosc level whose zstd level is the first at or above it (3 → Blosc level 2 = zstd 3).
+Bit-rounding (numcodecs BitRound) would double the ratio but is lossy; the store must
+return the source values exactly, so it is not used.
 """
 
 from __future__ import annotations

@@ -61,8 +61,8 @@ class MemberMean(Forecaster):
             forecasts.append(forecast)
             reference = member_reference if reference is None else reference
         stacked = torch.stack(forecasts)
-        plain = stacked.mean(0)
         if reference is None:
-            return plain
-        about_reference = reference + (stacked - reference).mean(0)
-        return torch.where(torch.isfinite(reference), about_reference, plain)
+            return stacked.mean(0)
+        # about 0 where a is not finite: 0 + mean(c_m − 0) is the plain mean
+        about = torch.where(torch.isfinite(reference), reference, 0.0)
+        return about + (stacked - about).mean(0)
