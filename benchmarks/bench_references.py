@@ -12,7 +12,11 @@ mean anomaly over the input steps and the patch, as :mod:`stpipe.models.scnn` do
 the patch is the whole grid, as in these cases; for comparison, the same with the level of
 8×8 patches, a twelfth of the grid, and ``auto about C``: damped about the climatology,
 m = 0, as the model does otherwise), is scored on the test days' sample windows
-as the loaders cut them (``auto``'s weight of p stays on p: the fitted blend has no A). It
+as the loaders cut them (``auto``'s weight of p stays on p: the fitted blend has no A); so
+is advection damped by a factor φ per lead, fitted by least squares on the train days,
+toward the climatology (C + φ·(adv − C)) or toward the climatology plus the recent level
+(C + m + φ·(adv − C − m)): what a reference that leans on a few weeks' climatology, fitted
+where that climatology is in-sample, can do. It
 answers what no choice of reference, however made, can do: per reference, the per-lead
 margin 1 − RMSE / RMSE of the best baseline (persistence, climatology, persistence +
 climatological change, advection), its worst, and how many (case, seed, split, lead) fall
@@ -50,6 +54,8 @@ START, DAYS, INPUT_STEPS, LEADS, GRID = date(2024, 2, 1), 21, 12, (1, 3, 6, 12),
 SMALL_PATCH = (8, 8)  # a patch of a twelfth of the grid: its mean anomaly is local weather
 POSITIONS = {"end": 0, "earlier": 7}
 CHOICE = "calibration's reference"
+# advection damped toward the climatology plus this share of the recent level m
+DAMPED = {"advection damped toward C": 0.0, "advection damped toward C + m": 1.0}
 
 
 def case_fields(seed: int, split: dict[str, str], regime: bool) -> xr.DataArray:
@@ -112,7 +118,7 @@ def margins(x: xr.DataArray, split: dict[str, str]) -> dict[str, list[float]]:
         f"auto, level of {SMALL_PATCH[0]}×{SMALL_PATCH[1]} patches": (SMALL_PATCH, 1.0),
         "auto about C": (GRID, 0.0),
     }
-    out: dict[str, list[float]] = {name: [] for name in [*REFERENCES, *blends, CHOICE]}
+    out: dict[str, list[float]] = {name: [] for name in [*REFERENCES, *blends, *DAMPED, CHOICE]}
     test = inits["test"]
     for k, lead in enumerate(LEADS):
         # p, C(t), C(t0), A and the truth of each split's windows
@@ -128,11 +134,34 @@ def margins(x: xr.DataArray, split: dict[str, str]) -> dict[str, list[float]]:
             forecast = np.tensordot((w_p, w_c, w_0, 0.0), test_terms, axes=1)
             forecast += kept * (1 - w_p) * levels[tile][test]
             rmse[name] = float(np.sqrt(np.mean((forecast - truth) ** 2)))
+        for name, kept in DAMPED.items():
+            rmse[name] = damped_rmse(terms, {s: kept * levels[GRID][i] for s, i in inits.items()})
         rmse[CHOICE] = rmse[calibration_choice(mse["train"])]
         best = min(rmse[name] for name in BASELINES)
         for name in out:
             out[name].append(1 - rmse[name] / best)
     return out
+
+
+def damped_rmse(
+    terms: dict[str, tuple[np.ndarray, np.ndarray]], level: dict[str, np.ndarray]
+) -> float:
+    """RMSE on the test days of advection damped toward C(t) + ``level`` per split (each
+    split's ``terms``: [4, N, H, W] and the truth), by the factor that fits the train days."""
+    about = {s: t[1] + level[s] for s, (t, _) in terms.items()}
+    anomaly = {
+        s: np.tensordot(REFERENCES["advection"], t, axes=1) - about[s]
+        for s, (t, _) in terms.items()
+    }
+    phi = damping(anomaly["train"], terms["train"][1] - about["train"])
+    forecast = about["test"] + phi * anomaly["test"]
+    return float(np.sqrt(np.mean((forecast - terms["test"][1]) ** 2)))
+
+
+def damping(anomaly: np.ndarray, truth: np.ndarray) -> float:
+    """The least-squares φ of ``truth`` ≈ φ·``anomaly`` (both anomalies about the same
+    level)."""
+    return float((anomaly * truth).sum() / (anomaly * anomaly).sum())
 
 
 def reference_mse(terms: np.ndarray, truth: np.ndarray) -> dict[str, float]:
