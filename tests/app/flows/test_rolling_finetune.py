@@ -106,6 +106,13 @@ def test_the_next_night_fine_tunes_the_champion_and_both_are_judged_on_the_new_w
     assert (own[v1]["init_from"], own[v2]["init_from"]) == ("none", v1)
 
     # ... and --rescore puts both on today's, beside every baseline and the best per lead
+    assert_rescored_on_todays_window(config, (v1, v2), champion, data, tmp_path)
+
+
+def assert_rescored_on_todays_window(config, versions, champion, data, tmp_path) -> None:
+    """``compare --rescore --json`` scores every version on the newest test window, with
+    every baseline and the best per lead, as evaluating ``champion`` (the first) there does."""
+    v1, v2 = versions
     path = tmp_path / "rescored.json"
     assert main(["-q", "compare", str(config.path), "--rescore", "--json", str(path)]) == 0
     payload = json.loads(path.read_text())
