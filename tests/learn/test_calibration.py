@@ -20,6 +20,7 @@ from stpipe.learn.train.calibration import (
     model_weight,
     reference_names,
 )
+from stpipe.learn.train.calibration import block_sums as calibration_block_sums
 from stpipe.models.baselines import BASELINE_WEIGHTS
 from stpipe.tracking import runs
 from stpipe.tracking.model import load_model, log_model
@@ -159,3 +160,22 @@ def test_a_climatology_of_a_few_weeks_is_leant_on_only_by_references_that_keep_t
     assert reference_names("doy") == list(REFERENCES), "a year or more: every baseline"
     assert "climatology" in reference_names("doy")
     assert reference_names(None) == ["persistence"]
+
+
+def test_the_day_of_year_climatology_shrinks_the_weight_as_any_other(pipeline) -> None:
+    # rule 3 holds whatever the climatology: a few validation days say as little at a long
+    # lead when the climatology is the climate
+    config = pipeline(model={"climatology_period": "doy"})
+    data = data_context(config)
+    model = train(config, data, resume=False, progress=False).model
+    assert model.climatology.period == "doy"
+    loader = make_split_loader(
+        data, split="val", batch_size=8, shuffle=False, drop_last=False, max_batches=2
+    )
+    sums = calibration_block_sums(model, loader, precision=torch.float32)
+    independent = independent_forecasts(
+        24 * 3600.0, step_s=3600, leads=model.leads, grid=(12, 12), patch=(8, 8)
+    )
+    unshrunk = model_weight(sums, NO_PRIOR)
+    assert (unshrunk > 0).any(), "the test needs a lead where the model keeps some weight"
+    assert torch.equal(model.shrink, model_weight(sums, independent))
