@@ -118,6 +118,9 @@ def margins(x: xr.DataArray, split: dict[str, str]) -> dict[str, list[float]]:
         f"auto, level of {SMALL_PATCH[0]}×{SMALL_PATCH[1]} patches": (SMALL_PATCH, 1.0),
         "auto about C": (GRID, 0.0),
     }
+    damped_levels = {  # the level each damped advection keeps, per split's windows
+        name: {s: kept * levels[GRID][i] for s, i in inits.items()} for name, kept in DAMPED.items()
+    }
     out: dict[str, list[float]] = {name: [] for name in [*REFERENCES, *blends, *DAMPED, CHOICE]}
     test = inits["test"]
     for k, lead in enumerate(LEADS):
@@ -134,8 +137,8 @@ def margins(x: xr.DataArray, split: dict[str, str]) -> dict[str, list[float]]:
             forecast = np.tensordot((w_p, w_c, w_0, 0.0), test_terms, axes=1)
             forecast += kept * (1 - w_p) * levels[tile][test]
             rmse[name] = float(np.sqrt(np.mean((forecast - truth) ** 2)))
-        for name, kept in DAMPED.items():
-            rmse[name] = damped_rmse(terms, {s: kept * levels[GRID][i] for s, i in inits.items()})
+        for name, level in damped_levels.items():
+            rmse[name] = damped_rmse(terms, level)
         rmse[CHOICE] = rmse[calibration_choice(mse["train"])]
         best = min(rmse[name] for name in BASELINES)
         for name in out:

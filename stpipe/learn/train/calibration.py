@@ -53,11 +53,11 @@ over the whole split follows whichever of its days varied most. So:
    (:func:`stpipe.models.baselines.reference_forecast`).
 3. then s is shrunk toward the reference by how little the split says at that lead:
    s·n / (n + :data:`PRIOR_WINDOWS`), n the number of its forecasts whose errors do not
-   overlap: the split's duration / the lead, times the
-   patches of the grid that do not overlap (:func:`independent_forecasts`). The same days
-   chose the epoch (early stopping), so the model's edge there is optimistic, the more so
-   the fewer independent forecasts there are: three days over one patch hold 72 at 1 h
-   (s·0.92) and 6 at 12 h (s·0.5). It is the posterior mean of s under a prior at s = 0
+   overlap: the split's duration / the lead, times the patches of the grid that do not
+   overlap (:func:`independent_forecasts`). The same days chose the epoch (early
+   stopping), so the model's edge there is optimistic, the more so the fewer independent
+   forecasts there are: three days over one patch hold 72 at 1 h (s·0.92) and 6 at 12 h
+   (s·0.5). It is the posterior mean of s under a prior at s = 0
    worth ``PRIOR_WINDOWS`` such forecasts. Shrinking is as safe as the reference: with a
    few weeks' climatology the references keep the current anomaly, and advection was
    within 2 % of the best baseline in 76 of 80 test cases
