@@ -169,14 +169,7 @@ def test_the_day_of_year_climatology_shrinks_the_weight_as_any_other(pipeline) -
     data = data_context(config)
     model = train(config, data, resume=False, progress=False).model
     assert model.climatology.period == "doy"
-    loader = make_split_loader(  # the validation batches the calibration sums
-        data,
-        split="val",
-        batch_size=config.train.batch_size,
-        shuffle=False,
-        drop_last=False,
-        max_batches=config.train.max_val_batches,
-    )
+    loader = test_train.validation_loader(config, data)
     sums = calibration_block_sums(model, loader, precision=torch.float32)
     independent = independent_forecasts(
         24 * 3600.0, step_s=3600, leads=model.leads, grid=(12, 12), patch=(8, 8)

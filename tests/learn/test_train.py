@@ -20,10 +20,12 @@ from stpipe.core.errors import ConfigError
 from stpipe.io.checkpoint import LAST, load_checkpoint, run_key
 from stpipe.io.ingestion import ingest
 from stpipe.learn.context import (
+    DataContext,
     build_baselines,
     build_forecaster,
     make_split_loader,
 )
+from stpipe.learn.loader import PatchLoader
 from stpipe.learn.train import (
     REFERENCES,
     EpochLog,
@@ -252,13 +254,9 @@ def test_early_stopping_stops_and_restores_the_best_epoch(pipeline) -> None:
     assert result.checkpoint_dir == checkpoint_dir
 
 
-def test_calibration_is_no_worse_on_validation_than_any_baseline_and_shrinks_by_the_lead(
-    pipeline,
-) -> None:
-    config = pipeline(train={"epochs": 2})
-    result = train(config, resume=False, progress=False)
-    data = data_context(config)
-    val = make_split_loader(  # the batches train_model scores and calibrates on
+def validation_loader(config: Config, data: DataContext) -> PatchLoader:
+    """The validation batches ``train_model`` scores and calibrates on, in order."""
+    return make_split_loader(
         data,
         split="val",
         batch_size=config.train.batch_size,
@@ -266,6 +264,15 @@ def test_calibration_is_no_worse_on_validation_than_any_baseline_and_shrinks_by_
         drop_last=False,
         max_batches=config.train.max_val_batches,
     )
+
+
+def test_calibration_is_no_worse_on_validation_than_any_baseline_and_shrinks_by_the_lead(
+    pipeline,
+) -> None:
+    config = pipeline(train={"epochs": 2})
+    result = train(config, resume=False, progress=False)
+    data = data_context(config)
+    val = validation_loader(config, data)
     baselines = list(build_baselines(data).values())
     cpu = torch.device("cpu")
 
