@@ -1,7 +1,8 @@
 """Forecast quality: the trained model against every baseline, per lead, on the test split.
 
     python benchmarks/bench_quality.py [--quick] [--case all|weather|traffic|regional|regime|
-                                       longclim] [--seeds N] [--jobs N] [--model scnn_lstm]
+                                       longclim] [--seeds N] [--longclim-seeds N] [--jobs N]
+                                       [--model scnn_lstm]
                                        [--epochs N] [--set SECTION.KEY=VALUE ...]
 
 Each run ingests a synthetic feed through the real path (``stpipe.io.ingestion.ingest``)
@@ -26,7 +27,8 @@ Cases:
 
 ``regional`` and ``regime`` run per seed (``--seeds``, 5 by default; 2 with ``--quick``)
 and per split position: ``end`` (the test days are the last ones) and ``earlier`` (they end
-a week earlier; 2 days with ``--quick``). ``--quick``: fewer days, epochs and batches, to
+a week earlier; 2 days with ``--quick``); ``longclim`` per feed seed (``--longclim-seeds``, 3
+by default, 1 with ``--quick``) at the same two positions, a week apart. ``--quick``: fewer days, epochs and batches, to
 check the script (minutes on 2 cores). ``--jobs``: runs at a time in worker processes
 (default 4 with CUDA, which they share, else 1).
 
@@ -183,22 +185,30 @@ def regional_runs(
     return runs
 
 
-def longclim_run(*, quick: bool, overrides: dict[str, Any], model: str) -> Run:
-    """``longclim`` (module docstring): 366 train days, 3 validation, 3 test."""
+def longclim_runs(
+    *, seeds: Sequence[int], quick: bool, overrides: dict[str, Any], model: str
+) -> list[Run]:
+    """``longclim`` (module docstring) per feed seed and split position: 366 train days (359
+    when the test days end a week before the feed), 3 validation, 3 test."""
     start, days = date(2023, 1, 1), 372
-    raw = _base("weather")
-    raw["source"] = {
-        "kind": "synthetic-weather",
-        "variables": ["t2m"],
-        "synthetic": {"seed": 7, "start": start.isoformat(), "days": days, "grid": [16, 16]},
-    }
-    raw["patches"] = {"input_steps": 12, "leads": [1, 6, 24, 48], "size": [16, 16]}
-    raw["split"] = split_dates(start, days=days, val_days=3, test_days=3, days_before_end=0)
-    raw["model"] = {"climatology_period": "doy"}
-    raw = _finish(raw, f"quality-longclim-{days}d", quick=quick, overrides=overrides, model=model)
-    if not quick:
-        raw["train"]["max_batches_per_epoch"] = 60  # a year of samples: an epoch is a sample
-    return Run("longclim", 7, "end", raw)
+    runs = []
+    for seed in seeds:
+        for split, before_end in {"end": 0, "earlier": 7}.items():
+            raw = _base("weather")
+            synthetic = {"seed": seed, "start": start.isoformat(), "days": days, "grid": [16, 16]}
+            raw["source"] = {"kind": "synthetic-weather", "variables": ["t2m"]}
+            raw["source"]["synthetic"] = synthetic
+            raw["patches"] = {"input_steps": 12, "leads": [1, 6, 24, 48], "size": [16, 16]}
+            raw["split"] = split_dates(
+                start, days=days, val_days=3, test_days=3, days_before_end=before_end
+            )
+            raw["model"] = {"climatology_period": "doy"}
+            workdir = f"quality-longclim-{days}d-seed{seed}-{split}"
+            raw = _finish(raw, workdir, quick=quick, overrides=overrides, model=model)
+            if not quick:  # a year of samples: an epoch is a sample
+                raw["train"]["max_batches_per_epoch"] = 60
+            runs.append(Run("longclim", seed, split, raw))
+    return runs
 
 
 def execute(run: Run, threads: int) -> Outcome:
@@ -330,6 +340,7 @@ def plan(args: argparse.Namespace) -> list[Run]:
         overrides["train.epochs"] = args.epochs
     options = {"quick": args.quick, "overrides": overrides, "model": args.model}
     seeds = range(1, 1 + (args.seeds or (2 if args.quick else 5)))
+    longclim_seeds = range(1, 1 + (args.longclim_seeds or (1 if args.quick else 3)))
     runs: list[Run] = []
     for name in names:
         if name in ("weather", "traffic"):
@@ -337,7 +348,7 @@ def plan(args: argparse.Namespace) -> list[Run]:
         elif name in ("regional", "regime"):
             runs += regional_runs(name, seeds=seeds, **options)
         else:
-            runs.append(longclim_run(**options))
+            runs += longclim_runs(seeds=longclim_seeds, **options)
     return runs
 
 
@@ -363,6 +374,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer days, epochs and seeds")
     parser.add_argument("--case", choices=["all", *CASES], default="all")
     parser.add_argument("--seeds", type=int, help="seeds of regional and regime (1..N)")
+    parser.add_argument("--longclim-seeds", type=int, help="feed seeds of longclim (1..N)")
     parser.add_argument("--jobs", type=int, help="runs at a time (default 4 with CUDA, else 1)")
     parser.add_argument("--model", default="scnn_lstm", help="[model] name to train")
     parser.add_argument("--epochs", type=int, help="override [train] epochs")

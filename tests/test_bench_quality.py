@@ -54,11 +54,24 @@ def test_every_regional_and_regime_run_has_its_seed_split_and_regime_at_the_test
     )
 
 
+def test_longclim_runs_per_feed_seed_at_the_end_and_a_week_earlier_on_the_doy_climatology():
+    runs = bench.longclim_runs(seeds=range(1, 4), quick=False, overrides={}, model="m")
+    assert [(r.seed, r.split) for r in runs] == [
+        (s, p) for s in range(1, 4) for p in ("end", "earlier")
+    ]
+    assert [r.raw["source"]["synthetic"]["seed"] for r in runs] == [1, 1, 2, 2, 3, 3]
+    assert len({r.raw["pipeline"]["workdir"] for r in runs}) == 6
+    assert runs[0].raw["split"] == {"val_start": "2024-01-02", "test_start": "2024-01-05"}
+    assert runs[1].raw["split"]["test_end"] == "2024-01-01"
+    assert {r.raw["model"]["climatology_period"] for r in runs} == {"doy"}
+
+
 def test_set_and_epochs_override_every_run_after_the_cases_own_settings() -> None:
     args = bench.argparse.Namespace(
         case="all",
         quick=True,
         seeds=1,
+        longclim_seeds=None,
         epochs=7,
         model="m",
         set=["train.seed=3", "train.lr=0.001"],
