@@ -32,6 +32,7 @@ from stpipe.learn.train import (
     TrainStep,
     Validation,
     masked_errors,
+    reference_loader,
     reference_names,
     run_identity,
     use_channels_last,
@@ -266,6 +267,25 @@ def validation_loader(config: Config, data: DataContext) -> PatchLoader:
     )
 
 
+def test_every_member_and_every_resumption_choose_the_reference_on_one_train_sample(
+    pipeline,
+) -> None:
+    config = pipeline(train={"max_batches_per_epoch": 2})
+    data = data_context(config)
+
+    def sample(seed: int) -> torch.Tensor:
+        loader = reference_loader(data, config.train.model_copy(update={"seed": seed}))
+        return torch.cat([batch["x_time"] for batch in loader])
+
+    chosen = sample(0)
+    assert len(chosen) == 2 * config.train.batch_size, "capped as an epoch is"
+    assert torch.equal(sample(7), chosen), "a member of another seed sees the same patches"
+    in_order = first_batch(data, "train", len(chosen))["x_time"]
+    assert not torch.equal(chosen, in_order), "a sample over the split, not its first days"
+    uncapped = config.train.model_copy(update={"max_batches_per_epoch": None})
+    assert sum(len(batch["x_time"]) for batch in reference_loader(data, uncapped)) > len(chosen)
+
+
 def test_calibration_is_no_worse_on_validation_than_any_baseline_and_shrinks_by_the_lead(
     pipeline,
 ) -> None:
@@ -349,6 +369,8 @@ def test_a_finished_run_is_not_trained_again_and_a_changed_config_starts_fresh(p
     first = train(config, progress=False)
     again = train(config, progress=False)
     assert again.history == first.history  # loaded, including the wall times
+    calibrated = ("anchor", "shrink")
+    assert all(torch.equal(getattr(again.model, b), getattr(first.model, b)) for b in calibrated)
     changed = train(pipeline(train={"epochs": 1, "lr": 1e-3}), progress=False)
     assert changed.run_key != first.run_key
     assert changed.history[0].train_loss != first.history[0].train_loss

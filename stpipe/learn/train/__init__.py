@@ -48,7 +48,13 @@ from stpipe.learn.train.passes import train_epoch, validate
 from stpipe.learn.train.runtime import determinism, resolve_precision, use_channels_last
 from stpipe.learn.train.state import EpochLog, EpochStats, TrainResult, Validation
 from stpipe.learn.train.step import TrainStep
-from stpipe.learn.train.trainer import Trainer, run_identity, split_loaders, train_model
+from stpipe.learn.train.trainer import (
+    Trainer,
+    reference_loader,
+    run_identity,
+    split_loaders,
+    train_model,
+)
 
 __all__ = [
     "REFERENCES",
@@ -64,6 +70,7 @@ __all__ = [
     "make_optimizer",
     "make_scheduler",
     "masked_errors",
+    "reference_loader",
     "reference_names",
     "resolve_precision",
     "run_identity",

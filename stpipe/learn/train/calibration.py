@@ -10,8 +10,9 @@ baseline that wins there by a hair can lose the next week to another, and the mo
 early-stopped on those days, looks better there than it is. One least-squares fit
 over the whole split follows whichever of its days varied most. So:
 
-1. the reference a is the baseline with the least squared error over the train split, among
-   those :func:`reference_names` allows. The validation split is too short to choose on:
+1. the reference a is the baseline with the least squared error over the train split (one
+   fixed sample of it where ``[train] max_batches_per_epoch`` caps an epoch, the same for
+   every member and for a resumed run), among those :func:`reference_names` allows. The validation split is too short to choose on:
    three days hold 6 forecasts whose errors do not overlap at 12 h, 3 at 24 h (rule 3),
    while the train split holds weeks to years of them. (The baselines are not fitted to
    the train days, but for the climatology being their slot mean.) Measured without a

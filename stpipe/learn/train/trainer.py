@@ -312,7 +312,9 @@ class Trainer:
                     final.to(self.device),
                     self.val_loader,
                     independent=_independent_validation_forecasts(self.data, final),
-                    history=self.train_loader,
+                    history=reference_loader(
+                        self.data, self.cfg, dist=self.dist, device=self.device
+                    ),
                     precision=self.precision,
                     device=self.device,
                     dist=self.dist,
@@ -332,6 +334,37 @@ def _independent_validation_forecasts(data: DataContext, model: Forecaster) -> T
         leads=model.leads,
         grid=(len(rows), len(cols)),
         patch=data.spec.size,
+    )
+
+
+REFERENCE_SAMPLE_SEED = 0
+
+
+def reference_loader(
+    data: DataContext,
+    cfg: TrainSection,
+    *,
+    dist: Distributed | None = None,
+    device: torch.device | None = None,
+) -> PatchLoader:
+    """The train split's patches that calibration chooses the reference on (its rule 1):
+    all of them, or where ``max_batches_per_epoch`` caps an epoch, one shuffled sample of
+    that many batches drawn with :data:`REFERENCE_SAMPLE_SEED`. The same sample for every
+    member whatever its seed, and for a fresh run and its resumption alike: the train
+    loader's own sample changes with the seed and with the epoch training ended at, and
+    where two baselines are close (climatology and advection at 24 h on a year of data)
+    that flipped the reference between the two."""
+    return make_split_loader(
+        data,
+        split="train",
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=False,
+        max_batches=cfg.max_batches_per_epoch,
+        seed=REFERENCE_SAMPLE_SEED,
+        num_workers=0,  # one pass without the model: not worth a second worker pool
+        dist=dist,
+        device=device,
     )
 
 
