@@ -28,9 +28,9 @@ Cases:
 ``regional`` and ``regime`` run per seed (``--seeds``, 5 by default; 2 with ``--quick``)
 and per split position: ``end`` (the test days are the last ones) and ``earlier`` (they end
 a week earlier; 2 days with ``--quick``); ``longclim`` per feed seed (``--longclim-seeds``, 3
-by default, 1 with ``--quick``) at the same two positions, a week apart. ``--quick``: fewer days, epochs and batches, to
-check the script (minutes on 2 cores). ``--jobs``: runs at a time in worker processes
-(default 4 with CUDA, which they share, else 1).
+by default, 1 with ``--quick``) at the same two positions, a week apart. ``--quick``: fewer
+days, epochs and batches, to check the script (minutes on 2 cores). ``--jobs``: runs at a
+time in worker processes (default 4 with CUDA, which they share, else 1).
 
 Output: per run the per-lead table of ``stpipe evaluate``
 (:func:`stpipe.learn.lead_table.lead_table`), then the margin table: per (case, seed,
@@ -76,6 +76,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "_data"
 CASES = ("weather", "traffic", "regional", "regime", "longclim")
 SUMMARY_CASES = ("regional", "regime", "weather", "traffic")  # the last line's, in order
+SPLIT_POSITIONS = {"end": 0, "earlier": 7}  # days the test window ends before the feed
 WORSE = -0.02  # a margin below this at a lead is a case worse than the best baseline
 REGIME = {"flow": (-3.0, -3.0), "t2m": -4.0, "ramp_hours": 6.0}
 BASELINE_ABBREVIATIONS = {
@@ -162,7 +163,7 @@ def regional_runs(
 ) -> list[Run]:
     """``regional`` or ``regime`` (module docstring) per seed and split position."""
     start, days = date(2024, 2, 1), 12 if quick else 21
-    positions = {"end": 0, "earlier": 2 if quick else 7}
+    positions = {"end": 0, "earlier": 2} if quick else SPLIT_POSITIONS
     runs = []
     for seed in seeds:
         for split, before_end in positions.items():
@@ -193,11 +194,14 @@ def longclim_runs(
     start, days = date(2023, 1, 1), 372
     runs = []
     for seed in seeds:
-        for split, before_end in {"end": 0, "earlier": 7}.items():
+        for split, before_end in SPLIT_POSITIONS.items():
             raw = _base("weather")
             synthetic = {"seed": seed, "start": start.isoformat(), "days": days, "grid": [16, 16]}
-            raw["source"] = {"kind": "synthetic-weather", "variables": ["t2m"]}
-            raw["source"]["synthetic"] = synthetic
+            raw["source"] = {
+                "kind": "synthetic-weather",
+                "variables": ["t2m"],
+                "synthetic": synthetic,
+            }
             raw["patches"] = {"input_steps": 12, "leads": [1, 6, 24, 48], "size": [16, 16]}
             raw["split"] = split_dates(
                 start, days=days, val_days=3, test_days=3, days_before_end=before_end

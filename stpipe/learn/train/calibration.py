@@ -12,39 +12,39 @@ over the whole split follows whichever of its days varied most. So:
 
 1. the reference a is the baseline with the least squared error over the train split (one
    fixed sample of it where ``[train] max_batches_per_epoch`` caps an epoch, the same for
-   every member and for a resumed run), among those :func:`reference_names` allows. The validation split is too short to choose on:
-   three days hold 6 forecasts whose errors do not overlap at 12 h, 3 at 24 h (rule 3),
-   while the train split holds weeks to years of them. (The baselines are not fitted to
-   the train days, but for the climatology being their slot mean.) Measured without a
-   model, from the baselines' errors on each split, as the calibration computes them:
-   ``benchmarks/bench_references.py`` (80 regional and regime cases, a climatology of a
-   few weeks) and a throwaway script on the ``longclim`` feed of ``bench_quality.py`` (5
-   seeds × 2 split positions × 4 leads, day-of-year climatology). The reference chosen
-   before (among the baselines and the means of two of them that did at least as well as
-   the best baseline on the validation days, the one whose worse period, validation or
-   train, was closest to that period's best) fell more than 2 % behind the best baseline
-   on the test days in 5 of the 80 and 16 of the 40 (worst −134 %: persistence at 24 h);
-   this rule in 4 and 6 (worst −38.6 %). Choosing on the train days among the references
-   within 2 % of the best baseline on the validation days: 4 and 14; among the baselines
-   and the means as well: 4 and 14 (the train days flatter a mean with their own
-   climatology). The price: at s = 0 the calibrated model can trail the best baseline on
-   the validation days, which promotion's check against every baseline then reports (by
-   more than 2 % at 12 of the 40 ``longclim`` leads, none of the 80 others).
-   A climatology of a few weeks is the mean of those weeks' weather, not the climate: a
-   reference that leans on it (climatology, or a mean with it) bets that the coming days
-   are like the train days, and loses heavily where they are not. Measured
+   every member and for a resumed run), among those :func:`reference_names` allows. The
+   validation split is too short to choose on: three days hold 6 forecasts whose errors do
+   not overlap at 12 h, 3 at 24 h (rule 3), while the train split holds weeks to years of
+   them. (The baselines are not fitted to the train days, but for the climatology being
+   their slot mean.) Measured without a model, from the baselines' errors on each split, as
+   the calibration computes them: ``benchmarks/bench_references.py`` (80 regional and regime
+   cases, a climatology of a few weeks) and a throwaway script on the ``longclim`` feed of
+   ``bench_quality.py`` (5 seeds × 2 split positions × 4 leads, day-of-year climatology).
+   The reference chosen before (among the baselines and the means of two of them that did at
+   least as well as the best baseline on the validation days, the one whose worse period,
+   validation or train, was closest to that period's best) fell more than 2 % behind the
+   best baseline on the test days in 5 of the 80 and 16 of the 40 (worst −134 %: persistence
+   at 24 h); this rule in 4 and 6 (worst −38.6 %). Choosing on the train days among the
+   references within 2 % of the best baseline on the validation days: 4 and 14; among the
+   baselines and the means as well: 4 and 14 (the train days flatter a mean with their own
+   climatology). The price: at s = 0 the calibrated model can trail the best baseline on the
+   validation days, which promotion's check against every baseline then reports (by more
+   than 2 % at 12 of the 40 ``longclim`` leads, none of the 80 others). A climatology of a
+   few weeks is the mean of those weeks' weather, not the climate: a reference that leans on
+   it (climatology, or a mean with it) bets that the coming days are like the train days,
+   and loses heavily where they are not. Measured
    (``benchmarks/results/bench_quality_full_h200.log``, the ``regional`` and ``regime``
-   cases, 5 seeds × 2 split positions, at 6 and 12 h): climatology was the best baseline
-   on the test days in 5 of the 40, where persistence + the climatological change
-   trailed it by at most 35 %; in the other 35, climatology trailed the best by up to
-   481 % (the baselines' scores are the same in every run of the benchmark), and before
-   this rule the calibration, choosing on validation days that favoured it or a mean with
-   it, lost down to −165 % at 12 h. So with such a climatology the references are
-   the baselines that keep the current anomaly, persistence, persistence + the
-   climatological change and advection, which a level shift of the whole field (a cold
-   spell, a new air mass) leaves as good as before; where climatology does better on
-   validation, promotion's check against every baseline says so. The day-of-year
-   climatology of a year or more is the climate: every baseline.
+   cases, 5 seeds × 2 split positions, at 6 and 12 h): climatology was the best baseline on
+   the test days in 5 of the 40, where persistence + the climatological change trailed it by
+   at most 35 %; in the other 35, climatology trailed the best by up to 481 % (the
+   baselines' scores are the same in every run of the benchmark), and before this rule the
+   calibration, choosing on validation days that favoured it or a mean with it, lost down to
+   −165 % at 12 h. So with such a climatology the references are the baselines that keep the
+   current anomaly, persistence, persistence + the climatological change and advection,
+   which a level shift of the whole field (a cold spell, a new air mass) leaves as good as
+   before; where climatology does better on validation, promotion's check against every
+   baseline says so. The day-of-year climatology of a year or more is the climate: every
+   baseline.
 2. the model's weight s is the least-squares weight over the validation split, clipped to
    [0, 1] and lowered until the blend loses to a on none of the split's days (blocks: the
    init time's day, modulo :data:`BLOCKS`). On day b the blend's squared error is a
