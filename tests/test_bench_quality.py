@@ -49,6 +49,11 @@ def test_every_regional_and_regime_run_has_its_seed_split_and_regime_at_the_test
         assert run.regime["start"].date().isoformat() == run.raw["split"]["test_start"]
         assert run.raw["source"]["kind"] == "netcdf"
     regional = bench.regional_runs("regional", seeds=[1], quick=False, overrides={}, model="m")
+    # the held-out sample's folds: train 19 days then 5 + 7, or 12 days a week earlier
+    assert [r.raw["split"] for r in regional] == [
+        {"val_start": "2024-02-20", "test_start": "2024-02-25"},
+        {"val_start": "2024-02-13", "test_start": "2024-02-18", "test_end": "2024-02-25"},
+    ]
     assert all(
         r.regime is None and r.raw["source"]["kind"] == "synthetic-weather" for r in regional
     )
@@ -61,8 +66,8 @@ def test_longclim_runs_per_feed_seed_at_the_end_and_a_week_earlier_on_the_doy_cl
     ]
     assert [r.raw["source"]["synthetic"]["seed"] for r in runs] == [1, 1, 2, 2, 3, 3]
     assert len({r.raw["pipeline"]["workdir"] for r in runs}) == 6
-    assert runs[0].raw["split"] == {"val_start": "2024-01-02", "test_start": "2024-01-05"}
-    assert runs[1].raw["split"]["test_end"] == "2024-01-01"
+    assert runs[0].raw["split"] == {"val_start": "2024-01-02", "test_start": "2024-01-07"}
+    assert runs[1].raw["split"]["test_end"] == "2024-01-07"
     assert {r.raw["model"]["climatology_period"] for r in runs} == {"doy"}
 
 
