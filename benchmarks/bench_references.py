@@ -2,8 +2,8 @@
 
     python benchmarks/bench_references.py [--seeds N]
 
-The ``regional`` and ``regime`` cases of ``bench_quality.py`` (three weeks of hourly t2m on
-24×32, seeds 1..N, test days at the end or a week earlier; ``regime`` cools the air and
+The ``regional`` and ``regime`` cases of ``bench_quality.py`` (a month of hourly t2m on
+24×32, seeds 1..N, its 5 validation and 7 test days at the end or a week earlier; ``regime`` cools the air and
 turns the flow from the test days on) without any network: the hour-of-day climatology
 and the fitted blend are stpipe's own (:class:`stpipe.models.climatology.Climatology`,
 fitted on the train days), and each reference of :data:`stpipe.learn.train.REFERENCES`, and
@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
-from bench_quality import REGIME, WORSE, split_dates
+from bench_quality import FOLD, REGIME, SPLIT_POSITIONS, WORSE, split_dates
 
 from stpipe.io.sources.synthetic import Regime, weather_fields, weather_grid
 from stpipe.learn.train import REFERENCES
@@ -50,9 +50,8 @@ from stpipe.models.advection import advected_persistence
 from stpipe.models.climatology import Climatology, time_slots
 from stpipe.models.settings import BASELINES
 
-START, DAYS, INPUT_STEPS, LEADS, GRID = date(2024, 2, 1), 21, 12, (1, 3, 6, 12), (24, 32)
+START, DAYS, INPUT_STEPS, LEADS, GRID = date(2024, 2, 1), 31, 12, (1, 3, 6, 12), (24, 32)
 SMALL_PATCH = (8, 8)  # a patch of a twelfth of the grid: its mean anomaly is local weather
-POSITIONS = {"end": 0, "earlier": 7}
 CHOICE = "calibration's reference"
 # advection damped toward the climatology plus this share of the recent level m
 DAMPED = {"advection damped toward C": 0.0, "advection damped toward C + m": 1.0}
@@ -191,10 +190,8 @@ def main() -> None:
     print("margin = 1 − RMSE / RMSE of the best baseline, at leads", LEADS, "h")
     for case in ("regional", "regime"):
         for seed in seeds:
-            for position, before_end in POSITIONS.items():
-                split = split_dates(
-                    START, days=DAYS, val_days=3, test_days=3, days_before_end=before_end
-                )
+            for position, before_end in SPLIT_POSITIONS.items():
+                split = split_dates(START, days=DAYS, days_before_end=before_end, **FOLD)
                 scores = margins(case_fields(seed, split, case == "regime"), split)
                 cells = "  ".join(
                     f"{name} " + "/".join(f"{100 * m:+.0f}" for m in ms)
