@@ -4,6 +4,7 @@ ERA5 / TaxiBJ file layouts, and physically plausible."""
 from __future__ import annotations
 
 import time
+import warnings
 from datetime import date, datetime, timedelta
 
 import h5py
@@ -266,6 +267,18 @@ def test_a_regime_change_cools_the_air_from_its_start_on_and_nothing_before():
     )
     for name in ("u10", "v10", "msl"):
         np.testing.assert_array_equal(changed[name], base[name])  # no change of flow
+
+
+def test_a_regime_ramp_far_from_its_start_is_exactly_0_or_1_and_warns_nothing() -> None:
+    regime = syn.Regime(start=datetime(2024, 2, 25))
+    start_s = (datetime(2024, 2, 25) - datetime(1900, 1, 1)).total_seconds()
+    seconds = start_s + np.array([-365, -1, 0, 1, 365]) * 86_400.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 1 / (1 + e^-z) overflowed a year before the start
+        ramp, integral = regime.ramp(seconds)
+    np.testing.assert_array_equal(ramp[[0, 4]], [0.0, 1.0])
+    np.testing.assert_allclose(ramp[[1, 2, 3]], [0.0, 0.5, 1.0], atol=1e-12)
+    assert integral[0] == 0.0 and integral[4] > integral[3] > 0.0
 
 
 def test_a_regime_change_turns_the_flow_that_carries_the_weather():

@@ -102,7 +102,8 @@ class Regime:
         since 1900-01-01, both closed-form (the integral is τ·log(1 + e^(t−t0)/τ))."""
         tau = self.ramp_hours * 3600.0 / 8
         z = (t - (self.start - EPOCH).total_seconds()) / tau
-        return 1 / (1 + np.exp(-z)), tau * np.logaddexp(0.0, z)
+        # the logistic as tanh: 1 / (1 + e^−z) overflows (a warning) far from the start
+        return 0.5 * (1 + np.tanh(z / 2)), tau * np.logaddexp(0.0, z)
 
     def describe(self) -> str:
         return (
