@@ -86,6 +86,7 @@ SPLIT_POSITIONS = {"end": 0, "earlier": 7}  # days the test window ends before t
 # seed and split moved by tens of percent between baselines (bench_references.py).
 FOLD = {"val_days": 5, "test_days": 7}
 QUICK_FOLD = {"val_days": 3, "test_days": 3}
+REGIONAL_START, REGIONAL_DAYS = date(2024, 2, 1), 31  # the regional feed (12 days quick)
 WORSE = -0.02  # a margin below this at a lead is a case worse than the best baseline
 REGIME = {"flow": (-3.0, -3.0), "t2m": -4.0, "ramp_hours": 6.0}
 BASELINE_ABBREVIATIONS = {
@@ -171,7 +172,7 @@ def regional_runs(
     name: str, *, seeds: Sequence[int], quick: bool, overrides: dict[str, Any], model: str
 ) -> list[Run]:
     """``regional`` or ``regime`` (module docstring) per seed and split position."""
-    start, days = date(2024, 2, 1), 12 if quick else 31
+    start, days = REGIONAL_START, 12 if quick else REGIONAL_DAYS
     positions = {"end": 0, "earlier": 2} if quick else SPLIT_POSITIONS
     fold = QUICK_FOLD if quick else FOLD
     runs = []

@@ -3,8 +3,8 @@
     python benchmarks/bench_references.py [--seeds N]
 
 The ``regional`` and ``regime`` cases of ``bench_quality.py`` (a month of hourly t2m on
-24×32, seeds 1..N, its 5 validation and 7 test days at the end or a week earlier; ``regime`` cools the air and
-turns the flow from the test days on) without any network: the hour-of-day climatology
+24×32, seeds 1..N, its 5 validation and 7 test days at the end or a week earlier;
+``regime`` cools the air and turns the flow from the test days on) without any network: the hour-of-day climatology
 and the fitted blend are stpipe's own (:class:`stpipe.models.climatology.Climatology`,
 fitted on the train days), and each reference of :data:`stpipe.learn.train.REFERENCES`, and
 the blend residual models start from (``auto``: damped about the recent level m, the
@@ -35,13 +35,21 @@ Seconds on 2 cores.
 from __future__ import annotations
 
 import argparse
-from datetime import date, datetime
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
-from bench_quality import FOLD, REGIME, SPLIT_POSITIONS, WORSE, split_dates
+from bench_quality import (
+    FOLD,
+    REGIME,
+    REGIONAL_DAYS,
+    REGIONAL_START,
+    SPLIT_POSITIONS,
+    WORSE,
+    split_dates,
+)
 
 from stpipe.io.sources.synthetic import Regime, weather_fields, weather_grid
 from stpipe.learn.train import REFERENCES
@@ -50,7 +58,7 @@ from stpipe.models.advection import advected_persistence
 from stpipe.models.climatology import Climatology, time_slots
 from stpipe.models.settings import BASELINES
 
-START, DAYS, INPUT_STEPS, LEADS, GRID = date(2024, 2, 1), 31, 12, (1, 3, 6, 12), (24, 32)
+START, DAYS, INPUT_STEPS, LEADS, GRID = REGIONAL_START, REGIONAL_DAYS, 12, (1, 3, 6, 12), (24, 32)
 SMALL_PATCH = (8, 8)  # a patch of a twelfth of the grid: its mean anomaly is local weather
 CHOICE = "calibration's reference"
 # advection damped toward the climatology plus this share of the recent level m
