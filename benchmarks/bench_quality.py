@@ -23,10 +23,10 @@ Cases:
 - ``regime``: ``regional`` with a regime change at the start of the test days (the mean
   flow turns by (−3, −3) m/s and the air cools by 4 K over land, 2.4 K over sea:
   :class:`stpipe.io.sources.synthetic.Regime`), so validation saw the old regime only;
-- ``longclim``: a year and 12 days of hourly t2m on a coarse 16×16 grid (1° spacing is not
+- ``longclim``: a year and 21 days of hourly t2m on a coarse 16×16 grid (1° spacing is not
   what matters: the year is), leads 1/6/24/48 h, with the day-of-year climatology
-  (``[model] climatology_period = "doy"``), the same 5 validation and 7 test days; the
-  evaluation's climatology is printed.
+  (``[model] climatology_period = "doy"``), 7 test days after 14 validation days
+  (:data:`LONGCLIM_FOLD`); the evaluation's climatology is printed.
 
 ``regional`` and ``regime`` run per seed (``--seeds``, 5 by default; 2 with ``--quick``)
 and per split position: ``end`` (the test days are the last ones) and ``earlier`` (they end
@@ -86,6 +86,11 @@ SPLIT_POSITIONS = {"end": 0, "earlier": 7}  # days the test window ends before t
 # seed and split moved by tens of percent between baselines (bench_references.py).
 FOLD = {"val_days": 5, "test_days": 7}
 QUICK_FOLD = {"val_days": 3, "test_days": 3}
+# A year's archive affords two weeks of validation, where a few weeks' cannot: on the same
+# 7 test days (the feed ends on LONGCLIM_END either way), 5 validation days left 3 leads
+# more than 2 % behind the best baseline, 14 left 1 (bench_quality_default_cpu2.log).
+LONGCLIM_FOLD = {"val_days": 14, "test_days": 7}
+LONGCLIM_END = date(2024, 1, 14)  # the day after the longclim feed's last
 REGIONAL_START, REGIONAL_DAYS = date(2024, 2, 1), 31  # the regional feed (12 days quick)
 WORSE = -0.02  # a margin below this at a lead is a case worse than the best baseline
 REGIME = {"flow": (-3.0, -3.0), "t2m": -4.0, "ramp_hours": 6.0}
@@ -199,8 +204,10 @@ def longclim_runs(
     *, seeds: Sequence[int], quick: bool, overrides: dict[str, Any], model: str
 ) -> list[Run]:
     """``longclim`` (module docstring) per feed seed and split position: 366 train days (359
-    when the test days end a week before the feed), then the :data:`FOLD`'s days."""
-    start, days = date(2023, 1, 1), 366 + FOLD["val_days"] + FOLD["test_days"]
+    when the test days end a week before the feed), then the :data:`LONGCLIM_FOLD`'s days,
+    the feed ending on :data:`LONGCLIM_END`."""
+    days = 366 + LONGCLIM_FOLD["val_days"] + LONGCLIM_FOLD["test_days"]
+    start = LONGCLIM_END - timedelta(days=days)
     runs = []
     for seed in seeds:
         for split, before_end in SPLIT_POSITIONS.items():
@@ -212,7 +219,9 @@ def longclim_runs(
                 "synthetic": synthetic,
             }
             raw["patches"] = {"input_steps": 12, "leads": [1, 6, 24, 48], "size": [16, 16]}
-            raw["split"] = split_dates(start, days=days, days_before_end=before_end, **FOLD)
+            raw["split"] = split_dates(
+                start, days=days, days_before_end=before_end, **LONGCLIM_FOLD
+            )
             raw["model"] = {"climatology_period": "doy"}
             workdir = f"quality-longclim-{days}d-seed{seed}-{split}"
             raw = _finish(raw, workdir, quick=quick, overrides=overrides, model=model)

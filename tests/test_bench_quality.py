@@ -66,8 +66,19 @@ def test_longclim_runs_per_feed_seed_at_the_end_and_a_week_earlier_on_the_doy_cl
     ]
     assert [r.raw["source"]["synthetic"]["seed"] for r in runs] == [1, 1, 2, 2, 3, 3]
     assert len({r.raw["pipeline"]["workdir"] for r in runs}) == 6
-    assert runs[0].raw["split"] == {"val_start": "2024-01-02", "test_start": "2024-01-07"}
-    assert runs[1].raw["split"]["test_end"] == "2024-01-07"
+    # a year of train days, 14 validation and 7 test days: the feed ends 2024-01-14
+    assert runs[0].raw["source"]["synthetic"] | {"seed": 0} == {
+        "seed": 0,
+        "start": "2022-12-23",
+        "days": 387,
+        "grid": [16, 16],
+    }
+    assert runs[0].raw["split"] == {"val_start": "2023-12-24", "test_start": "2024-01-07"}
+    assert runs[1].raw["split"] == {
+        "val_start": "2023-12-17",
+        "test_start": "2023-12-31",
+        "test_end": "2024-01-07",
+    }
     assert {r.raw["model"]["climatology_period"] for r in runs} == {"doy"}
 
 
