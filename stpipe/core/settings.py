@@ -102,7 +102,10 @@ class SplitSection(Settings):
     test_start: datetime | None = Field(default=None, description="Fixed: test from here.")
     test_end: datetime | None = None
     val_days: PositiveInt | None = Field(
-        default=None, description="Rolling: validate on the N days before the test days."
+        default=None,
+        description="Rolling: validate on the N days before the test days, on which early "
+        "stopping and the per-lead calibration weigh the model: 5 suit a few weeks of data, "
+        "14 a year or more (the README's quality section).",
     )
     test_days: PositiveInt | None = Field(
         default=None, description="Rolling: test on the newest M complete days of the store."
