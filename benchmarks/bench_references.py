@@ -3,27 +3,27 @@
     python benchmarks/bench_references.py [--seeds N]
 
 The ``regional`` and ``regime`` cases of ``bench_quality.py`` (a month of hourly t2m on
-24×32, seeds 1..N, its 5 validation and 7 test days at the end or a week earlier;
-``regime`` cools the air and turns the flow from the test days on) without any network: the hour-of-day climatology
-and the fitted blend are stpipe's own (:class:`stpipe.models.climatology.Climatology`,
-fitted on the train days), and each reference of :data:`stpipe.learn.train.REFERENCES`, and
-the blend residual models start from (``auto``: damped about the recent level m, the
-mean anomaly over the input steps and the patch, as :mod:`stpipe.models.scnn` does where
-the patch is the whole grid, as in these cases; for comparison, the same with the level of
-8×8 patches, a twelfth of the grid, and ``auto about C``: damped about the climatology,
-m = 0, as the model does otherwise), is scored on the test days' sample windows
-as the loaders cut them (``auto``'s weight of p stays on p: the fitted blend has no A); so
-is advection damped by a factor φ per lead, fitted by least squares on the train days,
-toward the climatology (C + φ·(adv − C)) or toward the climatology plus the recent level
-(C + m + φ·(adv − C − m)): what a reference that leans on a few weeks' climatology, fitted
-where that climatology is in-sample, can do. It
-answers what no choice of reference, however made, can do: per reference, the per-lead
+24×32, seeds 1..N, its 5 validation and 7 test days at the end or a week earlier; ``regime``
+cools the air and turns the flow from the test days on) without any network: the hour-of-day
+climatology and the fitted blend are stpipe's own
+(:class:`stpipe.models.climatology.Climatology`, fitted on the train days), and each
+reference of :data:`stpipe.learn.train.REFERENCES`, and the blend residual models start from
+(``auto``: damped about the recent level m, the mean anomaly over the input steps and the
+patch, as :mod:`stpipe.models.scnn` does where the patch is the whole grid, as in these
+cases; for comparison, the same with the level of 8×8 patches, a twelfth of the grid, and
+``auto about C``: damped about the climatology, m = 0, as the model does otherwise), is
+scored on the test days' sample windows as the loaders cut them (``auto``'s weight of p
+stays on p: the fitted blend has no A); so is advection damped by a factor φ per lead,
+fitted by least squares on the train days, toward the climatology (C + φ·(adv − C)) or
+toward the climatology plus the recent level (C + m + φ·(adv − C − m)): what a reference
+that leans on a few weeks' climatology, fitted where that climatology is in-sample, can do.
+It answers what no choice of reference, however made, can do: per reference, the per-lead
 margin 1 − RMSE / RMSE of the best baseline (persistence, climatology, persistence +
 climatological change, advection), its worst, and how many (case, seed, split, lead) fall
 below −2 %. The row ``calibration's reference`` is the reference the calibration leans on
-(:func:`stpipe.learn.train.calibration.choose_reference`, rule 1: of those a climatology of a few
-weeks allows, the least wrong on the train days): what a trained model's calibration falls
-back to at s = 0, so its cases are the floor of what calibration alone can reach. Last
+(:func:`stpipe.learn.train.calibration.choose_reference`, rule 1: of those a climatology of
+a few weeks allows, the least wrong on the train days): what a trained model's calibration
+falls back to at s = 0, so its cases are the floor of what calibration alone can reach. Last
 line::
 
     fewest_cases=N reference=… worst_margin=… calibration_floor_cases=M
@@ -58,7 +58,7 @@ from stpipe.models.advection import advected_persistence
 from stpipe.models.climatology import Climatology, time_slots
 from stpipe.models.settings import BASELINES
 
-START, DAYS, INPUT_STEPS, LEADS, GRID = REGIONAL_START, REGIONAL_DAYS, 12, (1, 3, 6, 12), (24, 32)
+INPUT_STEPS, LEADS, GRID = 12, (1, 3, 6, 12), (24, 32)
 SMALL_PATCH = (8, 8)  # a patch of a twelfth of the grid: its mean anomaly is local weather
 CHOICE = "calibration's reference"
 # advection damped toward the climatology plus this share of the recent level m
@@ -66,9 +66,9 @@ DAMPED = {"advection damped toward C": 0.0, "advection damped toward C + m": 1.0
 
 
 def case_fields(seed: int, split: dict[str, str], regime: bool) -> xr.DataArray:
-    """Hourly t2m of ``DAYS`` days (K), dims (time, lat, lon)."""
+    """Hourly t2m (K) of the regional feed, dims (time, lat, lon)."""
     test_start = datetime.fromisoformat(split["test_start"])
-    times = pd.date_range(START, periods=DAYS * 24, freq="h").as_unit("ns")
+    times = pd.date_range(REGIONAL_START, periods=REGIONAL_DAYS * 24, freq="h").as_unit("ns")
     hours = ((times - pd.Timestamp("1900-01-01")) // pd.Timedelta(hours=1)).to_numpy()
     shift = Regime(start=test_start, **REGIME) if regime else None
     t2m = weather_fields(hours, seed=seed, grid=GRID, regime=shift)["t2m"]
@@ -199,7 +199,9 @@ def main() -> None:
     for case in ("regional", "regime"):
         for seed in seeds:
             for position, before_end in SPLIT_POSITIONS.items():
-                split = split_dates(START, days=DAYS, days_before_end=before_end, **FOLD)
+                split = split_dates(
+                    REGIONAL_START, days=REGIONAL_DAYS, days_before_end=before_end, **FOLD
+                )
                 scores = margins(case_fields(seed, split, case == "regime"), split)
                 cells = "  ".join(
                     f"{name} " + "/".join(f"{100 * m:+.0f}" for m in ms)
