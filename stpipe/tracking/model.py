@@ -28,10 +28,14 @@ grid) travels as the :class:`~stpipe.core.card.ModelCard` in the MLmodel ``metad
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import re
 import tempfile
 import threading
+import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +69,12 @@ PROGRAM_FILES = (PROGRAM_FILE, LEGACY_PROGRAM_FILE)
 # torch.export.load keeps its deserializer in a global: two loads at once (flows run in
 # threads) fail with "_CURRENT_DESERIALIZER is already set".
 _export_load_lock = threading.Lock()
+# Programs loaded in this process, by the SHA-256 of their archive (most recent last). A
+# night loads the champion up to three times (fine-tuning, promotion, the forecast) and
+# torch.export.load spends seconds on each in pure-Python deserialisation, on any device;
+# a key of the archive's bytes cannot hand back a model other than the one stored.
+_loaded_programs: OrderedDict[str, nn.Module] = OrderedDict()
+LOADED_PROGRAMS_KEPT = 4
 CARD_KEY = "stpipe"
 
 Batch = dict[str, Tensor]
@@ -252,16 +262,33 @@ def load_model(tracking: Tracking, uri: str) -> RegisteredForecaster:
 
     Never unpickles (see the module docstring): a model directory whose data is anything
     but one PT2 archive of :data:`PROGRAM_FILES`, or an archive with a record that is not
-    pickle-free, is refused with a TrackingError naming ``uri`` and the file.
+    pickle-free, is refused with a TrackingError naming ``uri`` and the file. An archive
+    this process loaded before is not deserialised again (:func:`_load_program`).
     """
     with tempfile.TemporaryDirectory() as tmp, tracking_errors(tracking.uri, f"load {uri}"):
         with fluent_scope(tracking.uri):
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-        archive = _pickle_free_program(uri, local)
-        with _export_load_lock:
-            program = torch.export.load(str(archive)).module()
+        program = _load_program(_pickle_free_program(uri, local))
         card = read_card(local)
     return RegisteredForecaster(program, card)
+
+
+def _load_program(archive: Path) -> nn.Module:
+    """The checked PT2 ``archive`` as a module of its own: a copy of the one loaded before
+    from the same bytes (:data:`_loaded_programs`), else freshly deserialised. Callers may
+    change its weights (fine-tuning starts from them): the kept module is never handed out."""
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    with _export_load_lock:
+        program = _loaded_programs.pop(digest, None)
+        if program is None:
+            program = torch.export.load(str(archive)).module()
+        _loaded_programs[digest] = program
+        while len(_loaded_programs) > LOADED_PROGRAMS_KEPT:
+            _loaded_programs.popitem(last=False)
+        with warnings.catch_warnings():
+            # torch's own deepcopy of the graph's input spec calls a deprecated isinstance
+            warnings.filterwarnings("ignore", "`isinstance\\(treespec, LeafSpec\\)`", FutureWarning)
+            return copy.deepcopy(program)
 
 
 def _pickle_free_program(uri: str, model_dir: Path) -> Path:

@@ -1,9 +1,11 @@
 """Logged models (stpipe.tracking.model): they load without pickle and predict identically,
-are pt2 archives with a signature and an input example, and a model stpipe did not log is
+are pt2 archives with a signature and an input example, a model loaded again is a copy of
+its own (not deserialised twice, and not another model's), and a model stpipe did not log is
 refused."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import mlflow
@@ -13,7 +15,7 @@ import torch
 
 from stpipe.core.errors import TrackingError
 from stpipe.tracking.client import Tracking, fluent_scope
-from stpipe.tracking.model import BATCH_INPUTS, PROGRAM_FILE, load_model
+from stpipe.tracking.model import BATCH_INPUTS, PROGRAM_FILE, load_model, log_model
 from tests.tracking.conftest import CARD, batch
 
 
@@ -49,6 +51,46 @@ def test_the_logged_model_is_a_pt2_archive_with_signature_and_input_example(
     example = mlmodel.load_input_example(str(local))
     assert sorted(example) == sorted(BATCH_INPUTS)
     assert example["x"].shape == (2, 4, 2, 8, 8)
+
+
+def test_a_model_loaded_again_is_an_independent_copy_not_a_second_deserialisation(
+    tracking: Tracking, model: torch.nn.Module, logged, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, info = logged
+    first = load_model(tracking, info.uri)
+    real_load = torch.export.load
+    deserialised: list[str] = []
+    monkeypatch.setattr(
+        torch.export, "load", lambda path: deserialised.append(path) or real_load(path)
+    )
+    with torch.no_grad():
+        for weight in first.program.state_dict().values():
+            if weight.is_floating_point():
+                weight.add_(1.0)  # as fine-tuning from the loaded weights would
+        second = load_model(tracking, info.uri)
+        other = batch(3, seed=7)
+        torch.testing.assert_close(second(other), model(other), rtol=0, atol=0)
+        assert not torch.equal(first(other), model(other))
+    assert deserialised == []
+
+
+def test_a_model_with_other_weights_loads_as_itself(
+    tracking: Tracking, model: torch.nn.Module, logged
+) -> None:
+    _, info = logged
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        for weight in changed.parameters():
+            weight.mul_(1.5)
+    run_id = tracking.client.create_run(tracking.experiment_id).info.run_id
+    changed_info = log_model(tracking, run_id, changed, example=batch(2), card=CARD)
+    other = batch(3, seed=8)
+    with torch.no_grad():
+        for uri, expected in ((info.uri, model), (changed_info.uri, changed), (info.uri, model)):
+            torch.testing.assert_close(
+                load_model(tracking, uri)(other), expected(other), rtol=0, atol=0
+            )
+        assert not torch.equal(changed(other), model(other))
 
 
 def test_a_model_not_logged_by_stpipe_is_refused(tracking: Tracking, tmp_path: Path) -> None:
