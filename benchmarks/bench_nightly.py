@@ -10,7 +10,7 @@ evaluate | forecast`` and the Prefect ``nightly_flow``, with MLflow on SQLite in
 2. ``statistics``: the train-split normalisation statistics (Dask, cached afterwards);
 3. ``train``: ``stpipe train`` in full (train → evaluate on test → log → register → promote); its
    samples/s and data wait are the per-epoch figures it logged to MLflow (median of the
-   epochs after the first), set beside ``bench_train``'s measurement of the same shape
+   epochs after the first, over every member; nan if the run holds none), set beside ``bench_train``'s measurement of the same shape
    (``Trainer.setup`` + timed steps of the same config, no MLflow);
 4. ``evaluate``: the champion and every baseline on the test split;
 5. ``forecast``: the champion's full-grid forecast of the newest init time → forecast store;
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -145,15 +146,19 @@ def arrive(files: list[Path], feed: Path) -> int:
 
 
 def logged_throughput(config, run_id: str) -> tuple[float, float]:
-    """(samples/s, data wait) that ``stpipe train`` logged: medians of epochs 2 onwards."""
+    """(samples/s, data wait) that ``stpipe train`` logged: medians over the epochs from the
+    second on of its one model, or of every member (``member<i>/samples_per_s``, …)."""
     from stpipe.app.jobs import tracking_for
 
     client = tracking_for(config).client
+    logged = client.get_run(run_id).data.metrics
 
     def median(key: str) -> float:
-        history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
-        values = [m.value for m in history[1:]] or [m.value for m in history]
-        return statistics.median(values)
+        values = []
+        for name in (k for k in logged if re.fullmatch(rf"(member\d+/)?{key}", k)):
+            history = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
+            values += [m.value for m in history[1:]] or [m.value for m in history]
+        return statistics.median(values) if values else float("nan")
 
     return median("samples_per_s"), median("data_wait_frac")
 
