@@ -10,7 +10,7 @@ evaluate | forecast`` and the Prefect ``nightly_flow``, with MLflow on SQLite in
 2. ``statistics``: the train-split normalisation statistics (Dask, cached afterwards);
 3. ``train``: ``stpipe train`` in full (train → evaluate on test → log → register → promote); its
    samples/s and data wait are the per-epoch figures it logged to MLflow (median of the
-   epochs after the first, over every member; nan if the run holds none), set beside ``bench_train``'s measurement of the same shape
+   epochs after the first, over every member; nan if the run logged none), set beside ``bench_train``'s measurement of the same shape
    (``Trainer.setup`` + timed steps of the same config, no MLflow);
 4. ``evaluate``: the champion and every baseline on the test split;
 5. ``forecast``: the champion's full-grid forecast of the newest init time → forecast store;
@@ -260,6 +260,16 @@ def device_name() -> str:
     return f"cpu-{os.cpu_count()}cores"
 
 
+def clear_outputs(workdir: Path) -> None:
+    """Remove what a run of this script writes in ``workdir`` but the archive (kept between
+    runs of the same shape). Checkpoints too: a run key found there resumes, and the train
+    stage would time finished members instead of their epochs."""
+    for name in ("store.zarr", "feed", "mlflow.db", "mlartifacts", "forecasts.zarr", "stats"):
+        path = workdir / name
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 days on 64×128 (CPU smoke)")
@@ -270,9 +280,7 @@ def main() -> None:
     days = args.days or (10 if args.quick else 365)
     grid = tuple(args.grid or ((64, 128) if args.quick else (128, 256)))
     workdir = args.workdir or DATA / f"nightly-{grid[0]}x{grid[1]}-{days}d"
-    for stale in ("store.zarr", "feed", "mlflow.db", "mlartifacts", "forecasts.zarr", "stats"):
-        path = workdir / stale
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    clear_outputs(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(workdir / ".prefect"))
     # A fresh Prefect home migrates its database when the ephemeral server starts: on a

@@ -1,5 +1,6 @@
 """benchmarks/bench_nightly.py: the training throughput it reads back from the run that
-``stpipe train`` logged, with one model or several members (a real MLflow on SQLite)."""
+``stpipe train`` logged, with one model or several members (a real MLflow on SQLite), and
+what it clears before a run."""
 
 from __future__ import annotations
 
@@ -50,3 +51,15 @@ def test_the_throughput_is_the_median_of_every_members_epochs_after_the_first(
     assert bench.logged_throughput(config, one) == (7.0, 0.5)
     none = _run_with(config, {"val_loss": [1.0]})
     assert all(math.isnan(v) for v in bench.logged_throughput(config, none))
+
+
+def test_a_rerun_clears_every_output_with_the_checkpoints_and_keeps_the_archive(
+    tmp_path: Path,
+) -> None:
+    for folder in ("archive", "store.zarr", "feed", "mlartifacts", "checkpoints/run-key"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "part").write_text("x")
+    (tmp_path / "mlflow.db").write_text("x")
+    bench.clear_outputs(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive"]
+    assert (tmp_path / "archive" / "part").is_file()
