@@ -10,8 +10,9 @@ evaluate | forecast`` and the Prefect ``nightly_flow``, with MLflow on SQLite in
 2. ``statistics``: the train-split normalisation statistics (Dask, cached afterwards);
 3. ``train``: ``stpipe train`` in full (train → evaluate on test → log → register → promote); its
    samples/s and data wait are the per-epoch figures it logged to MLflow (median of the
-   epochs after the first, over every member; nan if the run logged none), set beside ``bench_train``'s measurement of the same shape
-   (``Trainer.setup`` + timed steps of the same config, no MLflow);
+   epochs after the first, over every member; nan if the run logged none), set beside
+   ``bench_train``'s measurement of the same shape (``Trainer.setup`` + timed steps of the
+   same config, no MLflow);
 4. ``evaluate``: the champion and every baseline on the test split;
 5. ``forecast``: the champion's full-grid forecast of the newest init time → forecast store;
 6. ``nightly``: one more daily file arrives; the Prefect ``nightly_flow`` (ingest →
@@ -44,6 +45,16 @@ from functools import partial
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parent / "_data"
+# what a run writes in its workdir, cleared before the next (the archive is kept)
+OUTPUTS = (
+    "store.zarr",
+    "feed",
+    "mlflow.db",
+    "mlartifacts",
+    "forecasts.zarr",
+    "stats",
+    "checkpoints",
+)
 
 
 @dataclass
@@ -264,10 +275,9 @@ def clear_outputs(workdir: Path) -> None:
     """Remove what a run of this script writes in ``workdir`` but the archive (kept between
     runs of the same shape). Checkpoints too: a run key found there resumes, and the train
     stage would time finished members instead of their epochs."""
-    for name in ("store.zarr", "feed", "mlflow.db", "mlartifacts", "forecasts.zarr", "stats"):
+    for name in OUTPUTS:
         path = workdir / name
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-    shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
 
 
 def main() -> None:
