@@ -53,6 +53,8 @@ from mlflow.models import Model, ModelSignature
 from mlflow.pytorch import _validate_pt2_archive_is_pickle_free
 from mlflow.types.schema import Schema, TensorSpec
 from torch import Tensor, nn
+from torch.export import ExportedProgram
+from torch.export.passes import move_to_device_pass
 
 from stpipe.core.card import ModelCard
 from stpipe.core.errors import TrackingError
@@ -73,7 +75,7 @@ _export_load_lock = threading.Lock()
 # night loads the champion up to three times (fine-tuning, promotion, the forecast) and
 # torch.export.load spends seconds on each in pure-Python deserialisation, on any device;
 # a key of the archive's bytes cannot hand back a model other than the one stored.
-_loaded_programs: OrderedDict[str, nn.Module] = OrderedDict()
+_loaded_programs: OrderedDict[str, tuple[nn.Module, ExportedProgram]] = OrderedDict()
 LOADED_PROGRAMS_KEPT = 4
 CARD_KEY = "stpipe"
 
@@ -117,12 +119,16 @@ class RegisteredForecaster(nn.Module):
 
     Carries the card's variables, leads, step and input steps as attributes, like the
     trained model. The exported graph is fixed in eval mode, so ``train()`` changes only
-    the flag.
+    the flag. ``.to(device)`` moves the program (:func:`program_on`); ``forward`` takes a
+    batch on any device and returns the forecast on the batch's device.
     """
 
-    def __init__(self, program: nn.Module, card: ModelCard) -> None:
+    def __init__(self, program: nn.Module, card: ModelCard, exported: ExportedProgram) -> None:
         super().__init__()
         self.program = program
+        # the program as loaded (shared, never changed): the graph that .to(device) moves
+        self.exported = exported
+        self.program_device = torch.device("cpu")
         self.card = card
         self.input_variables = card.input_variables
         self.target_variables = card.target_variables
@@ -133,17 +139,32 @@ class RegisteredForecaster(nn.Module):
 
     def forward(self, batch: Batch) -> Tensor:
         device = batch["x"].device
-        return self.program(*(batch[k].cpu() for k in BATCH_INPUTS)).to(device)
+        inputs = (batch[k].to(self.program_device) for k in BATCH_INPUTS)
+        return self.program(*inputs).to(device)
 
     def train(self, mode: bool = True) -> RegisteredForecaster:
         self.training = mode
         return self
 
     def _apply(self, fn: Any, recurse: bool = True) -> RegisteredForecaster:
-        # The exported graph holds CPU constants (e.g. index ranges); moving only its
-        # weights would break it, so ``.to(device)`` keeps it on the CPU and ``forward``
-        # moves the batch there and the forecast back.
+        # .to(), .cuda(), .cpu() and dtype casts all come here with a function of a tensor.
+        # The exported graph holds constants and device arguments of its own (e.g. index
+        # ranges built on the CPU), so moving only its weights would break it; a dtype
+        # cast would change numerics the graph was exported with, so only a move is done.
+        device = fn(torch.empty(0, device=self.program_device)).device
+        if device != self.program_device:
+            self.program = program_on(self.exported, self.program, device)
+            self.program_device = device
         return self
+
+
+def program_on(exported: ExportedProgram, program: nn.Module, device: torch.device) -> nn.Module:
+    """``program`` (the module of ``exported``, its weights possibly changed since) on
+    ``device``: a copy of ``exported`` moved there by torch's own pass (weights, constants and
+    the devices written into the graph), holding ``program``'s current weights."""
+    moved = move_to_device_pass(_copy(exported), device).module()
+    moved.load_state_dict(program.state_dict())
+    return moved
 
 
 @dataclass(frozen=True)
@@ -268,27 +289,35 @@ def load_model(tracking: Tracking, uri: str) -> RegisteredForecaster:
     with tempfile.TemporaryDirectory() as tmp, tracking_errors(tracking.uri, f"load {uri}"):
         with fluent_scope(tracking.uri):
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-        program = _load_program(_pickle_free_program(uri, local))
+        program, exported = _load_program(_pickle_free_program(uri, local))
         card = read_card(local)
-    return RegisteredForecaster(program, card)
+    return RegisteredForecaster(program, card, exported)
 
 
-def _load_program(archive: Path) -> nn.Module:
-    """The checked PT2 ``archive`` as a module of its own: a copy of the one loaded before
-    from the same bytes (:data:`_loaded_programs`), else freshly deserialised. Callers may
-    change its weights (fine-tuning starts from them): the kept module is never handed out."""
+def _load_program(archive: Path) -> tuple[nn.Module, ExportedProgram]:
+    """The checked PT2 ``archive`` as a module of its own, with the exported program it came
+    from: a copy of the one loaded before from the same bytes (:data:`_loaded_programs`),
+    else freshly deserialised. Callers may change the module's weights (fine-tuning starts
+    from them): the kept module is never handed out, the kept program is never changed."""
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     with _export_load_lock:
-        program = _loaded_programs.pop(digest, None)
-        if program is None:
-            program = torch.export.load(str(archive)).module()
-        _loaded_programs[digest] = program
+        loaded = _loaded_programs.pop(digest, None)
+        if loaded is None:
+            exported = torch.export.load(str(archive))
+            loaded = (exported.module(), exported)
+        _loaded_programs[digest] = loaded
         while len(_loaded_programs) > LOADED_PROGRAMS_KEPT:
             _loaded_programs.popitem(last=False)
-        with warnings.catch_warnings():
-            # torch's own deepcopy of the graph's input spec calls a deprecated isinstance
-            warnings.filterwarnings("ignore", "`isinstance\\(treespec, LeafSpec\\)`", FutureWarning)
-            return copy.deepcopy(program)
+        program, exported = loaded
+        return _copy(program), exported
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of a loaded module or exported program."""
+    with warnings.catch_warnings():
+        # torch's own deepcopy of the graph's input spec calls a deprecated isinstance
+        warnings.filterwarnings("ignore", "`isinstance\\(treespec, LeafSpec\\)`", FutureWarning)
+        return copy.deepcopy(value)
 
 
 def _pickle_free_program(uri: str, model_dir: Path) -> Path:

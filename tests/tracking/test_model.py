@@ -1,7 +1,7 @@
 """Logged models (stpipe.tracking.model): they load without pickle and predict identically,
 are pt2 archives with a signature and an input example, a model loaded again is a copy of
-its own (not deserialised twice, and not another model's), and a model stpipe did not log is
-refused."""
+its own (not deserialised twice, and not another model's), it moves between devices with
+its current weights, and a model stpipe did not log is refused."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 
 from stpipe.core.errors import TrackingError
 from stpipe.tracking.client import Tracking, fluent_scope
-from stpipe.tracking.model import BATCH_INPUTS, PROGRAM_FILE, load_model, log_model
+from stpipe.tracking.model import BATCH_INPUTS, PROGRAM_FILE, load_model, log_model, program_on
 from tests.tracking.conftest import CARD, batch
 
 
@@ -91,6 +91,43 @@ def test_a_model_with_other_weights_loads_as_itself(
                 load_model(tracking, uri)(other), expected(other), rtol=0, atol=0
             )
         assert not torch.equal(changed(other), model(other))
+
+
+def test_a_loaded_model_moves_to_a_device_with_its_current_weights(
+    tracking: Tracking, model: torch.nn.Module, logged
+) -> None:
+    _, info = logged
+    loaded = load_model(tracking, info.uri)
+    other = batch(3, seed=9)
+    with torch.no_grad():
+        for weight in loaded.program.state_dict().values():
+            if weight.is_floating_point():
+                weight.mul_(0.5)  # as fine-tuning from the loaded weights would
+        changed = loaded(other)
+        moved = program_on(loaded.exported, loaded.program, torch.device("cpu"))
+        torch.testing.assert_close(
+            moved(*(other[k] for k in BATCH_INPUTS)), changed, rtol=0, atol=0
+        )
+        assert not torch.equal(changed, model(other))
+        # the graph itself moves: a program left on the CPU cannot take a batch on "meta"
+        assert loaded.to("meta") is loaded
+        forecast = loaded({k: v.to("meta") for k, v in other.items()})
+    assert forecast.device == torch.device("meta") and forecast.shape == changed.shape
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_loaded_model_forecasts_on_cuda_as_on_the_cpu(
+    tracking: Tracking, model: torch.nn.Module, logged
+) -> None:
+    _, info = logged
+    loaded = load_model(tracking, info.uri).to("cuda")
+    other = batch(5, seed=10)
+    with torch.no_grad():
+        forecast = loaded({k: v.cuda() for k, v in other.items()})
+        expected = model(other)
+    assert forecast.is_cuda
+    assert {w.device.type for w in loaded.program.state_dict().values()} == {"cuda"}
+    torch.testing.assert_close(forecast.cpu(), expected, rtol=1e-3, atol=1e-3)
 
 
 def test_a_model_not_logged_by_stpipe_is_refused(tracking: Tracking, tmp_path: Path) -> None:
