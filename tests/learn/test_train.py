@@ -267,6 +267,28 @@ def validation_loader(config: Config, data: DataContext) -> PatchLoader:
     )
 
 
+def test_the_validation_score_counts_a_lead_behind_the_best_baseline_as_that_baseline(
+    pipeline,
+) -> None:
+    config = pipeline()
+    data = data_context(config)
+    baselines = build_baselines(data)
+    model = build_forecaster(config.model, data).eval()
+    # perfect at the first lead, 10 units off the truth at the others
+    model.forward = lambda batch: torch.cat([batch["y"][:, :1], batch["y"][:, 1:] + 10.0], dim=1)
+    val = validate(
+        model,
+        validation_loader(config, data),
+        baselines=list(baselines.values()),
+        precision=torch.float32,
+        device=torch.device("cpu"),
+    )
+    leads = len(model.leads)
+    assert val.mse[0] == 0.0
+    assert all(m > 10 * r for m, r in zip(val.mse[1:], val.ref_mse[1:], strict=True))
+    assert val.score == pytest.approx((leads - 1) / leads, rel=1e-6)
+
+
 def test_every_member_and_every_resumption_choose_the_reference_on_one_train_sample(
     pipeline,
 ) -> None:

@@ -16,8 +16,10 @@ MSE_ref(l) the validation MSE of the best of persistence, climatology and persis
 climatological change at that lead (computed once, before training): each lead then counts by how far it is from the reference it must beat,
 not by its raw error, which grows with the lead and would let short leads fall behind
 persistence. The early-stopping score is the same quantity on the validation split with the
-validation split's own reference, mean_l MSE_model(l) / MSE_ref(l): below 1 the model beats
-the best baseline on average. The starting weights are scored too (epoch 0) and kept if no
+validation split's own reference, each lead's ratio capped at 1, mean_l min(MSE_model(l) /
+MSE_ref(l), 1): below 1 the model beats the best baseline on average, and a lead where it
+trails counts as that baseline, which the calibration falls back to there anyway
+(:func:`stpipe.learn.train.passes.validate`). The starting weights are scored too (epoch 0) and kept if no
 epoch beats them: a residual model starts as its baseline, a fine-tuned one as the weights it
 was given (e.g. the champion's), so training never returns something worse on validation
 than where it started.

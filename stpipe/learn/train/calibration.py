@@ -100,7 +100,12 @@ is the reference's floor), and mean margins at 1/3/6/12 h +17.2/+17.6/+10.5/+2.3
 (regional) and +13.7/+14.5/+8.5/+2.3 % (regime). ``longclim`` on 14 validation days before
 the same 7 test days (what a year's archive affords): 1 of the 24 (at 48 h), the weights
 at 6 h 0.71–0.90 instead of 0.15–0.77, mean margins at 1/6/24/48 h +35.6/+41.4/+6.6/−0.9 %
-(+33.3/+33.0/−1.1/−0.6 % on 5 days).
+(+33.3/+33.0/−1.1/−0.6 % on 5 days). With early stopping on the capped score of
+:func:`stpipe.learn.train.passes.validate`
+(``benchmarks/results/bench_quality_earlystop_clamp_cpu2.log``): 2 of the 80, both the
+reference's floor (every member's weight 0 at 12 h, climatology ahead by 9.1 % and 2.0 %),
+mean margins +20.2/+20.3/+11.7/+2.3 % (regional) and +15.8/+16.5/+9.6/+2.3 % (regime);
+``longclim`` 1 of the 24, +35.9/+40.8/+6.5/−0.9 %.
 """
 
 from __future__ import annotations

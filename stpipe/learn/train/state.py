@@ -86,7 +86,7 @@ class EpochStats:
 
 @dataclass(frozen=True)
 class Validation:
-    """A validation pass: the score mean_l MSE(l)/MSE_ref(l); per lead the model's and the
+    """A validation pass: the score mean_l min(MSE(l)/MSE_ref(l), 1); per lead the model's and the
     best baseline's MSE (normalised units, pooled over variables) and RMSE (physical)."""
 
     score: float
