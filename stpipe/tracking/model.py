@@ -150,7 +150,8 @@ class RegisteredForecaster(nn.Module):
         # .to(), .cuda(), .cpu() and dtype casts all come here with a function of a tensor.
         # The exported graph holds constants and device arguments of its own (e.g. index
         # ranges built on the CPU), so moving only its weights would break it; a dtype
-        # cast would change numerics the graph was exported with, so only a move is done.
+        # cast would change numerics the graph was exported with, so only a move is done
+        # (.half() on a moved program keeps its device: the probe starts on that device).
         device = fn(torch.empty(0, device=self.program_device)).device
         if device != self.program_device:
             self.program = program_on(self.exported, self.program, device)
@@ -161,9 +162,15 @@ class RegisteredForecaster(nn.Module):
 def program_on(exported: ExportedProgram, program: nn.Module, device: torch.device) -> nn.Module:
     """``program`` (the module of ``exported``, its weights possibly changed since) on
     ``device``: a copy of ``exported`` moved there by torch's own pass (weights, constants and
-    the devices written into the graph), holding ``program``'s current weights."""
-    moved = move_to_device_pass(_copy(exported), device).module()
-    moved.load_state_dict(program.state_dict())
+    the devices written into the graph), holding ``program``'s current weights.
+
+    Only the moved module's own state is taken from ``program``: a deep copy of a loaded module
+    (what :func:`load_model` hands out) also lists the graph's constants and non-persistent
+    buffers in its state, which the moved graph holds already."""
+    with _export_load_lock:  # _copy changes the process's warning filters
+        moved = move_to_device_pass(_copy(exported), device).module()
+    state = program.state_dict()
+    moved.load_state_dict({name: state[name] for name in moved.state_dict()})
     return moved
 
 

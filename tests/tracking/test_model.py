@@ -110,9 +110,36 @@ def test_a_loaded_model_moves_to_a_device_with_its_current_weights(
         )
         assert not torch.equal(changed, model(other))
         # the graph itself moves: a program left on the CPU cannot take a batch on "meta"
-        assert loaded.to("meta") is loaded
+        assert loaded.to("meta").half() is loaded
         forecast = loaded({k: v.to("meta") for k, v in other.items()})
     assert forecast.device == torch.device("meta") and forecast.shape == changed.shape
+    assert loaded.program_device == torch.device("meta"), "a dtype cast does not move it back"
+    kept = [*loaded.exported.state_dict.values(), *loaded.exported.constants.values()]
+    assert {t.device.type for t in kept} == {"cpu"}, "the loaded program is never changed"
+
+
+class _WithConstants(torch.nn.Module):
+    """A network with a non-persistent buffer and a tensor constant in its graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+        self.register_buffer("scale", torch.tensor(2.0), persistent=False)
+        self.offset = torch.tensor([1.0, -1.0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) * self.scale + self.offset
+
+
+def test_a_program_with_constants_and_buffers_moves_with_its_current_weights() -> None:
+    x = torch.randn(4, 3)
+    exported = torch.export.export(_WithConstants(), (x,))
+    program = copy.deepcopy(exported.module())  # as load_model hands it out
+    with torch.no_grad():
+        program.linear.weight.mul_(0.5)
+        moved = program_on(exported, program, torch.device("cpu"))
+        torch.testing.assert_close(moved(x), program(x), rtol=0, atol=0)
+        assert not torch.equal(moved(x), exported.module()(x))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

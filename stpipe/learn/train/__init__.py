@@ -17,11 +17,11 @@ climatological change at that lead (computed once, before training): each lead t
 not by its raw error, which grows with the lead and would let short leads fall behind
 persistence. The early-stopping score is the same quantity on the validation split with the
 validation split's own reference, each lead's ratio capped at 1, mean_l min(MSE_model(l) /
-MSE_ref(l), 1): below 1 the model beats the best baseline on average, and a lead where it
+MSE_ref(l), 1): below 1 the model beats the best baseline at some lead, and a lead where it
 trails counts as that baseline, which the calibration falls back to there anyway
 (:func:`stpipe.learn.train.passes.validate`). The starting weights are scored too (epoch 0) and kept if no
 epoch beats them: a residual model starts as its baseline, a fine-tuned one as the weights it
-was given (e.g. the champion's), so training never returns something worse on validation
+was given (e.g. the champion's), so training never returns something worse by that score
 than where it started.
 
 Checkpoints (:mod:`stpipe.io.checkpoint`): after every epoch ``last.pt`` holds the model,

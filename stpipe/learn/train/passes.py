@@ -17,6 +17,10 @@ from stpipe.learn.train.state import EpochStats, Validation
 from stpipe.learn.train.step import TrainStep
 from stpipe.models import Forecaster
 
+# The early-stopping score (validate), part of each run's identity: a checkpoint scored
+# another way does not resume.
+VALIDATION_SCORE = "mean over leads of min(MSE/MSE_ref, 1)"
+
 
 def train_epoch(
     step: TrainStep,
@@ -80,7 +84,9 @@ def validate(
     1/3/6/12 h +17.2/+17.6/+10.5/+2.3 → +20.2/+20.3/+11.7/+2.3 % (``regional``),
     +13.7/+14.5/+8.5/+2.3 → +15.8/+16.5/+9.6/+2.3 % (``regime``), ``weather`` and
     ``traffic`` identical, ``longclim`` within 0.6 points; the gains where a member had
-    stopped at epoch 1-7 of 20.
+    stopped at epoch 1-7 of 20. A model behind at every lead scores 1 however far behind: a
+    residual model starts as its baseline (1 at epoch 0), and its starting weights are kept
+    until some lead gets ahead (:data:`VALIDATION_SCORE`, in every run key).
     """
     model.eval()
     sse = torch.zeros(1 + len(baselines), *lead_var_shape(model), device=device)

@@ -20,8 +20,8 @@ from stpipe.models import Climatology, Forecaster
 class EpochLog:
     """One epoch, as the log and ``on_epoch_end`` see it.
 
-    ``train_loss`` and ``val_loss`` are lead-weighted MSEs in normalised units (package
-    docstring; ``val_loss`` is the early-stopping score). ``val_rmse`` and ``val_ref_rmse``
+    ``train_loss`` is the lead-weighted MSE in normalised units and ``val_loss`` the
+    early-stopping score, mean_l min(MSE(l)/MSE_ref(l), 1) (package docstring). ``val_rmse`` and ``val_ref_rmse``
     (the best baseline) are per lead in the targets' physical units, pooled over target
     variables. ``data_wait_frac`` is the share of the epoch the device waited for the loader
     (:func:`stpipe.learn.context.iterate_on_device`).

@@ -38,7 +38,7 @@ from stpipe.learn.train.calibration import calibrate, independent_forecasts
 from stpipe.learn.train.distributed import barrier, init_process_group, wrap_model
 from stpipe.learn.train.loss import loss_lead_weights
 from stpipe.learn.train.optim import make_optimizer, make_scheduler
-from stpipe.learn.train.passes import train_epoch, validate
+from stpipe.learn.train.passes import VALIDATION_SCORE, train_epoch, validate
 from stpipe.learn.train.progress import ProgressBar
 from stpipe.learn.train.runtime import determinism, resolve_precision, use_channels_last
 from stpipe.learn.train.state import (
@@ -138,6 +138,7 @@ def run_identity(data: DataContext, model: ModelSection, train: TrainSection) ->
         "split": splits,
         "model": model.model_dump(mode="json"),
         "train": {k: v for k, v in train_values.items() if k not in _SPEED_ONLY},
+        "validation_score": VALIDATION_SCORE,
     }
 
 
