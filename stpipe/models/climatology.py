@@ -69,6 +69,15 @@ FIT_BLOCK_BYTES = 16 * 2**20
 8× that at once (float64 copies, masks, the slot-sorted gather) and the threaded scheduler
 runs one a core: dask's default blocks (128 MiB) took the fit on a year of 128×256 hourly
 to 15 GB RSS on 16 cores (``benchmarks/bench_nightly.py``)."""
+LAG_PASS_BYTES = 16 * 2**20
+"""Bytes of one lag's temporaries in a block's moment pass (four float64 values a pair, see
+:func:`_lag_moments`); blocks are cut smaller where theirs would be larger (why larger ones
+are slower was not profiled: likely the allocator maps them afresh on every lag and the pass
+leaves the caches). ``benchmarks/bench_climatology_fit.py``
+on 2 cores (``benchmarks/results/bench_climatology_fit_cpu2.log``, two runs): 24 days of
+64×64, every step an origin, took 4.7-4.8 s in one 16 MiB block and 2.4-2.5 s in the blocks
+this bound cuts (2 MiB); 120 days of 128×256 sample their origins and keep 16 MiB blocks, as
+a year does (fixed 1 MiB blocks ran at 0.76-0.83× their speed there)."""
 
 
 def day_of_year(days: Times) -> Times:
@@ -308,9 +317,14 @@ def _fit_lazy(
     values: np.ndarray | da.Array, groups: _SlotGroups, max_lag: int, stride: int
 ) -> list[tuple[tuple[slice, slice], object]]:
     """((rows, cols) of the block, delayed :func:`_fit_block`) per time-contiguous block of
-    at most :data:`FIT_BLOCK_BYTES`."""
-    values = da.asarray(values).rechunk(
-        {0: -1, 1: "auto", 2: "auto"}, block_size_limit=FIT_BLOCK_BYTES
+    at most :data:`FIT_BLOCK_BYTES`, and small enough that a lag's pass over its pairs (origins
+    every ``stride``-th step) holds at most :data:`LAG_PASS_BYTES`."""
+    values = da.asarray(values)
+    steps = values.shape[0]
+    pairs_per_cell = -(-steps // stride)
+    per_lag = values.dtype.itemsize * steps * LAG_PASS_BYTES // (32 * pairs_per_cell)
+    values = values.rechunk(
+        {0: -1, 1: "auto", 2: "auto"}, block_size_limit=min(FIT_BLOCK_BYTES, per_lag)
     )
     row_edges = np.cumsum((0, *values.chunks[1]))
     col_edges = np.cumsum((0, *values.chunks[2]))

@@ -328,3 +328,19 @@ def test_the_fit_in_small_blocks_of_cells_equals_the_fit_in_one(monkeypatch):
     assert len(blocks) >= side * side // 4, "the cells were split into blocks of at most 4"
     np.testing.assert_array_equal(blocked.table, whole.table)
     np.testing.assert_allclose(blocked.blend_weights, whole.blend_weights, rtol=1e-9)
+
+
+def test_blocks_are_cut_by_one_lags_temporaries_so_sampled_origins_keep_them_whole(monkeypatch):
+    # a lag's pass holds four float64 values a pair: where every step is an origin, blocks
+    # shrink until one pass fits LAG_PASS_BYTES; with origins sampled, they need not
+    hours, side = 24 * 10, 8
+    values = np.zeros((hours, side, side), dtype=np.float32)
+    times = pd.date_range("2024-01-01", periods=hours, freq="h")
+    groups = climatology_module._SlotGroups.of(times.asi8, period="day", step_s=3600)
+    monkeypatch.setattr(climatology_module, "LAG_PASS_BYTES", 32 * hours * 4)  # 4 cells
+
+    every_step = climatology_module._fit_lazy(values, groups, 4, 1)
+    sampled = climatology_module._fit_lazy(values, groups, 4, hours // 4)
+
+    assert len(every_step) >= side * side // 4, "blocks of at most 4 cells"
+    assert len(sampled) == 1, "four origins a cell: every cell in one block"
