@@ -64,8 +64,8 @@ def fit_at(ds: xr.Dataset, size: float | str) -> tuple[float, np.ndarray]:
 
 
 def compare(
-    name: str, ds: xr.Dataset, sizes: tuple[float, ...]
-) -> tuple[dict[float, float], float]:
+    name: str, ds: xr.Dataset, sizes: tuple[float | str, ...]
+) -> tuple[dict[float | str, float], float]:
     """Print each size's fit time against the first size's; seconds per size and the largest
     difference of the blend weights from the first size's."""
     fit_at(ds, sizes[0])  # warm-up: imports and dask's thread pool
@@ -90,16 +90,17 @@ def main() -> None:
     feeds = {"small": (24, (64, 64)), "large": (120, (128, 256))}
     if args.quick:
         feeds = {"small": (4, (16, 16)), "large": (8, (32, 32))}
-    used, before = STPIPE, SIZES_MIB[0]
-    sizes = (*SIZES_MIB, STPIPE)
+    before = SIZES_MIB[0]
     seconds, diffs = {}, []
     for label, (days, grid) in feeds.items():
-        seconds[label], diff = compare(f"{days}d {grid[0]}x{grid[1]}", feed(days, grid, 0), sizes)
+        name = f"{days}d {grid[0]}x{grid[1]}"
+        seconds[label], diff = compare(name, feed(days, grid, 0), (*SIZES_MIB, STPIPE))
         diffs.append(diff)
+    small, large = seconds["small"], seconds["large"]
     print(
-        f"fit_s_small={seconds['small'][used]:.3f} fit_s_large={seconds['large'][used]:.3f} "
-        f"speedup_small={seconds['small'][before] / seconds['small'][used]:.3f} "
-        f"speedup_large={seconds['large'][before] / seconds['large'][used]:.3f} "
+        f"fit_s_small={small[STPIPE]:.3f} fit_s_large={large[STPIPE]:.3f} "
+        f"speedup_small={small[before] / small[STPIPE]:.3f} "
+        f"speedup_large={large[before] / large[STPIPE]:.3f} "
         f"max_weight_diff={max(diffs):.2e}"
     )
 

@@ -322,7 +322,8 @@ def _fit_lazy(
     values = da.asarray(values)
     steps = values.shape[0]
     pairs_per_cell = -(-steps // stride)
-    per_lag = values.dtype.itemsize * steps * LAG_PASS_BYTES // (32 * pairs_per_cell)
+    pair_bytes = 4 * 8  # a lag's pass holds four float64 values a pair (_lag_moments)
+    per_lag = values.dtype.itemsize * steps * LAG_PASS_BYTES // (pair_bytes * pairs_per_cell)
     values = values.rechunk(
         {0: -1, 1: "auto", 2: "auto"}, block_size_limit=min(FIT_BLOCK_BYTES, per_lag)
     )

@@ -19,8 +19,8 @@ persistence. The early-stopping score is the same quantity on the validation spl
 validation split's own reference, each lead's ratio capped at 1, mean_l min(MSE_model(l) /
 MSE_ref(l), 1): below 1 the model beats the best baseline at some lead, and a lead where it
 trails counts as that baseline, which the calibration falls back to there anyway
-(:func:`stpipe.learn.train.passes.validate`). The starting weights are scored too (epoch 0) and kept if no
-epoch beats them: a residual model starts as its baseline, a fine-tuned one as the weights it
+(:func:`stpipe.learn.train.passes.validate`). The starting weights are scored too (epoch 0)
+and kept if no epoch beats them: a residual model starts as its baseline, a fine-tuned one as the weights it
 was given (e.g. the champion's), so training never returns something worse by that score
 than where it started.
 

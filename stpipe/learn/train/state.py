@@ -21,8 +21,8 @@ class EpochLog:
     """One epoch, as the log and ``on_epoch_end`` see it.
 
     ``train_loss`` is the lead-weighted MSE in normalised units and ``val_loss`` the
-    early-stopping score, mean_l min(MSE(l)/MSE_ref(l), 1) (package docstring). ``val_rmse`` and ``val_ref_rmse``
-    (the best baseline) are per lead in the targets' physical units, pooled over target
+    early-stopping score, mean_l min(MSE(l)/MSE_ref(l), 1) (package docstring). ``val_rmse``
+    and ``val_ref_rmse`` (the best baseline) are per lead in the targets' physical units, pooled over target
     variables. ``data_wait_frac`` is the share of the epoch the device waited for the loader
     (:func:`stpipe.learn.context.iterate_on_device`).
     """
@@ -86,8 +86,8 @@ class EpochStats:
 
 @dataclass(frozen=True)
 class Validation:
-    """A validation pass: the score mean_l min(MSE(l)/MSE_ref(l), 1); per lead the model's and the
-    best baseline's MSE (normalised units, pooled over variables) and RMSE (physical)."""
+    """A validation pass: the score mean_l min(MSE(l)/MSE_ref(l), 1); per lead the model's and
+    the best baseline's MSE (normalised units, pooled over variables) and RMSE (physical)."""
 
     score: float
     mse: tuple[float, ...]
