@@ -13,16 +13,16 @@ cells (``mask`` = 1; padding, halo and missing values contribute nothing, whatev
 values) is averaged per lead, then combined with per-lead weights. With
 ``[train] lead_weighting = "baseline"`` (default) lead l weighs 1 / (L · MSE_ref(l)),
 MSE_ref(l) the validation MSE of the best of persistence, climatology and persistence +
-climatological change at that lead (computed once, before training): each lead then counts by how far it is from the reference it must beat,
-not by its raw error, which grows with the lead and would let short leads fall behind
-persistence. The early-stopping score is the same quantity on the validation split with the
-validation split's own reference, each lead's ratio capped at 1, mean_l min(MSE_model(l) /
-MSE_ref(l), 1): below 1 the model beats the best baseline at some lead, and a lead where it
-trails counts as that baseline, which the calibration falls back to there anyway
-(:func:`stpipe.learn.train.passes.validate`). The starting weights are scored too (epoch 0)
-and kept if no epoch beats them: a residual model starts as its baseline, a fine-tuned one as the weights it
-was given (e.g. the champion's), so training never returns something worse by that score
-than where it started.
+climatological change at that lead (computed once, before training): each lead then counts
+by how far it is from the reference it must beat, not by its raw error, which grows with the
+lead and would let short leads fall behind persistence. The early-stopping score is the same
+quantity on the validation split with the validation split's own reference, each lead's
+ratio capped at 1, mean_l min(MSE_model(l) / MSE_ref(l), 1): below 1 the model beats the
+best baseline at some lead, and a lead where it trails counts as that baseline, which the
+calibration falls back to there anyway (:func:`stpipe.learn.train.passes.validate`). The
+starting weights are scored too (epoch 0) and kept if no epoch beats them: a residual model
+starts as its baseline, a fine-tuned one as the weights it was given (e.g. the champion's),
+so training never returns something worse by that score than where it started.
 
 Checkpoints (:mod:`stpipe.io.checkpoint`): after every epoch ``last.pt`` holds the model,
 optimizer, scheduler and grad-scaler states, the RNG states, the epoch, the best score and

@@ -22,9 +22,9 @@ class EpochLog:
 
     ``train_loss`` is the lead-weighted MSE in normalised units and ``val_loss`` the
     early-stopping score, mean_l min(MSE(l)/MSE_ref(l), 1) (package docstring). ``val_rmse``
-    and ``val_ref_rmse`` (the best baseline) are per lead in the targets' physical units, pooled over target
-    variables. ``data_wait_frac`` is the share of the epoch the device waited for the loader
-    (:func:`stpipe.learn.context.iterate_on_device`).
+    and ``val_ref_rmse`` (the best baseline) are per lead in the targets' physical units,
+    pooled over target variables. ``data_wait_frac`` is the share of the epoch the device
+    waited for the loader (:func:`stpipe.learn.context.iterate_on_device`).
     """
 
     epoch: int
