@@ -9,6 +9,11 @@ and trains ``finetune_epochs`` at ``finetune_lr``
 model that forecasts; with ``"champion"`` and no champion yet (a pipeline's first night)
 training is in full.
 
+A version that trained on days of this run's validation window (its ``stpipe.train_end``
+tag after the window's start: a version refit on its own validation days, ``[train]
+refit``, a night or more ago) is refused too: fine-tuning it would early-stop and calibrate
+on days it has already learned, so its first epoch could never look worse than it is.
+
 A version trained for other inputs than the config describes (another model, patch shape,
 variables, leads, time step or grid: its model card against this config's), or whose
 weights do not fit the network ``[model]`` describes, is refused with one line naming each
@@ -21,6 +26,7 @@ import logging
 import re
 from dataclasses import dataclass
 
+import numpy as np
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from torch import Tensor, nn
@@ -38,6 +44,7 @@ from stpipe.tracking.registry import TAG_PREFIX
 log = logging.getLogger(__name__)
 
 INIT_FROM_TAG = TAG_PREFIX + "init_from"
+TRAIN_END_TAG = TAG_PREFIX + "train_end"
 SCRATCH = "none"
 SHOWN_KEYS = 3  # weight names listed in an error
 _MEMBER_KEY = re.compile(r"(?:^|\.)members\.(?P<index>\d+)\.(?P<name>.+)$")
@@ -72,6 +79,7 @@ def starting_point(tracking: Tracking, config: Config, data: DataContext) -> Sta
         log.info("[train] init_from = 'champion': no champion yet, so training in full")
         return StartingPoint(version=None, state=(), train=config.train)
     number = str(version.version)
+    _check_unseen_validation(tracking, config, data, version)
     state = _weights(tracking, config, data, number)
     log.info(
         "fine-tuning %s v%s for %d epoch(s) at lr %g",
@@ -98,6 +106,23 @@ def _registered_version(tracking: Tracking, wanted: str | int) -> ModelVersion |
     raise ConfigError(
         f"[train] init_from = {wanted}: {tracking.model_name} has no version {wanted} "
         f"(it has {', '.join(known) or 'none'})"
+    )
+
+
+def _check_unseen_validation(
+    tracking: Tracking, config: Config, data: DataContext, version: ModelVersion
+) -> None:
+    """ConfigError where ``version``'s ``stpipe.train_end`` tag (where its training ended;
+    none on versions from before the tag) is after this run's validation window starts."""
+    trained_to = (version.tags or {}).get(TRAIN_END_TAG, "")
+    if trained_to in ("", "end") or np.datetime64(trained_to, "ns") <= data.splits.val_start:
+        return
+    window = data.splits.describe()["val_window"]
+    raise ConfigError(
+        f"[train] init_from = {config.train.init_from!r}: {tracking.model_name} "
+        f"v{version.version} trained on days up to {trained_to}, inside this run's "
+        f"validation window {window}: fine-tuning it would early-stop and calibrate on days "
+        "it has learned; set [train] init_from = 'none' to train in full"
     )
 
 

@@ -188,8 +188,9 @@ def run_training(
 
     Training starts where ``[train] init_from`` says (:mod:`stpipe.app.finetune`: the
     seeded initialisation, or the champion's or a version's weights, fine-tuned). The run
-    and the version are tagged with the windows of the split (``stpipe.train_end``,
-    ``stpipe.val_window``, ``stpipe.test_window``) and ``stpipe.init_from``.
+    and the version are tagged with the windows of the split (``stpipe.train_end``: the
+    validation window's end with ``[train] refit``, ``stpipe.val_window``,
+    ``stpipe.test_window``) and ``stpipe.init_from``.
 
     Under DDP every rank trains; only rank 0 writes to MLflow and gets the outcome (the
     other ranks return None; they read the starting weights from the registry too).
@@ -232,7 +233,9 @@ def run_training(
                 on_epoch_end=runs.epoch_logger(tracking, run_id, leads=data.spec.leads),
                 init_from=start.state,
             )
-            runs.log_system(tracking, run_id, result)
+            if result.refit:  # it trained through the validation window too
+                tags |= registry.window_tags(data.splits.through_validation().describe())
+            runs.log_system(tracking, run_id, result, tags=tags)
             test = evaluate_model(result.model, data, split="test", device=config.train.device)
             sample = sample_maps(result.model, data, split="test", device=config.train.device)
             with tempfile.TemporaryDirectory() as tmp:

@@ -1,8 +1,10 @@
 """Promotion, the last stage of training: the candidate against the champion, then the
 version registered with its alias (:mod:`stpipe.tracking.registry` holds the rule).
 
-Both are scored on the validation windows of the store as it is now, each through its own
-card: a champion trained with another patch size, halo or inputs is fed patches cut as it
+Both are scored on the validation window of the store as it is now, or on its test window
+where ``[train] refit`` trained the candidate on the validation days (:func:`scored_window`:
+the window neither has trained on, the champion having ended its training a night or more
+before), each through its own card: a champion trained with another patch size, halo or inputs is fed patches cut as it
 was trained. A champion that forecasts other targets, leads or time steps than the
 candidate, or that the store cannot feed, cannot be scored against it: it stays champion
 and the candidate becomes challenger, the reason saying why. The candidate is scored with
@@ -28,6 +30,7 @@ from torch import nn
 from stpipe.app.config import Config
 from stpipe.core.card import ModelCard, card_for
 from stpipe.core.patches import PatchSpec
+from stpipe.core.splits import SplitName
 from stpipe.learn.context import DataContext, load_data_context
 from stpipe.learn.evaluate import evaluate_model
 from stpipe.tracking import registry, runs
@@ -83,21 +86,34 @@ def score_promotion(
     return _against_champion(tracking, config, data, candidate.card, score, baselines)
 
 
+# The words for a scored window in decisions and tags.
+WINDOW_NAMES: dict[SplitName, str] = {"val": "validation", "test": "test"}
+
+
+def scored_window(config: Config) -> SplitName:
+    """The split promotion scores on: validation, or test with ``[train] refit`` (whose
+    candidate trained on the validation days)."""
+    return "test" if config.train.refit else "val"
+
+
 def _candidate_scores(
     candidate: nn.Module, config: Config, data: DataContext
 ) -> tuple[float, registry.BaselineMargins]:
-    """The candidate's ``[mlflow] metric`` on the validation window, and its margins over the
-    best baseline per lead there (:func:`stpipe.tracking.registry.baseline_margins`)."""
+    """The candidate's ``[mlflow] metric`` on the :func:`scored_window`, and its margins over
+    the best baseline per lead there (:func:`stpipe.tracking.registry.baseline_margins`)."""
     metric = config.mlflow.metric
-    validation = evaluate_model(candidate, data, split="val", device=config.train.device)
+    window = scored_window(config)
+    scored = evaluate_model(candidate, data, split=window, device=config.train.device)
     margins = registry.baseline_margins(
-        validation, metric, tolerance=config.mlflow.baseline_tolerance
+        scored, metric, tolerance=config.mlflow.baseline_tolerance, window=WINDOW_NAMES[window]
     )
-    return registry.promotion_score(validation, metric), margins
+    return registry.promotion_score(scored, metric), margins
 
 
-def _validate(model: nn.Module, config: Config, data: DataContext) -> xr.Dataset:
-    return evaluate_model(model, data, split="val", baselines=False, device=config.train.device)
+def _score_champion(model: nn.Module, config: Config, data: DataContext) -> xr.Dataset:
+    return evaluate_model(
+        model, data, split=scored_window(config), baselines=False, device=config.train.device
+    )
 
 
 def _against_champion(
@@ -111,9 +127,12 @@ def _against_champion(
     """The decision for a candidate with ``card``, validation ``score`` and margins over the
     baselines ``baselines``."""
     metric = config.mlflow.metric
+    window = WINDOW_NAMES[scored_window(config)]
     current = registry.champion(tracking)
     if current is None:
-        return registry.decide(metric=metric, candidate_score=score, baselines=baselines)
+        return registry.decide(
+            metric=metric, candidate_score=score, baselines=baselines, window=window
+        )
     version = str(current.version)
     champion = load_model(tracking, f"models:/{tracking.model_name}/{version}")
     spec = patch_spec_of(champion.card, config)
@@ -129,14 +148,16 @@ def _against_champion(
             f"({'; '.join(problems)}), so it stays champion; set the alias by hand if the "
             "candidate should forecast",
             baseline_margin=baselines.smallest,
+            window=window,
         )
     own = data_for_spec(config, data, spec)
     return registry.decide(
         metric=metric,
         candidate_score=score,
         champion_version=version,
-        champion_score=registry.promotion_score(_validate(champion, config, own), metric),
+        champion_score=registry.promotion_score(_score_champion(champion, config, own), metric),
         baselines=baselines,
+        window=window,
     )
 
 

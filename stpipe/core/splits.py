@@ -5,7 +5,7 @@ Pure numpy: times are ``datetime64[ns]`` (naive UTC), steps are seconds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
@@ -24,15 +24,17 @@ TimeRange = tuple[np.datetime64, np.datetime64]
 class Splits:
     """Train/val/test time ranges from ``[split]``: half-open ``[start, stop)``.
 
-    ``train = [train_start or first, val_start)``, ``val = [val_start, test_start)``,
-    ``test = [test_start, test_end or end)``; ``all`` is the whole store. A window
-    belongs to a split only when every one of its steps does, so no sample leaks across.
+    ``train = [train_start or first, train_end or val_start)``, ``val = [val_start,
+    test_start)``, ``test = [test_start, test_end or end)``; ``all`` is the whole store. A
+    window belongs to a split only when every one of its steps does, so no sample leaks
+    across. ``train_end`` is set only by :meth:`through_validation`.
     """
 
     val_start: np.datetime64
     test_start: np.datetime64
     train_start: np.datetime64 | None = None
     test_end: np.datetime64 | None = None
+    train_end: np.datetime64 | None = None
 
     @classmethod
     def from_settings(cls, section: SplitSection, *, times: np.ndarray | None = None) -> Splits:
@@ -90,6 +92,11 @@ class Splits:
             val_start=val_start, test_start=test_start, train_start=train_start, test_end=end
         )
 
+    def through_validation(self) -> Splits:
+        """These splits with the validation window in the train split too (a refit on train
+        + validation, ``[train] refit``); validation and test unchanged."""
+        return replace(self, train_end=self.test_start)
+
     def describe(self) -> dict[str, str]:
         """The windows as text: ``train_end``, ``val_window``, ``test_window`` (half-open)."""
 
@@ -98,7 +105,7 @@ class Splits:
 
         val, test = text(self.val_start), text(self.test_start)
         return {
-            "train_end": val,
+            "train_end": text(self.train_end or self.val_start),
             "val_window": f"[{val}, {test})",
             "test_window": f"[{test}, {text(self.test_end)})",
         }
@@ -106,7 +113,7 @@ class Splits:
     def time_range(self, split: SplitName) -> tuple[np.datetime64 | None, np.datetime64 | None]:
         """(start, stop) of a split; None means the start or end of the store."""
         ranges = {
-            "train": (self.train_start, self.val_start),
+            "train": (self.train_start, self.train_end or self.val_start),
             "val": (self.val_start, self.test_start),
             "test": (self.test_start, self.test_end),
             "all": (None, None),

@@ -42,7 +42,8 @@ class Forecaster(nn.Module):
     Calibration (:func:`stpipe.learn.train.calibrate`, after training): a forecaster with
     ``calibratable`` true has ``uncalibrated_forecast(batch)`` and the ``anchor`` [L, V_out, 4]
     and ``shrink`` [L, V_out] buffers the calibration fits (:class:`stpipe.models.scnn.ScnnRnn`);
-    ``reset_calibration()`` returns it to its uncalibrated forecast before training, and
+    ``reset_calibration()`` returns it to its uncalibrated forecast before training,
+    ``load_calibration(other)`` takes another's (a refit's), and
     ``forecast_and_reference(batch)`` gives the forecast with that reference.
     """
 
@@ -85,6 +86,10 @@ class Forecaster(nn.Module):
 
     def reset_calibration(self) -> None:
         """Back to the uncalibrated forecast; nothing to do without a calibration."""
+
+    def load_calibration(self, calibrated: Forecaster) -> None:
+        """Take the calibration of ``calibrated``, the same network trained otherwise (a
+        refit, ``[train] refit``); nothing to do without a calibration."""
 
     def forecast_and_reference(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
         """``forward(batch)`` and the reference its calibration blends with, [B, L, V_out,

@@ -168,6 +168,11 @@ class ScnnRnn(Forecaster):
         self.anchor.zero_()
         self.shrink.fill_(1.0)
 
+    def load_calibration(self, calibrated: Forecaster) -> None:
+        """``calibrated``'s reference and model weight per lead and variable."""
+        self.anchor.copy_(calibrated.get_buffer("anchor"))
+        self.shrink.copy_(calibrated.get_buffer("shrink"))
+
     def forward(self, batch: Batch) -> Tensor:
         return self.forecast_and_reference(batch)[0]
 

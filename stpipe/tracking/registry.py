@@ -2,7 +2,8 @@
 
 Every training registers a new version. The alias ``champion`` names the version that
 forecasts; it moves to a candidate only when the candidate scores better (lower) on
-``[mlflow] metric`` than the champion on the same validation window; otherwise the
+``[mlflow] metric`` than the champion on the same validation window (the test window where
+the candidate trained on the validation days, ``[train] refit``); otherwise the
 candidate gets the alias ``challenger``. Ties keep the champion; the first version becomes
 champion. A candidate worse than the best baseline at any lead of that window by more than
 ``[mlflow] baseline_tolerance`` (:class:`BaselineMargins`) is never promoted, not even as the
@@ -52,7 +53,8 @@ WINDOW_KEYS = ("train_end", "val_window", "test_window")
 
 @dataclass(frozen=True)
 class Promotion:
-    """The outcome of comparing a candidate with the champion on one validation window.
+    """The outcome of comparing a candidate with the champion on one ``window`` (validation,
+    or test after a refit).
 
     Scores are ``[mlflow] metric`` (lower is better); ``champion_score`` is None when there
     was no champion to compare with (``reason`` says why). ``baseline_margin`` is the
@@ -67,6 +69,7 @@ class Promotion:
     champion_score: float | None
     reason: str
     baseline_margin: float | None = None
+    window: str = "validation"
 
     @property
     def promoted(self) -> bool:
@@ -82,13 +85,15 @@ class Promotion:
             "champion_score": "" if self.champion_score is None else repr(self.champion_score),
             "reason": self.reason,
             "baseline_margin": "" if self.baseline_margin is None else repr(self.baseline_margin),
+            "promotion_window": self.window,
         }
         return {TAG_PREFIX + k: str(v) for k, v in values.items()}
 
 
 @dataclass(frozen=True)
 class BaselineMargins:
-    """The candidate against the best baseline at each lead of the validation window.
+    """The candidate against the best baseline at each lead of the ``window`` it is scored
+    on (validation, or test after a refit).
 
     ``margins`` [L]: 1 − candidate / best baseline on ``metric``, the per-lead error that
     ``[mlflow] metric`` averages (> 0: the candidate beats every baseline at that lead);
@@ -101,6 +106,7 @@ class BaselineMargins:
     best: tuple[str, ...]
     margins: tuple[float, ...]
     tolerance: float
+    window: str = "validation"
 
     @property
     def smallest(self) -> float:
@@ -120,14 +126,16 @@ class BaselineMargins:
         if not worse:
             return None
         return (
-            f"worse than {', '.join(worse)} ({self.metric} on the validation window; "
+            f"worse than {', '.join(worse)} ({self.metric} on the {self.window} window; "
             f"tolerance {100 * self.tolerance:g} %)"
         )
 
 
-def baseline_margins(evaluation: xr.Dataset, metric: str, *, tolerance: float) -> BaselineMargins:
-    """:class:`BaselineMargins` of the model of ``evaluation`` (scored with its baselines)
-    on the per-lead metric that ``[mlflow] metric`` ``metric`` averages."""
+def baseline_margins(
+    evaluation: xr.Dataset, metric: str, *, tolerance: float, window: str = "validation"
+) -> BaselineMargins:
+    """:class:`BaselineMargins` of the model of ``evaluation`` (scored with its baselines on
+    ``window``) on the per-lead metric that ``[mlflow] metric`` ``metric`` averages."""
     per_lead = per_lead_metric(metric, headline(evaluation)) or headline(evaluation)
     best, _ = best_baseline(evaluation, per_lead)
     return BaselineMargins(
@@ -136,6 +144,7 @@ def baseline_margins(evaluation: xr.Dataset, metric: str, *, tolerance: float) -
         best=best,
         margins=margins(evaluation, per_lead),
         tolerance=tolerance,
+        window=window,
     )
 
 
@@ -147,13 +156,14 @@ def decide(
     champion_score: float | None = None,
     unscored: str = "no champion yet",
     baselines: BaselineMargins | None = None,
+    window: str = "validation",
 ) -> Promotion:
     """The promotion rule of the module docstring.
 
     ``champion_score`` None means the champion could not be scored (``unscored`` says why:
     there is none, or it was trained for other inputs): the candidate wins. A candidate
     whose score is not finite never wins, nor one that ``baselines`` (its margins over the
-    best baseline per lead on the same window) finds worse than a baseline at some lead.
+    best baseline per lead on the same ``window``) finds worse than a baseline at some lead.
     """
     alias: Alias
     shortfall = None if baselines is None else baselines.shortfall()
@@ -177,6 +187,7 @@ def decide(
         champion_score=champion_score,
         reason=reason,
         baseline_margin=None if baselines is None else baselines.smallest,
+        window=window,
     )
 
 

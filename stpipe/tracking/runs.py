@@ -163,20 +163,22 @@ def log_evaluation(
             tracking.client.log_artifact(run_id, str(path), "plots")
 
 
-def log_system(tracking: Tracking, run_id: str, result: TrainResult) -> None:
-    """Device, versions, throughput and size of a finished training; its epochs, best epoch
-    and best validation score at step 0, and of several members (``[train] members``) each
-    member's at step = its index."""
+def log_system(
+    tracking: Tracking, run_id: str, result: TrainResult, *, tags: Mapping[str, str] | None = None
+) -> None:
+    """Device, versions, throughput and size of a finished training, and ``tags``; its
+    epochs, best epoch, best validation score and refit epochs (``[train] refit``) at step
+    0, and of several members (``[train] members``) each member's at step = its index."""
     history = result.history
     samples_per_s = sum(e.samples_per_s for e in history) / len(history) if history else math.nan
-    tags = {
+    system = {
         "system.device": result.device,
         "system.torch": torch.__version__,
         "system.python": platform.python_version(),
         "system.platform": platform.platform(),
         "train.run_key": result.run_key,
         "train.stopped_early": str(result.stopped_early).lower(),
-    }
+    } | dict(tags or {})
     now = int(time.time() * 1000)
     values = {
         "train_samples_per_s": samples_per_s,
@@ -189,12 +191,13 @@ def log_system(tracking: Tracking, run_id: str, result: TrainResult) -> None:
             Metric("epochs", float(len(run.history)), now, step),
             Metric("best_epoch", float(run.best_epoch), now, step),
             Metric("best_val_score", run.best_score, now, step),
+            Metric("refit_epochs", float(run.refit_epochs), now, step),
         ]
     with tracking_errors(tracking.uri, f"log system facts of run {run_id}"):
         tracking.client.log_batch(
             run_id,
             metrics=_finite(metrics),
-            tags=[RunTag(k, v) for k, v in tags.items()],
+            tags=[RunTag(k, v) for k, v in system.items()],
         )
 
 

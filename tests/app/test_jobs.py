@@ -380,6 +380,12 @@ def test_a_champion_trained_for_another_store_is_refused(trained, tmp_path: Path
         ({"model.name": "scnn_lstm", "model.hidden": 8}, r"model convlstm vs scnn_lstm"),
         ({"model.hidden": [6]}, r"weight \S+ \[\d+, \d+(, \d+)*\] vs \[\d+, \d+(, \d+)*\]"),
         ({"train.init_from": 99}, r"init_from = 99: tiny-t2m has no version 99 \(it has [\d, ]+\)"),
+        # v1 trained until 2024-01-04: a validation window from 01-03 holds days it learned
+        (
+            {"split.val_start": "2024-01-03"},
+            r"v1 trained on days up to 2024-01-04T00:00:00, inside this run's validation window "
+            r"\[2024-01-03T00:00:00, 2024-01-05T00:00:00\)",
+        ),
     ],
 )
 def test_fine_tuning_refuses_a_version_that_does_not_fit_before_a_run_starts(

@@ -30,11 +30,11 @@ def with_patches(config: Config, **changes) -> Config:
     return config.model_copy(update={"patches": config.patches.model_copy(update=changes)})
 
 
-def persistence_score(config: Config) -> float:
-    """The promotion metric of persistence on the validation windows of ``config``."""
+def persistence_score(config: Config, split: str = "val") -> float:
+    """The promotion metric of persistence on the ``split`` window of ``config``."""
     data = data_context(config)
     model = build_forecaster(config.model, data, name="persistence").eval()
-    evaluation = evaluate_model(model, data, split="val", baselines=False)
+    evaluation = evaluate_model(model, data, split=split, baselines=False)
     return registry.promotion_score(evaluation, config.mlflow.metric)
 
 
@@ -89,6 +89,32 @@ def test_a_champion_the_store_cannot_feed_stays_champion(tmp_path: Path) -> None
     assert "variables ['t2m', 'u10'] vs ['t2m'] (champion vs store)" in candidate.reason
     assert "grid lat×lon 20×24" in candidate.reason
     assert registry.aliases(tracking_for(first)) == {"champion": "1", "challenger": "2"}
+
+
+def test_after_a_refit_both_are_scored_on_the_test_window_the_candidate_never_trained_on(
+    tmp_path: Path,
+) -> None:
+    config = pipeline(tmp_path)
+    refit = config.model_copy(update={"train": config.train.model_copy(update={"refit": True})})
+    assert register_baseline(refit).promoted  # v1: persistence
+
+    worse = register_baseline(refit, offset=1.0)  # v2: persistence + 1 K
+
+    assert worse.alias == "challenger" and worse.window == "test", worse
+    on_test, on_val = persistence_score(refit, "test"), persistence_score(refit, "val")
+    assert worse.champion_score == pytest.approx(on_test, rel=1e-5)
+    assert abs(on_test - on_val) > 1e-3 * on_val, "the two windows score differently"
+    tags = tracking_for(config).client.get_model_version("tiny-t2m", "2").tags
+    assert tags["stpipe.promotion_window"] == "test"
+
+    # the baselines are judged on the same window, and the refusal says which
+    strict = refit.model_copy(
+        update={"mlflow": refit.mlflow.model_copy(update={"baseline_tolerance": 0.02})}
+    )
+    refused = register_baseline(strict, offset=1.0)
+    assert (
+        refused.alias == "challenger" and "rmse_lat_weighted on the test window;" in refused.reason
+    ), refused
 
 
 # --- two promotions at once -------------------------------------------------------------------

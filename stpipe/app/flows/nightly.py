@@ -91,7 +91,7 @@ class NightReport:
         lines += [
             "",
             f"**Promotion**: v{self.training.version} → `{promotion.alias}` ({promotion.reason}); "
-            f"{promotion.metric} on validation: candidate {promotion.candidate_score:.4g}, "
+            f"{promotion.metric} on {promotion.window}: candidate {promotion.candidate_score:.4g}, "
             f"{champion}.",
             "",
             table.to_markdown(),

@@ -42,8 +42,10 @@ class EpochLog:
 
 @dataclass(frozen=True, eq=False)
 class TrainResult:
-    """A finished run. ``model`` (CPU, eval mode) and ``state`` are the best epoch's;
-    ``best_epoch`` 0 means no epoch beat the starting weights (``initial_score``).
+    """A finished run. ``model`` (CPU, eval mode) and ``state`` are the best epoch's, or
+    with ``refit_epochs`` > 0 the refit's (``[train] refit``: that many epochs on train +
+    validation); ``best_epoch`` 0 means no epoch beat the starting weights
+    (``initial_score``). The history and scores are the held-out run's.
 
     Of several members (:mod:`~stpipe.learn.train.members`): ``model`` is their mean,
     ``members`` each member's result, and the scores and early stopping member 0's."""
@@ -64,6 +66,12 @@ class TrainResult:
     seconds: float
     n_parameters: int
     members: tuple[TrainResult, ...] = ()
+    refit_epochs: int = 0
+
+    @property
+    def refit(self) -> bool:
+        """Whether it (one member at least) trained on the validation days too."""
+        return any(run.refit_epochs for run in self.members or (self,))
 
 
 @dataclass(frozen=True)

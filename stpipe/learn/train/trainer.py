@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,36 +76,22 @@ def train_model(
     initialisation, for nightly fine-tuning; it is part of the run key. ``on_epoch_end`` runs
     on rank 0 after each epoch's checkpoint is on disk: a job layer logs metrics there, and
     an exception it raises stops training with that checkpoint kept (a re-run resumes).
+    With ``[train] refit``, where an epoch beat the start, the model returned is
+    :func:`refit`'s; the scores and epochs of the result stay this run's.
     """
     started = time.perf_counter()
     dist = Distributed.from_env()
     init_process_group(dist)
     device = resolve_device(train.device, dist)
-    key = run_key(
-        run_identity(data, model, train),
-        store_digest=data.store_digest,
-        device=device.type,
-        init_digest=state_digest(init_from) if init_from is not None else "",
-    )
-    checkpoint_dir = checkpoint_root / key
-    saved = load_checkpoint(checkpoint_dir / LAST) if resume else None
-    with determinism(device, seed=train.seed):
-        trainer = Trainer.setup(
-            data,
-            model=model,
-            train=train,
-            device=device,
-            dist=dist,
-            init_from=init_from,
-            saved=saved,
-        )
-        if saved is not None:
-            log.info("run %s: resuming after epoch %d", key, trainer.state.epoch)
-        trainer.run_epochs(
-            checkpoint=checkpoint_dir / LAST, on_epoch_end=on_epoch_end, progress=progress
-        )
+    run = RunPlace(checkpoint_root, device, dist, resume=resume, progress=progress)
+    trainer, key = run.train(data, model, train, init_from=init_from, on_epoch_end=on_epoch_end)
     final = trainer.finish()
     state = trainer.state
+    refit_epochs = state.best_epoch if train.refit else 0
+    if refit_epochs:
+        final = refit(
+            run, data, model, train, init_from=init_from, calibrated=final, epochs=refit_epochs
+        )
     return TrainResult(
         model=final,
         state=cpu_state(final),
@@ -115,18 +101,109 @@ def train_model(
         initial_score=state.initial_score,
         stopped_early=state.stopped_early(train),
         run_key=key,
-        checkpoint_dir=checkpoint_dir,
+        checkpoint_dir=checkpoint_root / key,
         device=str(device),
         norm_mean=data.norm_mean,
         norm_std=data.norm_std,
         climatology=data.climatology,
         seconds=time.perf_counter() - started,
         n_parameters=trainer.n_parameters,
+        refit_epochs=refit_epochs,
     )
 
 
-# Keys that change how fast or how visibly a run goes, not the weights it ends with.
-_SPEED_ONLY = {"num_workers", "device"}
+@dataclass(frozen=True)
+class RunPlace:
+    """Where and how a run trains: its checkpoints' root, device, ranks, and whether it
+    resumes a checkpoint and draws progress."""
+
+    checkpoint_root: Path
+    device: torch.device
+    dist: Distributed
+    resume: bool = True
+    progress: bool = True
+
+    def train(
+        self,
+        data: DataContext,
+        model: ModelSection,
+        train: TrainSection,
+        *,
+        init_from: Mapping[str, Tensor] | None,
+        on_epoch_end: Callable[[EpochLog], None] | None = None,
+        extra_identity: Mapping[str, Any] | None = None,
+        stop_after: int | None = None,
+    ) -> tuple[Trainer, str]:
+        """Set up (or resume) and run the epochs of one run; the trainer and its run key
+        (of :func:`run_identity` and ``extra_identity``). ``stop_after``: the last epoch."""
+        key = run_key(
+            run_identity(data, model, train) | dict(extra_identity or {}),
+            store_digest=data.store_digest,
+            device=self.device.type,
+            init_digest=state_digest(init_from) if init_from is not None else "",
+        )
+        checkpoint = self.checkpoint_root / key / LAST
+        saved = load_checkpoint(checkpoint) if self.resume else None
+        with determinism(self.device, seed=train.seed):
+            trainer = Trainer.setup(
+                data,
+                model=model,
+                train=train,
+                device=self.device,
+                dist=self.dist,
+                init_from=init_from,
+                saved=saved,
+            )
+            if saved is not None:
+                log.info("run %s: resuming after epoch %d", key, trainer.state.epoch)
+            trainer.run_epochs(
+                checkpoint=checkpoint,
+                on_epoch_end=on_epoch_end,
+                progress=self.progress,
+                stop_after=stop_after,
+            )
+        return trainer, key
+
+
+def refit(
+    run: RunPlace,
+    data: DataContext,
+    model: ModelSection,
+    train: TrainSection,
+    *,
+    init_from: Mapping[str, Tensor] | None,
+    calibrated: Forecaster,
+    epochs: int,
+) -> Forecaster:
+    """``[train] refit``: the run of ``calibrated`` again, from the same start and seed, on
+    train + validation (:meth:`~stpipe.core.splits.Splits.through_validation`), stopped
+    after ``epochs`` epochs of the same schedule (over ``[train] epochs``); its last
+    weights with ``calibrated``'s calibration, which the validation days chose while held
+    out. Those days are in its train split now: its validation scores are logged but choose
+    nothing (no early stopping, no best epoch). The climatology and normalisation stay the
+    train split's, as the baselines that evaluation and promotion compute.
+
+    Measured on a few weeks of data, ``benchmarks/bench_quality.py`` with ``--set
+    train.refit=true``: the README's quality section.
+    """
+    log.info("refit on train + validation: %d epoch(s)", epochs)
+    fitted = replace(data, splits=data.splits.through_validation())
+    unstopped = train.model_copy(update={"patience": train.epochs})
+    trainer, key = run.train(
+        fitted,
+        model,
+        unstopped,
+        init_from=init_from,
+        extra_identity={"refit_epochs": epochs},
+        stop_after=epochs,
+    )
+    log.info("refit run %s done", key)
+    return trainer.finish(calibration_from=calibrated)
+
+
+# Keys that do not change the weights a run ends with: how fast or how visibly it goes, and
+# whether a refit (a run of its own, with its own key) follows it.
+_NOT_WEIGHTS = {"num_workers", "device", "refit"}
 
 
 def run_identity(data: DataContext, model: ModelSection, train: TrainSection) -> dict[str, Any]:
@@ -137,7 +214,7 @@ def run_identity(data: DataContext, model: ModelSection, train: TrainSection) ->
         "patches": asdict(data.spec),
         "split": splits,
         "model": model.model_dump(mode="json"),
-        "train": {k: v for k, v in train_values.items() if k not in _SPEED_ONLY},
+        "train": {k: v for k, v in train_values.items() if k not in _NOT_WEIGHTS},
         "validation_score": VALIDATION_SCORE,
     }
 
@@ -275,17 +352,20 @@ class Trainer:
         checkpoint: Path | None = None,
         on_epoch_end: Callable[[EpochLog], None] | None = None,
         progress: bool = False,
+        stop_after: int | None = None,
     ) -> None:
-        """Epoch after epoch until ``[train] epochs`` or early stopping (``patience``).
+        """Epoch after epoch until ``[train] epochs``, early stopping (``patience``) or
+        epoch ``stop_after``.
 
         After each epoch rank 0 writes ``checkpoint`` (when given) and logs the epoch, every
         rank waits for the others, then rank 0 calls ``on_epoch_end``.
         """
         with ProgressBar(enabled=progress and self.dist.is_main) as bar:
-            while not self.state.finished(self.cfg):
+            last = min(self.cfg.epochs, stop_after or self.cfg.epochs)
+            while not self.state.finished(self.cfg) and self.state.epoch < last:
                 epoch = self.state.epoch + 1
                 steps = len(self.train_loader)
-                entry = self.run_epoch(epoch, on_step=bar.epoch(epoch, self.cfg.epochs, steps))
+                entry = self.run_epoch(epoch, on_step=bar.epoch(epoch, last, steps))
                 if self.dist.is_main:
                     if checkpoint is not None:
                         save_checkpoint(checkpoint, self.checkpoint_payload())
@@ -300,11 +380,16 @@ class Trainer:
             model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler
         )
 
-    def finish(self) -> Forecaster:
+    def finish(self, *, calibration_from: Forecaster | None = None) -> Forecaster:
         """The best epoch's model (the starting weights if no epoch beat them), on the CPU in
         eval mode; calibrated on the validation split (:func:`calibrate`) when ``[train]
-        calibrate`` is on and the model is ``calibratable``."""
+        calibrate`` is on and the model is ``calibratable``. With ``calibration_from`` (a
+        refit): the last epoch's weights with that model's calibration."""
         final = build_forecaster(self.model_cfg, self.data)
+        if calibration_from is not None:
+            _load_weights(final, cpu_state(self.model), origin="last epoch")
+            final.load_calibration(calibration_from)
+            return final.eval()
         _load_weights(final, self.state.best_state or cpu_state(self.model), origin="best epoch")
         final.eval()
         if self.cfg.calibrate and final.calibratable:
