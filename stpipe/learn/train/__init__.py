@@ -5,7 +5,9 @@ One epoch: the train split's patches (shuffled by ``(seed, epoch)``, at most
 ``[train] max_batches_per_epoch`` batches) through AdamW with a warm-up + cosine (or
 OneCycle) schedule and gradient clipping; then the validation split (at most
 ``max_val_batches`` batches) for the early-stopping score. The model returned has the
-weights of the best validation epoch.
+weights of the best validation epoch; with ``[train] refit``, those of a second run from the
+same start on train + validation for that many epochs, with the first run's calibration
+(:func:`~stpipe.learn.train.trainer.refit`).
 
 Loss (normalised units, NaN-safe): the model predicts physical units; prediction and target
 are normalised with the model's target statistics and the squared error over real target
