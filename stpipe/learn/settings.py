@@ -7,7 +7,7 @@ version number of ``[mlflow] model_name``. A run that starts from registered wei
 ``"champion"`` and no champion yet (a pipeline's first night) it trains in full.
 
 ``refit`` trains each of them once more on train + validation for the epochs early
-stopping chose (:func:`stpipe.learn.train.trainer.train_model`).
+stopping chose (:func:`stpipe.learn.train.run.train_model`).
 
 ``members`` trains that many models, with seeds ``seed``, ``seed + 1``, …, and forecasts
 their mean (:mod:`stpipe.learn.train.members`); a fine-tune starts each member from the

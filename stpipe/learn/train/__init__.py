@@ -7,7 +7,7 @@ OneCycle) schedule and gradient clipping; then the validation split (at most
 ``max_val_batches`` batches) for the early-stopping score. The model returned has the
 weights of the best validation epoch; with ``[train] refit``, those of a second run from the
 same start on train + validation for that many epochs, with the first run's calibration
-(:func:`~stpipe.learn.train.trainer.refit`).
+(:func:`~stpipe.learn.train.run.refit`).
 
 Loss (normalised units, NaN-safe): the model predicts physical units; prediction and target
 are normalised with the model's target statistics and the squared error over real target
@@ -38,7 +38,8 @@ wrapped in DistributedDataParallel, each rank reads its shard, sums are all-redu
 rank 0 writes checkpoints, logs and draws the progress bar.
 
 Modules: :mod:`~stpipe.learn.train.trainer` (:class:`Trainer`: ``setup``, ``run_epochs``,
-``finish``; :func:`train_model` composes them), ``members`` (:func:`train_members`: ``[train]
+``finish``), ``run`` (:func:`train_model` composes them under a run key; ``refit``),
+``members`` (:func:`train_members`: ``[train]
 members`` runs and their mean), ``loss``, ``step`` (:class:`TrainStep`),
 ``passes`` (:func:`train_epoch`, :func:`validate`), ``calibration``, ``state``, ``optim``,
 ``runtime`` (precision, determinism), ``distributed``, ``progress``.
@@ -49,16 +50,11 @@ from stpipe.learn.train.loss import loss_lead_weights, masked_errors, weighted_l
 from stpipe.learn.train.members import train_members
 from stpipe.learn.train.optim import make_optimizer, make_scheduler
 from stpipe.learn.train.passes import train_epoch, validate
+from stpipe.learn.train.run import train_model
 from stpipe.learn.train.runtime import determinism, resolve_precision, use_channels_last
 from stpipe.learn.train.state import EpochLog, EpochStats, TrainResult, Validation
 from stpipe.learn.train.step import TrainStep
-from stpipe.learn.train.trainer import (
-    Trainer,
-    reference_loader,
-    run_identity,
-    split_loaders,
-    train_model,
-)
+from stpipe.learn.train.trainer import Trainer, reference_loader, run_identity, split_loaders
 
 __all__ = [
     "REFERENCES",

@@ -1,6 +1,6 @@
 """``[train] members``: train that many models with seeds seed, seed+1, … and average them.
 
-Each member is a run of its own (:func:`~stpipe.learn.train.trainer.train_model` with
+Each member is a run of its own (:func:`~stpipe.learn.train.run.train_model` with
 :meth:`~stpipe.learn.settings.TrainSection.member`): its run key, checkpoints, early
 stopping and calibration are a single model's, so member 0 is the run that ``members = 1``
 would be (its checkpoints serve both) and a re-run resumes each member where it stopped.
@@ -18,8 +18,8 @@ from torch import Tensor
 
 from stpipe.learn.context import DataContext
 from stpipe.learn.settings import TrainSection
+from stpipe.learn.train.run import train_model
 from stpipe.learn.train.state import EpochLog, TrainResult, cpu_state
-from stpipe.learn.train.trainer import train_model
 from stpipe.models.ensemble import MemberMean
 from stpipe.models.settings import ModelSection
 
