@@ -215,7 +215,7 @@ def print_summary(summary: DemoSummary, *, console: Console) -> None:
 
     last = summary.last
     nights = Table(title="Nights replayed", title_justify="left")
-    for column in ("night", "data through", "ingested", "version", "decision", "validation"):
+    for column in ("night", "data through", "ingested", "version", "decision", "promotion score"):
         nights.add_column(column)
     for i, night in enumerate(summary.nights):
         p = night.training.promotion
@@ -228,7 +228,7 @@ def print_summary(summary: DemoSummary, *, console: Console) -> None:
             f"{len(night.ingest.ingested)} file(s)",
             f"v{night.training.version}",
             p.alias,
-            f"{p.metric} {p.candidate_score:.4g}{champion}",
+            f"{p.metric} on {p.window} {p.candidate_score:.4g}{champion}",
         )
     leads = lead_table(last.champion, role="champion", model_version=last.champion_version)
     console.print(nights, leads.to_rich())

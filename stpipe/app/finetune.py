@@ -26,7 +26,6 @@ import logging
 import re
 from dataclasses import dataclass
 
-import numpy as np
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from torch import Tensor, nn
@@ -44,7 +43,6 @@ from stpipe.tracking.registry import TAG_PREFIX
 log = logging.getLogger(__name__)
 
 INIT_FROM_TAG = TAG_PREFIX + "init_from"
-TRAIN_END_TAG = TAG_PREFIX + "train_end"
 SCRATCH = "none"
 SHOWN_KEYS = 3  # weight names listed in an error
 _MEMBER_KEY = re.compile(r"(?:^|\.)members\.(?P<index>\d+)\.(?P<name>.+)$")
@@ -112,10 +110,10 @@ def _registered_version(tracking: Tracking, wanted: str | int) -> ModelVersion |
 def _check_unseen_validation(
     tracking: Tracking, config: Config, data: DataContext, version: ModelVersion
 ) -> None:
-    """ConfigError where ``version``'s ``stpipe.train_end`` tag (where its training ended;
-    none on versions from before the tag) is after this run's validation window starts."""
-    trained_to = (version.tags or {}).get(TRAIN_END_TAG, "")
-    if trained_to in ("", "end") or np.datetime64(trained_to, "ns") <= data.splits.val_start:
+    """ConfigError where ``version``'s training ended after this run's validation window
+    starts (:func:`stpipe.tracking.registry.trained_after`)."""
+    trained_to = registry.trained_after(version, data.splits.val_start)
+    if trained_to is None:
         return
     window = data.splits.describe()["val_window"]
     raise ConfigError(

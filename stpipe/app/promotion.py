@@ -2,10 +2,11 @@
 version registered with its alias (:mod:`stpipe.tracking.registry` holds the rule).
 
 Both are scored on the validation window of the store as it is now, or on its test window
-where ``[train] refit`` trained the candidate on the validation days (:func:`scored_window`:
-the window neither has trained on, the champion having ended its training a night or more
-before), each through its own card: a champion trained with another patch size, halo or inputs is fed patches cut as it
-was trained. A champion that forecasts other targets, leads or time steps than the
+where the candidate (``[train] refit``) or the champion trained on the validation days
+(:func:`scored_window`: the window neither has trained on), each through its own card: a
+champion trained with another patch size, halo or inputs is fed patches cut as it was
+trained. With the test window, the champion is chosen on the days its test scores are
+reported on, so those are no longer a held-out estimate. A champion that forecasts other targets, leads or time steps than the
 candidate, or that the store cannot feed, cannot be scored against it: it stays champion
 and the candidate becomes challenger, the reason saying why. The candidate is scored with
 the baselines too: worse than the best of them at some lead by more than ``[mlflow]
@@ -58,10 +59,13 @@ def promote(
     champion, log the decision to the run and register the version with ``tags`` and its
     alias."""
     candidate = load_model(tracking, logged.uri)
-    score, baselines = _candidate_scores(candidate, config, data)
+    split = scored_window(config, data, registry.champion(tracking))
+    score, baselines = _candidate_scores(candidate, config, data, split)
     lock = config.workdir / PROMOTION_LOCK
     with workdir_lock(lock, timeout_s=lock_timeout_s, what="promote a version"):
-        promotion = _against_champion(tracking, config, data, candidate.card, score, baselines)
+        promotion = _against_champion(
+            tracking, config, data, candidate.card, score, baselines, split=split
+        )
         runs.log_scores(
             tracking,
             run_id,
@@ -82,38 +86,35 @@ def score_promotion(
     """The decision for the logged candidate ``candidate_uri`` against the current champion
     (module docstring), without the lock and without registering."""
     candidate = load_model(tracking, candidate_uri)
-    score, baselines = _candidate_scores(candidate, config, data)
-    return _against_champion(tracking, config, data, candidate.card, score, baselines)
+    split = scored_window(config, data, registry.champion(tracking))
+    score, baselines = _candidate_scores(candidate, config, data, split)
+    return _against_champion(tracking, config, data, candidate.card, score, baselines, split=split)
 
 
 # The words for a scored window in decisions and tags.
 WINDOW_NAMES: dict[SplitName, str] = {"val": "validation", "test": "test"}
 
 
-def scored_window(config: Config) -> SplitName:
-    """The split promotion scores on: validation, or test with ``[train] refit`` (whose
-    candidate trained on the validation days)."""
-    return "test" if config.train.refit else "val"
+def scored_window(config: Config, data: DataContext, champion: ModelVersion | None) -> SplitName:
+    """The split promotion scores on: validation, or test where the candidate trained on the
+    validation days (``[train] refit``) or the ``champion`` did (its training ended after the
+    window starts: a refit champion once refit is turned off, or a split moved back)."""
+    trained = champion is not None and registry.trained_after(champion, data.splits.val_start)
+    return "test" if config.train.refit or trained else "val"
 
 
 def _candidate_scores(
-    candidate: nn.Module, config: Config, data: DataContext
+    candidate: nn.Module, config: Config, data: DataContext, split: SplitName
 ) -> tuple[float, registry.BaselineMargins]:
-    """The candidate's ``[mlflow] metric`` on the :func:`scored_window`, and its margins over
-    the best baseline per lead there (:func:`stpipe.tracking.registry.baseline_margins`)."""
+    """The candidate's ``[mlflow] metric`` on ``split`` (:func:`scored_window`), and its
+    margins over the best baseline per lead there
+    (:func:`stpipe.tracking.registry.baseline_margins`)."""
     metric = config.mlflow.metric
-    window = scored_window(config)
-    scored = evaluate_model(candidate, data, split=window, device=config.train.device)
+    scored = evaluate_model(candidate, data, split=split, device=config.train.device)
     margins = registry.baseline_margins(
-        scored, metric, tolerance=config.mlflow.baseline_tolerance, window=WINDOW_NAMES[window]
+        scored, metric, tolerance=config.mlflow.baseline_tolerance, window=WINDOW_NAMES[split]
     )
     return registry.promotion_score(scored, metric), margins
-
-
-def _score_champion(model: nn.Module, config: Config, data: DataContext) -> xr.Dataset:
-    return evaluate_model(
-        model, data, split=scored_window(config), baselines=False, device=config.train.device
-    )
 
 
 def _against_champion(
@@ -123,11 +124,13 @@ def _against_champion(
     card: ModelCard,
     score: float,
     baselines: registry.BaselineMargins,
+    *,
+    split: SplitName,
 ) -> Promotion:
-    """The decision for a candidate with ``card``, validation ``score`` and margins over the
-    baselines ``baselines``."""
+    """The decision for a candidate with ``card``, ``score`` and margins over the baselines
+    ``baselines`` on ``split``, against the champion scored there."""
     metric = config.mlflow.metric
-    window = WINDOW_NAMES[scored_window(config)]
+    window = WINDOW_NAMES[split]
     current = registry.champion(tracking)
     if current is None:
         return registry.decide(
@@ -155,7 +158,10 @@ def _against_champion(
         metric=metric,
         candidate_score=score,
         champion_version=version,
-        champion_score=registry.promotion_score(_score_champion(champion, config, own), metric),
+        champion_score=registry.promotion_score(
+            evaluate_model(champion, own, split=split, baselines=False, device=config.train.device),
+            metric,
+        ),
         baselines=baselines,
         window=window,
     )
@@ -184,7 +190,7 @@ def patch_spec_of(card: ModelCard, config: Config) -> PatchSpec:
 def _incomparable(
     champion: ModelCard, candidate: ModelCard, spec: PatchSpec, ds: xr.Dataset
 ) -> list[str]:
-    """Why the champion's validation score on the store ``ds`` would not compare with the
+    """Why the champion's promotion score on the store ``ds`` would not compare with the
     candidate's (empty: it compares); entries read ``"<what> <champion's> vs <other's>"``."""
     problems = [f"{p} (champion vs store)" for p in champion.store_mismatch(ds)]
     if problems:

@@ -5,8 +5,8 @@ date, run, the data it was trained on, the windows of its split (``train_end``,
 ``val_window``, ``test_window``: its tags, half-open), the version it was fine-tuned from
 (``init_from``), the promotion metric per lead on its run's test window (logged at
 training; for ``rmse_wmean``, the headline metric its run's tag ``stpipe.headline_metric``
-names), the lead mean, and the promotion decision with its validation score (on its
-``val_window``). With rolling windows each version's scores are on its own night's test
+names), the lead mean, and the promotion decision with its score and the window it was scored on
+(``scored on``: its ``val_window``, or its ``test_window`` after a refit, ``[train] refit``). With rolling windows each version's scores are on its own night's test
 window; :func:`rescored` puts every version on one window instead: the scores of each
 version re-scored on today's test window, beside each baseline and the best baseline per
 lead there. Printed with rich; written as CSV or JSON (``{"rows": [...]}``, and
@@ -82,11 +82,11 @@ class VersionTable:
                 f"{self.model_name}: {words} per lead of each version re-scored on the test "
                 f"window {self.window} through its own model card, beside each baseline and "
                 f"the best baseline per lead there, and the mean over leads {units}; "
-                "train_end, val_window and val score are each version's own"
+                "train_end, val_window and promotion score are each version's own"
             )
         table = Table(title=escape(title))
         for column in self.columns:
-            numeric = _is_lead(column) or column in ("mean", "val score")
+            numeric = _is_lead(column) or column in ("mean", "promotion score")
             # Run ids and numbers stay whole (other columns wrap to fit): copied, not read.
             whole = numeric or column == "run"
             width = max([len(column), *(len(_text(r.get(column))) for r in self.rows)])
@@ -168,7 +168,9 @@ def version_table(tracking: Tracking, *, metric: str) -> VersionTable:
                 **{key: tags.get(TAG_PREFIX + key) for key in (*WINDOW_KEYS, INIT_FROM)},
                 **_lead_cells(per_lead),
                 "decision": tags.get(TAG_PREFIX + "decision"),
-                "val score": _float(tags.get(TAG_PREFIX + "candidate_score")),
+                "promotion score": _float(tags.get(TAG_PREFIX + "candidate_score")),
+                # versions from before the tag were all scored on validation
+                "scored on": tags.get(TAG_PREFIX + "promotion_window", "validation"),
             }
         )
     return VersionTable(
@@ -247,7 +249,8 @@ def _columns(leads: set[float]) -> tuple[str, ...]:
         *(_lead_column(h) for h in sorted(leads)),
         "mean",
         "decision",
-        "val score",
+        "promotion score",
+        "scored on",
     )
 
 

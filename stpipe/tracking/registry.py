@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import requests
 import xarray as xr
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
@@ -314,6 +315,23 @@ def versions(tracking: Tracking) -> list[ModelVersion]:
 
 def _quote(name: str) -> str:
     return name.replace("'", "\\'")
+
+
+def trained_after(version: ModelVersion, start: np.datetime64) -> str | None:
+    """``version``'s ``stpipe.train_end`` tag where its training ended after ``start`` (it
+    learned days from ``start`` on: a refit, ``[train] refit``, or a split moved back), else
+    None (also for versions from before the tag). ConfigError for a tag that is no time."""
+    trained_to = (version.tags or {}).get(TAG_PREFIX + "train_end", "")
+    if trained_to in ("", "end"):
+        return None
+    try:
+        end = np.datetime64(trained_to, "ns")
+    except ValueError:
+        raise ConfigError(
+            f"{version.name} v{version.version}: tag {TAG_PREFIX}train_end = {trained_to!r} "
+            "is not a time"
+        ) from None
+    return trained_to if end > start else None
 
 
 def window_tags(windows: Mapping[str, str]) -> dict[str, str]:

@@ -14,7 +14,7 @@ import pytest
 from stpipe.app.config import Config
 from stpipe.app.jobs import data_context, model_card, tracking_for
 from stpipe.app.promotion import PROMOTION_LOCK, promote
-from stpipe.core.errors import TrackingError
+from stpipe.core.errors import ConfigError, TrackingError
 from stpipe.learn.context import build_forecaster, make_split_loader
 from stpipe.learn.evaluate import evaluate_model
 from stpipe.tracking import registry, runs
@@ -115,6 +115,25 @@ def test_after_a_refit_both_are_scored_on_the_test_window_the_candidate_never_tr
     assert (
         refused.alias == "challenger" and "rmse_lat_weighted on the test window;" in refused.reason
     ), refused
+
+
+def test_a_champion_trained_into_the_validation_window_is_scored_on_the_test_window(
+    tmp_path: Path,
+) -> None:
+    # a refit champion once refit is off: its training ended at the test window's start
+    config = pipeline(tmp_path)
+    assert register_baseline(config).promoted  # v1: persistence
+    client = tracking_for(config).client
+    client.set_model_version_tag("tiny-t2m", "1", "stpipe.train_end", "2024-01-05T00:00:00")
+
+    worse = register_baseline(config, offset=1.0)
+
+    assert worse.window == "test" and worse.alias == "challenger", worse
+    assert worse.champion_score == pytest.approx(persistence_score(config, "test"), rel=1e-5)
+
+    client.set_model_version_tag("tiny-t2m", "1", "stpipe.train_end", "last Tuesday")
+    with pytest.raises(ConfigError, match=r"v1: tag stpipe.train_end = 'last Tuesday' is not"):
+        register_baseline(config)
 
 
 # --- two promotions at once -------------------------------------------------------------------

@@ -108,3 +108,10 @@ def test_a_refit_version_says_it_trained_through_validation_and_was_promoted_on_
     assert version["stpipe.promotion_window"] == "test"
     on_test = registry.promotion_score(outcome.test, config.mlflow.metric)
     assert outcome.promotion.candidate_score == pytest.approx(on_test, rel=1e-5)
+
+
+def test_each_member_refits_for_its_own_chosen_epochs(pipeline) -> None:
+    result = train(pipeline(train=LEARNS | {"refit": True, "members": 2}), progress=False)
+    members = result.members
+    assert [m.refit_epochs for m in members] == [m.best_epoch for m in members]
+    assert members[0].refit_epochs > 0 and result.refit

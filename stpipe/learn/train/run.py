@@ -57,7 +57,8 @@ def train_model(
     run = RunPlace(checkpoint_root, device, dist, resume=resume, progress=progress)
     trainer, key = run.train(data, model, train, init_from=init_from, on_epoch_end=on_epoch_end)
     final = trainer.finish()
-    state = trainer.state
+    state, n_parameters = trainer.state, trainer.n_parameters
+    del trainer  # its model, optimizer and loaders: a refit builds its own
     refit_epochs = state.best_epoch if train.refit else 0
     if refit_epochs:
         final = refit(
@@ -78,7 +79,7 @@ def train_model(
         norm_std=data.norm_std,
         climatology=data.climatology,
         seconds=time.perf_counter() - started,
-        n_parameters=trainer.n_parameters,
+        n_parameters=n_parameters,
         refit_epochs=refit_epochs,
     )
 

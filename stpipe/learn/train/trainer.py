@@ -59,7 +59,10 @@ _NOT_WEIGHTS = {"num_workers", "device", "refit"}
 
 def run_identity(data: DataContext, model: ModelSection, train: TrainSection) -> dict[str, Any]:
     """What decides a run's weights besides the data and the device (for its run key)."""
-    splits = {k: str(v) for k, v in asdict(data.splits).items()}
+    # train_end is set only for a refit: the keys of every other run stay what they were
+    splits = {
+        k: str(v) for k, v in asdict(data.splits).items() if k != "train_end" or v is not None
+    }
     train_values = train.model_dump(mode="json")
     return {
         "patches": asdict(data.spec),
