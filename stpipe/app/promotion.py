@@ -130,12 +130,9 @@ def _against_champion(
     """The decision for a candidate with ``card``, ``score`` and margins over the baselines
     ``baselines`` on ``split``, against the champion scored there."""
     metric = config.mlflow.metric
-    window = WINDOW_NAMES[split]
     current = registry.champion(tracking)
     if current is None:
-        return registry.decide(
-            metric=metric, candidate_score=score, baselines=baselines, window=window
-        )
+        return registry.decide(metric=metric, candidate_score=score, baselines=baselines)
     version = str(current.version)
     champion = load_model(tracking, f"models:/{tracking.model_name}/{version}")
     spec = patch_spec_of(champion.card, config)
@@ -151,7 +148,7 @@ def _against_champion(
             f"({'; '.join(problems)}), so it stays champion; set the alias by hand if the "
             "candidate should forecast",
             baseline_margin=baselines.smallest,
-            window=window,
+            window=baselines.window,
         )
     own = data_for_spec(config, data, spec)
     return registry.decide(
@@ -163,7 +160,6 @@ def _against_champion(
             metric,
         ),
         baselines=baselines,
-        window=window,
     )
 
 

@@ -157,14 +157,14 @@ def decide(
     champion_score: float | None = None,
     unscored: str = "no champion yet",
     baselines: BaselineMargins | None = None,
-    window: str = "validation",
 ) -> Promotion:
     """The promotion rule of the module docstring.
 
     ``champion_score`` None means the champion could not be scored (``unscored`` says why:
     there is none, or it was trained for other inputs): the candidate wins. A candidate
     whose score is not finite never wins, nor one that ``baselines`` (its margins over the
-    best baseline per lead on the same ``window``) finds worse than a baseline at some lead.
+    best baseline per lead on the same window, which the decision records) finds worse
+    than a baseline at some lead.
     """
     alias: Alias
     shortfall = None if baselines is None else baselines.shortfall()
@@ -188,7 +188,7 @@ def decide(
         champion_score=champion_score,
         reason=reason,
         baseline_margin=None if baselines is None else baselines.smallest,
-        window=window,
+        window="validation" if baselines is None else baselines.window,
     )
 
 
