@@ -1,6 +1,6 @@
 """Calibration: a lead that falls back to a baseline forecasts exactly that baseline (in
-memory and through the logged model), and the per-lead choice holds on every block of the
-validation split."""
+memory and through the logged model), and the model's weight per lead is the validation
+split's least-squares weight, shrunk where the split holds few independent forecasts."""
 
 from __future__ import annotations
 
@@ -12,15 +12,14 @@ from stpipe.learn import scores
 from stpipe.learn.context import build_baselines, make_split_loader
 from stpipe.learn.evaluate import evaluate_model
 from stpipe.learn.train.calibration import (
-    BLOCKS,
     PRIOR_WINDOWS,
     REFERENCES,
     choose_reference,
     independent_forecasts,
     model_weight,
     reference_names,
+    weight_sums,
 )
-from stpipe.learn.train.calibration import block_sums as calibration_block_sums
 from stpipe.models.baselines import BASELINE_WEIGHTS
 from stpipe.tracking import runs
 from stpipe.tracking.model import load_model, log_model
@@ -77,33 +76,24 @@ def test_a_lead_calibrated_to_a_baseline_forecasts_exactly_that_baseline(pipelin
                 assert rmse["model"][i] == rmse[name][i], f"lead {i}: model vs {name}"
 
 
-def block_sums(zy: list[float], zz: list[float]) -> torch.Tensor:
-    """:func:`~stpipe.learn.train.calibration.block_sums` of one lead and variable on
-    len(zy) days (the other blocks empty)."""
-    sums = torch.zeros(2, BLOCKS, 1, 1, dtype=torch.float64)
-    sums[:, : len(zy), 0, 0] = torch.tensor([zy, zz], dtype=torch.float64)
-    return sums
+def sums(zy: float, zz: float) -> torch.Tensor:
+    """:func:`~stpipe.learn.train.calibration.weight_sums` of one lead and variable."""
+    return torch.tensor([zy, zz], dtype=torch.float64)[:, None, None]
 
 
 @pytest.mark.parametrize(
     ("zy", "zz", "shrink"),
     [
-        # the days agree: their least-squares weight s_b = Σ(ŷ−a)(y−a) / Σ(ŷ−a)², in [0, 1]
-        ([4.0, 8.0, 2.0], [8.0, 16.0, 4.0], 0.5),
-        ([6.0, 12.0, 3.0], [4.0, 8.0, 2.0], 1.0),
-        ([-1.0, -2.0, -0.5], [6.0, 12.0, 3.0], 0.0),
-        # s_b = 1/2, 1/2, 1/6 (7/18 over the split): above 2/6 the blend loses to the
-        # reference on day 3
-        ([3.0, 3.0, 1.0], [6.0, 6.0, 6.0], 2 / 6),
-        # the model is the best on day 1 (s_1 = 1), the reference on day 2 (s_2 = 0), whose
-        # errors are ten times larger (1/11 over the split): no consistent win, the reference
-        ([6.0, 0.0], [6.0, 60.0], 0.0),
+        (7.0, 18.0, 7 / 18),  # Σ(ŷ−a)(y−a) / Σ(ŷ−a)²: the least-squares weight
+        (6.0, 4.0, 1.0),  # more than the model itself: the model
+        (-1.0, 6.0, 0.0),  # the model's changes point the wrong way: the reference
+        (0.0, 0.0, 0.0),  # no data at that lead: the reference
     ],
 )
-def test_the_model_keeps_only_the_weight_that_beats_the_reference_on_every_day(
+def test_the_model_weight_is_the_least_squares_weight_on_the_split_within_0_and_1(
     zy, zz, shrink
 ) -> None:
-    s = model_weight(block_sums(zy, zz), NO_PRIOR)
+    s = model_weight(sums(zy, zz), NO_PRIOR)
     assert float(s) == pytest.approx(shrink, rel=1e-6)
 
 
@@ -111,8 +101,8 @@ def test_the_model_keeps_only_the_weight_that_beats_the_reference_on_every_day(
 def test_the_weight_is_shrunk_toward_the_reference_where_the_split_holds_few_forecasts(
     windows, factor
 ) -> None:
-    # the days agree on s = 1/2: with n windows, n / (n + PRIOR_WINDOWS) of it
-    s = model_weight(block_sums([4.0, 8.0, 2.0], [8.0, 16.0, 4.0]), torch.tensor([windows]))
+    # the split's weight is 1/2: with n windows, n / (n + PRIOR_WINDOWS) of it
+    s = model_weight(sums(14.0, 28.0), torch.tensor([windows]))
     assert float(s) == pytest.approx(0.5 * factor, rel=1e-6)
 
 
@@ -138,10 +128,7 @@ def test_the_reference_is_the_least_wrong_on_the_train_days_and_the_weight_is_ag
 ) -> None:
     # on the validation days the model's best weight is 1/2 against reference 0, 1 against
     # reference 1; which one is the reference is up to the train days alone
-    against = [
-        block_sums([4.0, 8.0, 2.0], [8.0, 16.0, 4.0]),
-        block_sums([8.0, 16.0, 4.0], [8.0, 16.0, 4.0]),
-    ]
+    against = [sums(14.0, 28.0), sums(28.0, 28.0)]
     errors = torch.tensor(train_errors, dtype=torch.float64)[:, None, None]
     best = choose_reference(errors)
     s = model_weight(against[int(best)], NO_PRIOR)
@@ -170,10 +157,10 @@ def test_the_day_of_year_climatology_shrinks_the_weight_as_any_other(pipeline) -
     model = train(config, data, resume=False, progress=False).model
     assert model.climatology.period == "doy"
     loader = test_train.validation_loader(config, data)
-    sums = calibration_block_sums(model, loader, precision=torch.float32)
+    validation = weight_sums(model, loader, precision=torch.float32)
     independent = independent_forecasts(
         24 * 3600.0, step_s=3600, leads=model.leads, grid=(12, 12), patch=(8, 8)
     )
-    unshrunk = model_weight(sums, NO_PRIOR)
+    unshrunk = model_weight(validation, NO_PRIOR)
     assert (unshrunk > 0).any(), "the test needs a lead where the model keeps some weight"
-    assert torch.equal(model.shrink, model_weight(sums, independent))
+    assert torch.equal(model.shrink, model_weight(validation, independent))
