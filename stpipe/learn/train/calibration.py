@@ -82,9 +82,13 @@ best baseline: 2 of the 80 with the cap, 1 without (regional seed 4 a week earli
 −8.7 %, where the weight fitted on the test days themselves still trails by 4.0 %). Mean
 margins at 1/3/6/12 h, regional +20.2/+20.3/+11.7/+2.3 % → +20.9/+21.5/+14.6/+5.5 %,
 regime +15.8/+16.4/+9.6/+2.3 % → +16.3/+17.2/+11.5/+5.4 %; paired, no regional run lower
-at any lead, three regime leads lower by 0.1–0.8 points. Without rule 3 as well: 5 cases
-(down to −8.4 %); the model alone (s = 1): 9 (down to −30.6 % at 12 h in the regime's new
-air mass).
+at any lead, five leads of three regime runs lower by 0.1–0.8 points. Without rule 3 as
+well: 5 cases (down to −8.4 %); the model alone (s = 1): 9 (down to −30.6 % at 12 h in the
+regime's new air mass). On the year (``longclim``, feed seeds 1–2, 14 validation days;
+``benchmarks/results/bench_quality_lsweight_cpu2.log``): 1 and 6 h unchanged, the 24 h mean
+margin +10.2 → +15.5 %, and at 48 h two cases instead of one (−2.8 % and −8.5 %, where the
+cap had sent the weights to 0: fourteen days hold seven 48 h forecasts whose errors do not
+overlap), the 48 h mean −1.1 → −1.0 %.
 
 Rule 3, measured on the ``regional`` and ``regime`` cases (5 seeds × 2 split positions, 3
 validation days) with 5 training seeds each, on an H200, by scaling each calibrated s by a
