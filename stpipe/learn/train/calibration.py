@@ -87,8 +87,9 @@ last log before both rules at 1–6 h.
 
 All of the above was measured on 3 validation and 3 test days, and this paragraph too with
 the every-day cap of rule 2. On 5 and 7 (a month, the folds the benchmark now uses,
-``benchmarks/results/bench_quality_default_cpu2.log``), with 3 members: 1 of the 80 regional and regime leads more than 2 % behind (a reference's floor:
-climatology wins that week at 12 h), 3 of the 24 ``longclim`` leads (at 24 and 48 h; one
+``benchmarks/results/bench_quality_default_cpu2.log``), with 3 members: 1 of the 80
+regional and regime leads more than 2 % behind (a reference's floor: climatology wins that
+week at 12 h), 3 of the 24 ``longclim`` leads (at 24 and 48 h; one
 is the reference's floor), and mean margins at 1/3/6/12 h +17.2/+17.6/+10.5/+2.3 %
 (regional) and +13.7/+14.5/+8.5/+2.3 % (regime). ``longclim`` on 14 validation days before
 the same 7 test days (what a year's archive affords): 1 of the 24 (at 48 h), the weights
