@@ -118,6 +118,19 @@ regime's new air mass). On the year (``longclim``, feed seeds 1–2, 14 validati
 margin +10.2 → +15.5 %, and at 48 h two cases instead of one (−2.8 % and −8.5 %, where the
 cap had sent the weights to 0: fourteen days hold seven 48 h forecasts whose errors do not
 overlap), the 48 h mean −1.1 → −1.0 %.
+
+Other rules on every case of ``bench_quality.py``, the same members, on an H100 in bf16
+(``benchmarks/results/bench_calibration_rules_h100.log``, the same kind of throwaway
+script). This rule: 4 leads more than 2 % behind the best baseline, 1 on a few weeks of
+data (regional seed 4 a week earlier at 12 h) and 3 on the year (at 24 and 48 h, a week
+earlier). Trusting the validation split less, as the weight maximising the mean gain over
+blocks of start times one lead long less one (or half a) standard error, or as the
+least-squares weight scaled by 1 − se²/s² (se its jackknife error over those blocks),
+keeps the same 4 and lowers the means (regional at 12 h +5.4 → +3.8 to +4.7 %). A weight
+on the climatology as well, a + s·(ŷ − a) + c·(C − a) fitted the same way, lifts the
+regional 12 h mean to +8.2 % but loses 33 % at 12 h where the regime's new air mass
+arrives. The weights fitted on the test days themselves leave none of the 4: there the
+validation days disagree with the test days, which no rule on the validation days reads.
 """
 
 from __future__ import annotations
