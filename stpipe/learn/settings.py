@@ -75,12 +75,6 @@ class TrainSection(Settings):
         "before the test window. Promotion then scores on the test window. Measured in the "
         "README's quality section: better on a few weeks of data, worse on a year.",
     )
-    augment: Literal["none", "mirror"] = Field(
-        default="none",
-        description="'mirror': train also on the samples mirrored north-south and east-west "
-        "(their climatology, static fields and wind components with them), so the model sees "
-        "the flow from every direction; validation and forecasts see the data as it is.",
-    )
     lead_weighting: Literal["baseline", "uniform"] = Field(
         default="baseline",
         description="Loss weight per lead: 1/MSE of the best baseline at that lead, or equal.",

@@ -58,10 +58,7 @@ def baseline_terms(
         return persistence, None, None
     steps, height, width = x.shape[1], x.shape[-2], x.shape[-1]
     times = torch.cat([batch["x_times"], batch["y_times"]], dim=1)
-    mirror = (batch["mirror_rows"], batch["mirror_cols"]) if "mirror_rows" in batch else None
-    clim = climatology(
-        times, batch["row0"], batch["col0"], height=height, width=width, mirror=mirror
-    )
+    clim = climatology(times, batch["row0"], batch["col0"], height=height, width=width)
     return persistence, clim[:, :steps], clim[:, steps:]
 
 

@@ -420,8 +420,6 @@ class ClimatologyLookup(nn.Module):
 
     ``forward(times [B, N], row0 [B], col0 [B], height=H, width=W)`` → [B, N, V, H, W]
     physical units; cells outside the grid (negative or too large indices) are NaN.
-    ``mirror``: bool [B] each, the samples whose rows and whose columns are mirrored
-    (:mod:`stpipe.learn.train.augment`), which read the table mirrored the same way.
     """
 
     def __init__(self, climatology: Climatology, *, variables: Sequence[str], step_s: int) -> None:
@@ -442,22 +440,12 @@ class ClimatologyLookup(nn.Module):
         self.step_s = climatology.step_s
 
     def forward(
-        self,
-        times: Tensor,
-        row0: Tensor,
-        col0: Tensor,
-        *,
-        height: int,
-        width: int,
-        mirror: tuple[Tensor, Tensor] | None = None,
+        self, times: Tensor, row0: Tensor, col0: Tensor, *, height: int, width: int
     ) -> Tensor:
         n_rows, n_cols = self.table.shape[1], self.table.shape[2]
         slot = time_slots(times, period=self.period, step_s=self.step_s)
         rows = row0[:, None] + torch.arange(height, device=row0.device)  # [B, H]
         cols = col0[:, None] + torch.arange(width, device=col0.device)  # [B, W]
-        if mirror is not None:
-            rows = torch.where(mirror[0][:, None], rows.flip(1), rows)
-            cols = torch.where(mirror[1][:, None], cols.flip(1), cols)
         inside = ((rows >= 0) & (rows < n_rows))[:, :, None] & ((cols >= 0) & (cols < n_cols))[
             :, None, :
         ]

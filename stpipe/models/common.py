@@ -6,9 +6,7 @@ L leads, V variables, F time features, S static fields, H × W patch):
 - ``x`` float32 [B, T, V_in, H, W] inputs in physical units, NaN where missing;
 - ``x_time`` [B, T, F], ``y_time`` [B, L, F] float32 time features (F = 4 or 0);
 - ``x_times`` [B, T], ``y_times`` [B, L] int64 valid times, ns since 1970-01-01 UTC;
-- ``static`` float32 [B, S, H, W]; ``row0``, ``col0`` int64 [B] grid index of cell (0, 0);
-- in training with ``[train] augment = "mirror"`` only: ``mirror_rows``, ``mirror_cols`` bool
-  [B], the samples mirrored north-south and east-west (:mod:`stpipe.learn.train.augment`).
+- ``static`` float32 [B, S, H, W]; ``row0``, ``col0`` int64 [B] grid index of cell (0, 0).
 
 Every forecaster is a :class:`Forecaster`: ``forward(batch)`` returns [B, L, V_out, H, W] in
 physical units. Normalisation constants, leads and variable names travel with the module

@@ -453,37 +453,3 @@ def test_each_member_fine_tunes_from_its_own_weights(pipeline) -> None:
             member.state["lead_embedding"], start["lead_embedding"], rtol=0, atol=1e-6
         )
     assert tuned.members[0].run_key != tuned.members[2].run_key  # seeds 0 and 2
-
-
-def test_mirrored_samples_carry_mirrored_baselines_and_change_the_run(pipeline) -> None:
-    from stpipe.learn.train.augment import Mirror
-    from stpipe.models.baselines import baseline_terms, reference_terms
-
-    config = pipeline()
-    data = data_context(config)
-    model = build_forecaster(config.model, data)
-    batch = first_batch(data, "train", 8)
-    torch.manual_seed(0)
-    mirrored = Mirror(model.input_variables, model.target_variables)(batch)
-    rows, cols = mirrored["mirror_rows"], mirrored["mirror_cols"]
-    assert bool(rows.any()) and bool(cols.any())
-
-    def terms(b):
-        parts = baseline_terms(b, target_index=model.target_index, climatology=model.climatology)
-        return reference_terms(*parts, inputs=b["x"][:, :, model.target_index], leads=model.leads)
-
-    for plain, seen in zip(terms(batch), terms(mirrored), strict=True):
-        for i in range(8):
-            dims = [d for d, flip in ((-2, rows[i]), (-1, cols[i])) if flip]
-            expected = plain[i].flip(dims) if dims else plain[i]
-            # p and C exactly; A (the motion fitted over the patch) up to rounding
-            torch.testing.assert_close(seen[i], expected, equal_nan=True, rtol=1e-5, atol=1e-5)
-
-    plain_run = train(config, resume=False, progress=False)
-    mirror_config = pipeline(train={"augment": "mirror"})
-    first = train(mirror_config, resume=False, progress=False)
-    second = train(mirror_config, resume=False, progress=False)
-    assert_same_state(first.state, second.state)  # drawn on the seeded generators
-    assert not all(torch.equal(first.state[k], plain_run.state[k]) for k in first.state)
-    assert "augment" not in run_identity(data, config.model, config.train)["train"]
-    assert run_identity(data, config.model, mirror_config.train)["train"]["augment"] == "mirror"

@@ -6,7 +6,6 @@ import torch
 from torch import Tensor, nn
 
 from stpipe.learn.context import Batch
-from stpipe.learn.train.augment import Augment
 from stpipe.learn.train.loss import masked_errors, weighted_loss
 from stpipe.models import Forecaster
 
@@ -26,8 +25,6 @@ class TrainStep:
     gradients stay the graph's own tensors (never set to None after the capture), and the
     fused AdamW step and the scheduler run eagerly after the replay, so the learning rate
     stays a plain float. A batch of other shapes runs eagerly.
-
-    ``augment``: what each training batch becomes first (:mod:`stpipe.learn.train.augment`).
     """
 
     WARMUP = 3
@@ -45,10 +42,8 @@ class TrainStep:
         precision: torch.dtype,
         device: torch.device,
         cuda_graph: bool = False,
-        augment: Augment | None = None,
     ) -> None:
         self.step_model = step_model
-        self.augment = augment
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -72,8 +67,6 @@ class TrainStep:
 
     def __call__(self, batch: Batch) -> Tensor:
         """Train on ``batch`` (on the device); returns its loss, detached, on the device."""
-        if self.augment is not None:
-            batch = self.augment(batch)
         if self._graph is not None and self._fits(batch):
             for key, value in batch.items():
                 self._static[key].copy_(value, non_blocking=True)

@@ -29,7 +29,6 @@ from stpipe.learn.context import (
 )
 from stpipe.learn.loader import PatchLoader
 from stpipe.learn.settings import TrainSection
-from stpipe.learn.train.augment import augmentation
 from stpipe.learn.train.calibration import calibrate, independent_forecasts
 from stpipe.learn.train.distributed import barrier, wrap_model
 from stpipe.learn.train.loss import loss_lead_weights
@@ -65,8 +64,6 @@ def run_identity(data: DataContext, model: ModelSection, train: TrainSection) ->
         k: str(v) for k, v in asdict(data.splits).items() if k != "train_end" or v is not None
     }
     train_values = train.model_dump(mode="json")
-    if train.augment == "none":  # the keys of runs without it stay what they were
-        del train_values["augment"]
     return {
         "patches": asdict(data.spec),
         "split": splits,
@@ -159,9 +156,6 @@ class Trainer:
             precision=precision,
             device=device,
             cuda_graph=train.cuda_graph,
-            augment=augmentation(
-                train.augment, inputs=net.input_variables, targets=net.target_variables
-            ),
         )
         return cls(
             data=data,
