@@ -113,7 +113,8 @@ def test_the_last_line_gives_each_case_minimum_and_counts_leads_below_minus_two_
     line = bench.summary_line(rows)
     assert line == (
         "min_margin_regional=-0.0210 min_margin_regime=-0.5000 min_margin_weather=0.1000 "
-        "min_margin_traffic=nan worse_than_baseline_cases=3 worse_without_advection_cases=2"
+        "min_margin_traffic=nan worse_than_baseline_cases=3 worse_without_advection_cases=2 "
+        "min_margin_longclim=-0.4000 worse_few_weeks_cases=2"
     )
     assert math.isnan(float(line.split()[3].split("=")[1]))
 
