@@ -105,7 +105,7 @@ class SplitSection(Settings):
         default=None,
         description="Rolling: validate on the N days before the test days, on which early "
         "stopping and the per-lead calibration weigh the model: 5 suit a few weeks of data, "
-        "14 a year or more (the README's quality section).",
+        "14 a year or more (benchmarks/QUALITY.md).",
     )
     test_days: PositiveInt | None = Field(
         default=None, description="Rolling: test on the newest M complete days of the store."

@@ -22,7 +22,7 @@ from pydantic import Field, PositiveInt, field_validator
 
 from stpipe.core.settings import Settings
 
-# The default [train] members: the measurement behind it is in the README's quality section.
+# The default [train] members: the measurement behind it is in benchmarks/QUALITY.md.
 MEMBERS = 3
 
 
@@ -72,8 +72,8 @@ class TrainSection(Settings):
         description="After the run early-stopped and calibrated on the validation split, "
         "train again from the same start on train + validation for the epochs it chose "
         "(the same schedule), keeping the calibration: the model learns the newest days "
-        "before the test window. Promotion then scores on the test window. Measured in the "
-        "README's quality section: better on a few weeks of data, worse on a year.",
+        "before the test window. Promotion then scores on the test window. Measured in "
+        "benchmarks/QUALITY.md: better on a few weeks of data, worse on a year.",
     )
     lead_weighting: Literal["baseline", "uniform"] = Field(
         default="baseline",

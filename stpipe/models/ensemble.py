@@ -4,7 +4,7 @@ A few weeks of data leave one model's forecast at the mercy of its training seed
 ``regional`` and ``regime`` cases of ``benchmarks/bench_ensemble.py`` (20 runs, 80
 (run, lead) cases each), single models trained with seeds 0–3 fell more than 2 % behind the
 best baseline in 4, 4, 6 and 7 cases, down to −6.7 % at 1–6 h; the means of the first 2, 3
-and 4 of them in 4 each, no worse than −0.0 % at 1–6 h (the README's quality section).
+and 4 of them in 4 each, no worse than −0.0 % at 1–6 h (benchmarks/QUALITY.md).
 
 Each member is calibrated on its own (its reference a_m and weight s_m,
 :mod:`stpipe.learn.train.calibration`), and the mean is taken about the first member's

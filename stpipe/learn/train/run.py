@@ -156,7 +156,7 @@ def refit(
     train split's, as the baselines that evaluation and promotion compute.
 
     Measured on a few weeks of data, ``benchmarks/bench_quality.py`` with ``--set
-    train.refit=true``: the README's quality section.
+    train.refit=true``: benchmarks/QUALITY.md.
     """
     log.info("refit on train + validation: %d epoch(s)", epochs)
     fitted = replace(data, splits=data.splits.through_validation())
